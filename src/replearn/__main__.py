@@ -1,0 +1,5 @@
+"""`python -m replearn` is the same as the `replearn` command."""
+
+from replearn.cli import run
+
+run()

@@ -1,0 +1,151 @@
+"""The `replearn` command: a thin adapter from the terminal to one library function per stage.
+
+Global options come before the subcommand: `replearn --config params.yaml --set train.iterations=50 train ...`.
+Errors meant for the user (bad config, bad data, steps out of order) print a message and exit 1;
+usage errors exit 2, as typer does.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from replearn import __version__
+from replearn.config import Config, ConfigError, default_config_path, load_config
+from replearn.console import setup_logging
+from replearn.errors import UserError
+
+log = logging.getLogger(__name__)
+stdout = Console()
+
+app = typer.Typer(
+    name="replearn",
+    help="Deep metric learning from class folders: validate, preprocess, train, evaluate, export, embed, cluster.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+data_app = typer.Typer(help="Generate the bundled demo datasets as class folders.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@dataclass
+class CliState:
+    """What the global options said; the config is loaded once, when a command first asks for it."""
+
+    config_path: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+    _config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_path or default_config_path(), self.overrides)
+        return self._config
+
+
+def _version(value: bool) -> None:
+    if value:
+        stdout.print(f"replearn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Params file [default: ./params.yaml when present, else defaults]."),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override one value, e.g. --set train.iterations=100 (repeatable)."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logging.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    setup_logging(verbose)
+    ctx.obj = CliState(config_path=config, overrides=list(overrides or []))
+
+
+def state(ctx: typer.Context) -> CliState:
+    return ctx.ensure_object(CliState)
+
+
+def print_class_folder_summary(root: Path, counts: dict[str, int]) -> None:
+    """Classes, images and bytes written, so the user sees at a glance what a command made."""
+    total_bytes = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    table = Table(title=f"class folders in {root}")
+    for column in ("classes", "images", "bytes", "smallest class", "largest class"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(len(counts)),
+        f"{sum(counts.values()):,}",
+        f"{total_bytes:,}",
+        str(min(counts.values(), default=0)),
+        str(max(counts.values(), default=0)),
+    )
+    stdout.print(table)
+
+
+@data_app.command("chars")
+def data_chars(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Argument(help="Folder to create; one sub-folder per class.")],
+    per_class: Annotated[int | None, typer.Option(help="Images per class [default: data.per_class].")] = None,
+    size: Annotated[int | None, typer.Option(help="Image side in pixels [default: data.size].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed [default: data.seed].")] = None,
+    fonts: Annotated[
+        list[Path] | None, typer.Option("--fonts", help="Extra .ttf/.otf files or folders (repeatable).")
+    ] = None,
+    only_given_fonts: Annotated[
+        bool, typer.Option(help="Use only the --fonts, not the fonts found in site-packages.")
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Render the 62 alphanumeric classes (digit_0.., upper_A.., lower_a..) from installed fonts."""
+    from replearn.data.chars import generate_chars
+
+    cfg = state(ctx).config.data
+    counts = generate_chars(
+        out,
+        per_class=per_class or cfg.per_class,
+        size=size or cfg.size,
+        seed=cfg.seed if seed is None else seed,
+        fonts=fonts,
+        replace_fonts=only_given_fonts,
+        force=force,
+    )
+    print_class_folder_summary(out, counts)
+
+
+@data_app.command("digits")
+def data_digits(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Argument(help="Folder to create; one sub-folder per digit.")],
+    size: Annotated[int | None, typer.Option(help="Image side in pixels [default: data.size].")] = None,
+    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Write scikit-learn's 1,797 handwritten digit scans (10 classes), upscaled, as PNG class folders."""
+    from replearn.data.digits import generate_digits
+
+    counts = generate_digits(out, size=size or state(ctx).config.data.size, force=force)
+    print_class_folder_summary(out, counts)
+
+
+def run() -> None:
+    """Console-script entry point: user errors become one readable line and exit code 1."""
+    try:
+        app()
+    except (UserError, FileExistsError, FileNotFoundError, PermissionError) as error:
+        kind = "configuration error" if isinstance(error, ConfigError) else "error"
+        Console(stderr=True).print(f"[bold red]{kind}:[/] {error}", highlight=False)
+        raise SystemExit(1) from None

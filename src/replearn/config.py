@@ -1,0 +1,273 @@
+"""Typed configuration for every stage: the only place where defaults live.
+
+`params.yaml` holds the values a user tunes; anything it leaves out falls back to
+the defaults below. Every model forbids unknown keys, so a typo in a config file
+is an error that names the key and the closest valid one instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from replearn.errors import UserError
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(StrictModel):
+    """Where the class folders live and how the bundled demo data is generated."""
+
+    raw_dir: Path = Path("data/raw")
+    per_class: int = Field(120, ge=1, description="Images per class for the generated demo data.")
+    size: int = Field(64, ge=8, description="Side of the generated square images, in pixels.")
+    seed: int = 0
+
+
+class ValidateConfig(StrictModel):
+    """Thresholds of the Great Expectations suite run on the manifest of the class folders."""
+
+    allowed_formats: list[str] = ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"]
+    min_width: int = Field(8, ge=1)
+    min_height: int = Field(8, ge=1)
+    max_pixels: int = Field(89_478_485, ge=1, description="Decompression-bomb guard (Pillow's own default).")
+    on_error: Literal["fail", "quarantine"] = "fail"
+    workers: int = Field(0, ge=0, description="Processes for the manifest; 0 means all cores.")
+
+
+class ResizeConfig(StrictModel):
+    """How every image is brought to the model's input size, in preprocessing and at inference alike."""
+
+    size: int = Field(64, ge=8, description="Side of the square output, in pixels.")
+    mode: Literal["crop", "pad", "stretch"] = Field(
+        "pad",
+        description="crop: shorter side to size, then centre crop; pad: longer side to size, "
+        "then pad with white; stretch: plain resize, aspect ratio ignored.",
+    )
+
+
+class SplitConfig(StrictModel):
+    """Deterministic, stable splits: unseen classes held out, then train/val/test inside seen classes."""
+
+    seed: int = 0
+    unseen_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    unseen_classes: list[str] = Field(default_factory=list, description="Overrides unseen_fraction when set.")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    group_pattern: str | None = Field(
+        r"^([^_]+)_",
+        description="Regex on the file name whose first group keeps items together on one side of a split.",
+    )
+
+
+class PreprocessConfig(StrictModel):
+    """Resized RGB copies of the class folders and the split table."""
+
+    resize: ResizeConfig = ResizeConfig()
+    split: SplitConfig = SplitConfig()
+    image_format: Literal["png", "jpeg"] = "png"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    workers: int = Field(0, ge=0, description="Processes; 0 means all cores.")
+
+
+class BackboneConfig(StrictModel):
+    """The torchvision ResNet that turns an image into a feature map."""
+
+    name: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    weights: str = Field("none", description="none | imagenet | path to a state_dict.")
+
+
+class ModelConfig(StrictModel):
+    """ResNet -> 1x1 conv -> positional embeddings -> transformer encoder -> linear -> L2 norm."""
+
+    backbone: BackboneConfig = BackboneConfig()
+    d_model: int = Field(128, ge=8)
+    layers: int = Field(3, ge=1)
+    heads: int = Field(4, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    pooling: Literal["cls", "mean"] = "cls"
+    embedding_dim: int = Field(128, ge=2)
+
+
+class LossConfig(StrictModel):
+    """Circle loss (Sun et al. 2020); m=0.4, gamma=80 are the paper's fine-grained retrieval values."""
+
+    margin: float = Field(0.4, ge=0.0, le=1.0)
+    gamma: float = Field(80.0, gt=0.0)
+
+
+class TrainConfig(StrictModel):
+    """PK batches by iterations, optimiser, schedule, checkpoints and hardware."""
+
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    classes_per_batch: int = Field(16, ge=2, description="P: classes in each batch.")
+    images_per_class: int = Field(4, ge=2, description="K: images of each class in each batch.")
+    iterations: int = Field(2000, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    warmup_iterations: int = Field(100, ge=0)
+    grad_clip: float | None = Field(5.0, gt=0.0)
+    augmentations: list[str] = ["random_resized_crop", "rotation", "color_jitter", "blur"]
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    devices: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    nproc_per_node: str = Field("1", description="Processes per node: a number, or auto for every visible GPU.")
+    sync_batchnorm: bool = False
+    checkpoint_every: int = Field(250, ge=1)
+    batch_size_eval: int = Field(256, ge=1)
+    loader_workers: int = Field(2, ge=0)
+    seed: int = 0
+
+
+class EvaluateConfig(StrictModel):
+    """kNN retrieval metrics and the similarity threshold calibrated for clustering."""
+
+    recall_at: list[int] = [1, 2, 4, 8]
+    knn_k: int = Field(13, ge=1, description="Neighbours for the majority-vote kNN classifier (seed 001).")
+    batch_size: int = Field(256, ge=1)
+    threshold_objective: Literal["f1", "precision"] = "f1"
+    target_precision: float = Field(0.95, gt=0.0, le=1.0)
+    embedding_map: Literal["tsne", "pca"] = "tsne"
+    seed: int = 0
+
+
+class ExportConfig(StrictModel):
+    """ONNX export and its parity check against eager PyTorch."""
+
+    opset: int = Field(17, ge=17)
+    exporter: Literal["dynamo", "torchscript"] = "torchscript"
+    max_abs_diff: float = Field(1e-4, gt=0.0)
+    min_cosine: float = Field(0.9999, gt=0.0, le=1.0)
+    quantize: Literal["none", "int8"] = "none"
+    fp16: bool = False
+
+
+class ClusterConfig(StrictModel):
+    """Threshold graph, connected components, and the registry that keeps cluster ids stable."""
+
+    threshold: float | None = Field(None, ge=-1.0, le=1.0, description="None: read from the model's metadata.")
+    min_size: int = Field(3, ge=1, description="Clusters smaller than this go to cluster 0, unclustered.")
+    exact_max_n: int = Field(200_000, ge=1, description="Above this many images, approximate kNN builds the graph.")
+    neighbors: int = Field(32, ge=1, description="k of the approximate kNN graph.")
+    refine: Literal["none", "mutual_knn"] = "none"
+    batch_size: int = Field(64, ge=1)
+    provider: Literal["auto", "cuda", "cpu"] = "auto"
+    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime decide.")
+
+
+class Config(StrictModel):
+    """Every stage's section; the shape of params.yaml."""
+
+    data: DataConfig = DataConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    preprocess: PreprocessConfig = PreprocessConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    export: ExportConfig = ExportConfig()
+    cluster: ClusterConfig = ClusterConfig()
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class ConfigError(UserError):
+    """A config file or override that does not fit the models."""
+
+
+def _valid_keys(model: type[BaseModel]) -> list[str]:
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _model_at(path: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the mapping at `path`, for suggesting keys."""
+    model: type[BaseModel] = Config
+    for part in path:
+        fields = {info.alias or name: info for name, info in model.model_fields.items()}
+        info = fields.get(str(part))
+        annotation = getattr(info, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        location = tuple(item["loc"])
+        dotted = ".".join(str(part) for part in location)
+        if item["type"] == "extra_forbidden":
+            owner = _model_at(location[:-1])
+            valid = _valid_keys(owner) if owner else []
+            close = difflib.get_close_matches(str(location[-1]), valid, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            lines.append(f"  unknown key '{dotted}'{hint} (valid keys here: {', '.join(valid)})")
+        else:
+            lines.append(f"  {dotted}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _parse_override(override: str) -> tuple[list[str], Any]:
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{override}' must look like section.key=value")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set `section.key=value` overrides (values parsed as YAML) into a nested mapping."""
+    for override in overrides:
+        keys, value = _parse_override(override)
+        node = values
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{override}': '{key}' is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return values
+
+
+def build_config(values: dict[str, Any], source: str = "configuration") -> Config:
+    """Validate a nested mapping into a Config, turning pydantic errors into a readable ConfigError."""
+    try:
+        return Config.model_validate(values)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, source)) from None
+
+
+def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a params file (missing file: defaults), apply overrides and validate.
+
+    >>> load_config(None, ["train.iterations=5"]).train.iterations
+    5
+    """
+    values: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections, not {type(loaded).__name__}")
+        values, source = loaded, str(path)
+    if overrides:
+        values = apply_overrides(values, overrides)
+        source += " with --set overrides"
+    return build_config(values, source)
+
+
+def default_config_path() -> Path | None:
+    """params.yaml in the working directory, when there is one: the file DVC reads too."""
+    candidate = Path("params.yaml")
+    return candidate if candidate.is_file() else None

@@ -1,0 +1,55 @@
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from replearn import __version__
+from replearn.cli import app
+
+runner = CliRunner()
+
+
+def replearn(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "replearn", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_lists_the_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "data" in result.output
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert __version__ in result.output
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    assert runner.invoke(app, ["frobnicate"]).exit_code == 2
+
+
+def test_data_chars_with_overrides(tmp_path: Path) -> None:
+    out = tmp_path / "raw"
+    result = runner.invoke(app, ["--set", "data.size=32", "data", "chars", str(out), "--per-class", "2"])
+    assert result.exit_code == 0, result.output
+    assert len(list(out.iterdir())) == 62
+    assert "124" in result.output
+
+
+def test_bad_config_exits_1_with_a_readable_message(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("data:\n  per_clas: 3\n")
+    result = replearn("--config", str(params), "data", "chars", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "did you mean 'per_class'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_existing_output_exits_1_without_traceback(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    result = replearn("data", "digits", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "--force" in result.stderr
+    assert "Traceback" not in result.stderr
