@@ -1,0 +1,77 @@
+"""Threshold calibration: exact pair counts in blocks, and a threshold between the clusters on separable data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from replearn.evaluation.calibration import PairCurve, choose_threshold, count_pairs, score_threshold
+
+
+def unit(points: np.ndarray) -> np.ndarray:
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
+def separable(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Three tight clusters on orthogonal axes: same-class cosine > 0.9, different-class cosine < 0.3."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(3), 10)
+    return unit(np.eye(6)[labels] + rng.normal(scale=0.05, size=(30, 6))), labels
+
+
+def test_pair_counts_match_brute_force_for_any_block_size() -> None:
+    rng = np.random.default_rng(1)
+    embeddings, labels = unit(rng.normal(size=(60, 8))), rng.integers(0, 4, size=60)
+    similarities = embeddings @ embeddings.T
+    upper = np.triu(np.ones((60, 60), dtype=bool), k=1)
+    same = labels[:, None] == labels[None, :]
+    small = count_pairs(embeddings, labels, bins=200, memory_mb=0.001)
+    large = count_pairs(embeddings, labels, bins=200, memory_mb=64)
+    np.testing.assert_array_equal(small.positive_counts, large.positive_counts)
+    np.testing.assert_array_equal(small.negative_counts, large.negative_counts)
+    assert small.positive_counts.sum() + small.negative_counts.sum() == 60 * 59 // 2
+    for index in (0, 50, 100, 137, 199):
+        threshold = small.thresholds[index]
+        linked = upper & (similarities >= threshold)
+        assert small.true_positives[index] == (linked & same).sum()
+        assert small.false_positives[index] == (linked & ~same).sum()
+
+
+def test_max_f1_threshold_lies_between_the_clusters() -> None:
+    embeddings, labels = separable()
+    similarities = embeddings @ embeddings.T
+    same = labels[:, None] == labels[None, :]
+    np.fill_diagonal(same, False)
+    highest_negative = similarities[labels[:, None] != labels[None, :]].max()
+    lowest_positive = similarities[same].min()
+    choice = choose_threshold(count_pairs(embeddings, labels, bins=2000, memory_mb=1), "f1", 0.95)
+    assert highest_negative < choice.threshold <= lowest_positive
+    assert (choice.precision, choice.recall, choice.f1) == (1.0, 1.0, 1.0)
+    # The middle of the gap, not one of its ends (bin edges are 0.001 apart).
+    assert choice.threshold == pytest.approx((highest_negative + lowest_positive) / 2, abs=2e-3)
+
+
+def test_target_precision_takes_the_highest_recall_threshold_that_reaches_it() -> None:
+    # Bins over [-1, 1) in steps of 0.5; negatives spread over the upper bins too.
+    curve = PairCurve(np.linspace(-1, 1, 5), np.array([0, 0, 2, 8]), np.array([4, 4, 1, 1]))
+    assert curve.precision.tolist() == pytest.approx([10 / 20, 10 / 16, 10 / 12, 8 / 9])
+    choice = choose_threshold(curve, "precision", target_precision=0.8)
+    assert choice.threshold == 0.0
+    assert (choice.precision, choice.recall) == pytest.approx((10 / 12, 1.0))
+    unreachable = choose_threshold(curve, "precision", target_precision=0.99)
+    assert unreachable.threshold == 0.5 and unreachable.precision == pytest.approx(8 / 9)
+
+
+def test_scores_at_a_given_threshold() -> None:
+    embeddings, labels = separable()
+    curve = count_pairs(embeddings, labels, bins=2000, memory_mb=1)
+    everything = score_threshold(curve, -1.0)
+    assert everything.recall == 1.0
+    assert everything.precision == pytest.approx(3 * 45 / (30 * 29 / 2))
+    assert score_threshold(curve, 0.9999).recall < 1.0
+
+
+def test_single_image_classes_cannot_be_calibrated() -> None:
+    curve = count_pairs(unit(np.eye(3)), np.arange(3), bins=10, memory_mb=1)
+    with pytest.raises(ValueError, match="single image"):
+        choose_threshold(curve)
