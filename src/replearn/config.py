@@ -158,11 +158,17 @@ class ClusterConfig(StrictModel):
     threshold: float | None = Field(None, ge=-1.0, le=1.0, description="None: read from the model's metadata.")
     min_size: int = Field(3, ge=1, description="Clusters smaller than this go to cluster 0, unclustered.")
     exact_max_n: int = Field(200_000, ge=1, description="Above this many images, approximate kNN builds the graph.")
-    neighbors: int = Field(32, ge=1, description="k of the approximate kNN graph.")
-    refine: Literal["none", "mutual_knn"] = "none"
-    batch_size: int = Field(64, ge=1)
-    provider: Literal["auto", "cuda", "cpu"] = "auto"
-    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime decide.")
+    neighbors: int = Field(32, ge=1, description="k of the kNN graph (approximate, or exact with refine=mutual_knn).")
+    refine: Literal["none", "mutual_knn"] = Field(
+        "none", description="mutual_knn: an edge also needs each image in the other's k nearest, against chaining."
+    )
+    approximate_index: Literal["ivf", "hnsw"] = Field("ivf", description="faiss index for the approximate kNN graph.")
+    nprobe: int = Field(16, ge=1, description="IVF lists searched per query: higher is slower and more exact.")
+    block_memory_mb: int = Field(64, ge=1, description="Memory for one block of the exact similarity matrix.")
+    seed: int = Field(0, description="Seed of the IVF training sample.")
+    report_clusters: int = Field(100, ge=0, description="Clusters with a montage in report.html; the rest get a row.")
+    report_samples: int = Field(8, ge=1, description="Images in each cluster's montage.")
+    thumbnail_size: int = Field(64, ge=16, description="Side of a montage thumbnail, in pixels.")
 
 
 class Config(StrictModel):
