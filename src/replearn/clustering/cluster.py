@@ -1,0 +1,401 @@
+"""The `cluster` stage: group an inbox of unlabelled images into clusters whose ids stay stable across runs.
+
+A run, under OUT's lock:
+
+1. lists the inbox and hashes every file; images are keyed by path + content hash, so a batch
+   seen before is skipped without being embedded, and an empty or already-seen inbox is a quick no-op;
+2. embeds only the new images with the torch-free ONNX embedder;
+3. assigns each new image to the existing cluster whose prototype is most similar, when that
+   similarity passes the threshold (existing ids never change);
+4. builds the threshold graph over the rest (the new images that joined nothing, plus images left
+   unclustered by earlier runs) and turns its connected components of at least min_size images into
+   new clusters, numbered by size after the largest id ever issued (ids are never reused);
+5. writes OUT/runs/run-NNNNNN/ (assignments.csv, clusters.json, report.html, metrics.json),
+   commits the registry, and refreshes OUT/assignments.csv and OUT/clusters.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from replearn.atomic import atomic_directory, atomic_path, write_json_atomic
+from replearn.clustering.components import UNCLUSTERED, cluster_embeddings
+from replearn.clustering.graph import as_embeddings, block_rows_for
+from replearn.clustering.registry import MEMBER_COLUMNS, Registry, commit_registry, load_registry, registry_lock
+from replearn.clustering.report import write_report
+from replearn.config import ClusterConfig, Config
+from replearn.console import track
+from replearn.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageBatch:
+    """Images to cluster: row i of `embeddings` is `paths[i]` (relative to the inbox) with content hash `sha256[i]`.
+
+    `sources` are where the files can be read for the report's thumbnails (absolute paths).
+    """
+
+    paths: list[str]
+    sha256: list[str]
+    sources: list[str]
+    embeddings: np.ndarray
+
+    @property
+    def keys(self) -> list[str]:
+        return [image_key(path, digest) for path, digest in zip(self.paths, self.sha256, strict=True)]
+
+
+def image_key(path: str, sha256: str) -> str:
+    """An image's identity in the registry: the same path with new content is a new image.
+
+    >>> image_key("cats/1.jpg", "ab12")
+    'cats/1.jpg@ab12'
+    """
+    return f"{path}@{sha256}"
+
+
+@dataclass
+class ClusterRun:
+    """What one run did; `run` is None when there was nothing new to cluster."""
+
+    run: int | None
+    run_dir: Path | None
+    images: int
+    new_images: int = 0
+    assigned_to_existing: int = 0
+    new_clusters: int = 0
+    unclustered: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    assignments: pd.DataFrame | None = None
+
+
+def unit_rows(embeddings: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, so inner products are cosine similarities whatever the caller passed."""
+    embeddings = as_embeddings(embeddings)
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return embeddings / np.maximum(norms, 1e-12)
+
+
+def nearest_prototypes(
+    embeddings: np.ndarray, prototypes: np.ndarray, block_memory_mb: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index of and similarity to the most similar prototype of each embedding, in memory-bounded blocks.
+
+    >>> nearest_prototypes(np.eye(2, dtype=np.float32), np.array([[0.0, 1.0]], dtype=np.float32), 1)
+    (array([0, 0]), array([0., 1.], dtype=float32))
+    """
+    n = len(embeddings)
+    best = np.zeros(n, dtype=np.int64)
+    best_similarity = np.full(n, -np.inf, dtype=np.float32)
+    if len(prototypes) == 0:
+        return best, best_similarity
+    rows = block_rows_for(len(prototypes), block_memory_mb)
+    for start in range(0, n, rows):
+        block = embeddings[start : start + rows] @ prototypes.T
+        best[start : start + rows] = block.argmax(axis=1)
+        best_similarity[start : start + rows] = block.max(axis=1)
+    return best, best_similarity
+
+
+def add_to_clusters(registry: Registry, cluster_ids: np.ndarray, embeddings: np.ndarray) -> None:
+    """Add members to existing or new clusters of the registry, updating sums and counts in place."""
+    new_ids = np.setdiff1d(np.unique(cluster_ids), registry.cluster_ids)
+    if len(new_ids):
+        dim = embeddings.shape[1]
+        sums = registry.sums if registry.sums.size else np.zeros((0, dim))
+        registry.cluster_ids = np.concatenate([registry.cluster_ids, new_ids])
+        registry.sums = np.concatenate([sums, np.zeros((len(new_ids), dim))])
+        registry.sizes = np.concatenate([registry.sizes, np.zeros(len(new_ids), dtype=np.int64)])
+    rows = np.searchsorted(registry.cluster_ids, cluster_ids)
+    np.add.at(registry.sums, rows, embeddings.astype(np.float64))
+    np.add.at(registry.sizes, rows, 1)
+
+
+def check_compatible(registry: Registry, model_id: str, embedding_dim: int) -> None:
+    """Cluster ids from another model are not comparable: refuse rather than silently mix them."""
+    if registry.model_id is not None and registry.model_id != model_id:
+        raise UserError(
+            f"the cluster registry in {registry.directory} was built with another model ({registry.model_id}, "
+            f"this one is {model_id}); embeddings of different models are not comparable. Use a new OUT folder"
+        )
+    if registry.embedding_dim is not None and registry.embedding_dim != embedding_dim:
+        raise UserError(
+            f"the cluster registry in {registry.directory} holds {registry.embedding_dim}-dim embeddings, "
+            f"this batch has {embedding_dim}; use a new OUT folder"
+        )
+
+
+def update_registry(
+    registry: Registry, batch: ImageBatch, threshold: float, config: ClusterConfig
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Assign a batch of new images in memory: join existing clusters, else form new ones with the pool.
+
+    Returns the member rows this run writes (the batch, plus earlier unclustered images that
+    joined a new cluster) and counts for the summary. Pure given the registry and the batch.
+    """
+    keys = np.array(batch.keys, dtype=object)
+    embeddings = unit_rows(batch.embeddings)
+    old_pool_keys = registry.pool_keys
+    old_pool = registry.pool_embeddings.reshape(len(old_pool_keys), embeddings.shape[1])
+
+    nearest, similarity = nearest_prototypes(embeddings, registry.prototypes, config.block_memory_mb)
+    joins = similarity >= threshold
+    batch_ids = np.zeros(len(keys), dtype=np.int64)
+    batch_ids[joins] = registry.cluster_ids[nearest[joins]]
+
+    # Earlier unclustered images come first (they are older), then this batch's leftovers.
+    rest = np.concatenate([old_pool, embeddings[~joins]])
+    ranks = cluster_embeddings(rest, threshold, config)
+    rest_ids = np.where(ranks > 0, ranks + registry.next_cluster_id - 1, UNCLUSTERED)
+    pool_ids = rest_ids[: len(old_pool)]
+    batch_ids[~joins] = rest_ids[len(old_pool) :]
+    moved = pool_ids > 0
+
+    clustered = batch_ids > 0
+    add_to_clusters(
+        registry,
+        np.concatenate([batch_ids[clustered], pool_ids[moved]]),
+        np.concatenate([embeddings[clustered], old_pool[moved]]),
+    )
+    registry.next_cluster_id += int(ranks.max(initial=0))
+    registry.pool_keys = np.concatenate([old_pool_keys[~moved], keys[~clustered]])
+    registry.pool_embeddings = np.concatenate([old_pool[~moved], embeddings[~clustered]]).astype(np.float32)
+    registry.run += 1
+
+    members = pd.DataFrame(
+        {"key": keys, "path": batch.paths, "source": batch.sources, "sha256": batch.sha256, "cluster_id": batch_ids}
+    )
+    if moved.any():
+        joined = registry.members().set_index("key").loc[old_pool_keys[moved]].reset_index()
+        joined["cluster_id"] = pool_ids[moved]
+        members = pd.concat([members, joined[members.columns]], ignore_index=True)
+    member_embeddings = np.concatenate([embeddings, old_pool[moved]])
+    members["similarity"] = similarity_to_prototype(registry, members["cluster_id"].to_numpy(), member_embeddings)
+    members["run"] = registry.run
+    counts = {
+        "new_images": len(keys),
+        "assigned_to_existing": int(joins.sum()),
+        "new_clusters": int(ranks.max(initial=0)),
+        "earlier_unclustered_joined": int(moved.sum()),
+        "unclustered": int((~clustered).sum()),
+    }
+    return members[MEMBER_COLUMNS], counts
+
+
+def similarity_to_prototype(registry: Registry, cluster_ids: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+    """Each image's similarity to its cluster's (updated) prototype; NaN for unclustered images."""
+    similarity = np.full(len(cluster_ids), np.nan)
+    clustered = cluster_ids > 0
+    if clustered.any():
+        rows = np.searchsorted(registry.cluster_ids, cluster_ids[clustered])
+        similarity[clustered] = np.einsum("ij,ij->i", embeddings[clustered], registry.prototypes[rows])
+    return similarity
+
+
+def select_new(registry: Registry, paths: list[str], sha256: list[str]) -> list[int]:
+    """Positions of the images the registry has not seen (by path + content hash)."""
+    known = registry.known_keys()
+    return [
+        i for i, (path, digest) in enumerate(zip(paths, sha256, strict=True)) if image_key(path, digest) not in known
+    ]
+
+
+def class_labels(paths: list[str]) -> list[str]:
+    """The class folder of each image, for evaluation; an image outside a class folder is an error.
+
+    >>> class_labels(["cat/1.jpg", "dog/a/2.jpg"])
+    ['cat', 'dog']
+    """
+    loose = [path for path in paths if "/" not in path]
+    if loose:
+        raise UserError(
+            f"evaluation needs every image inside a class folder (INBOX/<class>/<image>), "
+            f"but {len(loose)} are not, e.g. {loose[0]}"
+        )
+    return [path.split("/", 1)[0] for path in paths]
+
+
+def clusters_summary(
+    registry: Registry, members: pd.DataFrame, counts: dict[str, int], threshold: float
+) -> dict[str, Any]:
+    """Sizes and cohesion of every cluster, and what this run changed: clusters.json."""
+    added = members[members["cluster_id"] > 0].groupby("cluster_id").size()
+    first_id_this_run = registry.next_cluster_id - counts["new_clusters"]
+    clusters = [
+        {
+            "id": int(cluster_id),
+            "size": int(size),
+            "cohesion": round(float(cohesion), 6),
+            "added_this_run": int(added.get(cluster_id, 0)),
+            "new_this_run": bool(cluster_id >= first_id_this_run),
+        }
+        for cluster_id, size, cohesion in zip(registry.cluster_ids, registry.sizes, registry.cohesion, strict=True)
+    ]
+    return {
+        "run": registry.run,
+        "threshold": threshold,
+        **counts,
+        "clusters_total": len(clusters),
+        "unclustered_total": len(registry.pool_keys),
+        "clusters": clusters,
+    }
+
+
+def write_assignments(path: Path, members: pd.DataFrame) -> None:
+    """path, cluster_id, similarity (to the cluster prototype; empty for cluster 0) as CSV."""
+    with atomic_path(path) as temporary:
+        members[["path", "cluster_id", "similarity"]].to_csv(temporary, index=False, float_format="%.6f")
+
+
+def record_batch(
+    registry: Registry,
+    batch: ImageBatch,
+    threshold: float,
+    config: ClusterConfig,
+    out_dir: Path,
+    evaluate: bool = False,
+    failures: list[tuple[str, str]] | None = None,
+    images: int | None = None,
+) -> ClusterRun:
+    """Cluster a batch of new images into the registry and write the run's outputs (caller holds the lock)."""
+    failures = failures or []
+    labels = class_labels(batch.paths) if evaluate else None
+    members, counts = update_registry(registry, batch, threshold, config)
+    batch_members = members.iloc[: len(batch.paths)]
+    metrics = clustering_scores_of(labels, batch_members["cluster_id"].to_numpy()) if labels is not None else {}
+    summary = clusters_summary(registry, members, counts, threshold)
+    run_dir = out_dir / "runs" / f"run-{registry.run:06d}"
+    with atomic_directory(run_dir, replace=True) as staging:
+        write_assignments(staging / "assignments.csv", members)
+        pd.DataFrame(failures, columns=["path", "error"]).to_csv(staging / "failures.csv", index=False)
+        write_json_atomic(staging / "clusters.json", summary)
+        if metrics:
+            write_json_atomic(staging / "metrics.json", metrics)
+        write_report(staging, summary, members, failures, metrics, config)
+    run_info = {"run": registry.run, "time": datetime.now(UTC).isoformat(timespec="seconds"), "threshold": threshold}
+    run_info.update(counts)
+    commit_registry(registry, members, run_info)
+    write_assignments(out_dir / "assignments.csv", registry.members())
+    write_json_atomic(out_dir / "clusters.json", summary)
+    log.info(
+        "run %d: %d new images, %d joined existing clusters, %d new clusters, %d unclustered",
+        registry.run,
+        counts["new_images"],
+        counts["assigned_to_existing"],
+        counts["new_clusters"],
+        counts["unclustered"],
+    )
+    return ClusterRun(
+        run=registry.run,
+        run_dir=run_dir,
+        images=len(batch.paths) if images is None else images,
+        new_images=counts["new_images"],
+        assigned_to_existing=counts["assigned_to_existing"],
+        new_clusters=counts["new_clusters"],
+        unclustered=counts["unclustered"],
+        failures=failures,
+        metrics=metrics,
+        assignments=members,
+    )
+
+
+def clustering_scores_of(labels: list[str], cluster_ids: np.ndarray) -> dict[str, float]:
+    """Labelled-evaluation metrics (imported only when asked for: they need scikit-learn)."""
+    from replearn.clustering.metrics import clustering_scores
+
+    return clustering_scores(labels, cluster_ids)
+
+
+def cluster_embeddings_into(
+    config: ClusterConfig,
+    batch: ImageBatch,
+    out_dir: Path,
+    threshold: float,
+    model_id: str,
+    evaluate: bool = False,
+) -> ClusterRun:
+    """The stage on embeddings already computed: lock OUT, skip known images, cluster the rest into the registry."""
+    with registry_lock(out_dir):
+        registry = load_registry(out_dir)
+        check_compatible(registry, model_id, batch.embeddings.shape[1])
+        new = select_new(registry, batch.paths, batch.sha256)
+        if not new:
+            log.info("all %d images are already in the registry in %s: nothing to do", len(batch.paths), out_dir)
+            return ClusterRun(run=None, run_dir=None, images=len(batch.paths))
+        registry.model_id, registry.embedding_dim = model_id, batch.embeddings.shape[1]
+        subset = ImageBatch(
+            paths=[batch.paths[i] for i in new],
+            sha256=[batch.sha256[i] for i in new],
+            sources=[batch.sources[i] for i in new],
+            embeddings=batch.embeddings[new],
+        )
+        return record_batch(registry, subset, threshold, config, out_dir, evaluate, images=len(batch.paths))
+
+
+def sha256_file(path: Path) -> str:
+    """Content hash of a file, read in chunks."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def resolve_threshold(config: ClusterConfig, model_threshold: float | None, model_path: Path) -> float:
+    """cluster.threshold when set, else the threshold calibrated at evaluation and stored in the model."""
+    if config.threshold is not None:
+        return config.threshold
+    if model_threshold is None:
+        raise UserError(
+            f"{model_path} carries no calibrated threshold in its metadata; "
+            "set one with --threshold or --set cluster.threshold=0.8"
+        )
+    return model_threshold
+
+
+def cluster_images(config: Config, model_path: Path, inbox: Path, out_dir: Path, evaluate: bool = False) -> ClusterRun:
+    """The `cluster` stage: embed the new images of INBOX with the ONNX model and cluster them into OUT's registry."""
+    from replearn.export.embedder import OnnxEmbedder, embed_folder, list_images
+
+    names = list_images(inbox)
+    if not names:
+        log.info("inbox %s is empty: nothing to do", inbox)
+        return ClusterRun(run=None, run_dir=None, images=0)
+    with registry_lock(out_dir):
+        registry = load_registry(out_dir)
+        digests = [sha256_file(inbox / name) for name in track(names, len(names), "hashing")]
+        new = select_new(registry, names, digests)
+        if not new:
+            log.info("all %d images of %s are already in the registry: nothing to do", len(names), inbox)
+            return ClusterRun(run=None, run_dir=None, images=len(names))
+        embedder = OnnxEmbedder(model_path, provider=config.embed.provider, threads=config.embed.threads)
+        model_id = f"sha256:{sha256_file(model_path)}"
+        check_compatible(registry, model_id, embedder.metadata.embedding_dim)
+        threshold = resolve_threshold(config.cluster, embedder.metadata.threshold, model_path)
+        with tempfile.TemporaryDirectory(prefix="replearn-cluster-") as staging:
+            # The embedder takes a folder: give it one that links to the new images only.
+            for i in new:
+                link = Path(staging) / names[i]
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to((inbox / names[i]).resolve())
+            result = embed_folder(embedder, staging, batch_size=config.embed.batch_size, workers=config.embed.workers)
+        digest_of = {names[i]: digests[i] for i in new}
+        batch = ImageBatch(
+            paths=result.paths,
+            sha256=[digest_of[path] for path in result.paths],
+            sources=[str((inbox / path).resolve()) for path in result.paths],
+            embeddings=result.embeddings,
+        )
+        registry.model_id, registry.embedding_dim = model_id, embedder.metadata.embedding_dim
+        if not batch.paths:
+            raise UserError(f"none of the {len(new)} new images in {inbox} could be read, e.g. {result.failures[0]}")
+        return record_batch(registry, batch, threshold, config.cluster, out_dir, evaluate, result.failures, len(names))

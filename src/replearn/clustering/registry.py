@@ -1,0 +1,205 @@
+"""The persistent cluster registry in OUT that keeps cluster ids stable across scheduled runs.
+
+Layout (everything under OUT/registry/):
+
+- manifest.json: the single commit point. It names the current prototypes and pool files and
+  lists the member segments, and is replaced atomically (write, fsync, rename) as the last step
+  of a run. Files a crashed run wrote before that step are simply not named by any manifest, so
+  the previous registry stays intact and the next run overwrites them.
+- members-<run>.parquet: one immutable segment per run, appended to the manifest's list and
+  never rewritten: key, path, source, sha256, cluster_id, similarity, run. A later row for the
+  same key overrides an earlier one (an unclustered image can join a new cluster later).
+- prototypes-<run>.npz: per cluster id, the sum of its members' embeddings and their count; the
+  prototype is the normalised sum and the cohesion (mean similarity of members to the
+  prototype) is |sum| / count, so neither needs the members' embeddings.
+- pool-<run>.npz: embeddings of the images still unclustered (cluster 0), which may form a
+  cluster together with images of a later batch.
+
+OUT/.lock is held with fcntl.flock for the whole run, so a second run on the same OUT is refused
+instead of interleaving writes. The lock file is never deleted (deleting it would let two runs
+lock two different files).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from replearn.atomic import atomic_path
+from replearn.errors import UserError
+
+REGISTRY_FORMAT = 1
+MEMBER_COLUMNS = ["key", "path", "source", "sha256", "cluster_id", "similarity", "run"]
+
+
+class RegistryLockedError(UserError):
+    """Another run holds the lock on the same OUT folder."""
+
+
+@contextmanager
+def registry_lock(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive, non-blocking flock on OUT/.lock; a second holder gets RegistryLockedError.
+
+    The kernel releases a flock when its process dies, so a crashed run never leaves OUT locked.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = out_dir / ".lock"
+    with lock_path.open("a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise RegistryLockedError(
+                f"another `replearn cluster` run (pid {holder}) is writing to {out_dir}; "
+                f"it holds {lock_path}. Wait for it to finish, or use another OUT folder"
+            ) from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@dataclass
+class Registry:
+    """The committed state of OUT/registry: what the next run builds on."""
+
+    directory: Path
+    run: int = 0
+    next_cluster_id: int = 1
+    model_id: str | None = None
+    embedding_dim: int | None = None
+    cluster_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    sums: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float64))
+    sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    pool_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+    pool_embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    segments: list[str] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def prototypes(self) -> np.ndarray:
+        """Unit-length mean embedding of each cluster, row i for cluster_ids[i]."""
+        norms = np.linalg.norm(self.sums, axis=1, keepdims=True)
+        return (self.sums / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    @property
+    def cohesion(self) -> np.ndarray:
+        """Mean similarity of each cluster's members to its prototype: |sum of members| / count."""
+        return np.linalg.norm(self.sums, axis=1) / np.maximum(self.sizes, 1)
+
+    def members(self) -> pd.DataFrame:
+        """Current assignment of every image ever registered: the segments, last row per key wins."""
+        frames = [pd.read_parquet(self.directory / name) for name in self.segments]
+        if not frames:
+            return pd.DataFrame({column: pd.Series(dtype=_member_dtype(column)) for column in MEMBER_COLUMNS})
+        members = pd.concat(frames, ignore_index=True)
+        return members.drop_duplicates("key", keep="last").reset_index(drop=True)
+
+    def known_keys(self) -> set[str]:
+        """Keys of every registered image, read from the key column alone."""
+        keys: set[str] = set()
+        for name in self.segments:
+            keys.update(pd.read_parquet(self.directory / name, columns=["key"])["key"])
+        return keys
+
+
+def _member_dtype(column: str) -> str:
+    return {"cluster_id": "int64", "run": "int64", "similarity": "float64"}.get(column, "object")
+
+
+def load_registry(out_dir: Path) -> Registry:
+    """The registry committed in OUT/registry, or an empty one when there is none yet."""
+    directory = out_dir / "registry"
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.is_file():
+        return Registry(directory=directory)
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != REGISTRY_FORMAT:
+            raise ValueError(f"format {manifest.get('format')!r}, expected {REGISTRY_FORMAT}")
+        with np.load(directory / manifest["prototypes"]) as prototypes:
+            cluster_ids, sums, sizes = prototypes["cluster_ids"], prototypes["sums"], prototypes["sizes"]
+        with np.load(directory / manifest["pool"], allow_pickle=False) as pool:
+            pool_keys, pool_embeddings = pool["keys"].astype(object), pool["embeddings"]
+    except (OSError, ValueError, KeyError) as error:
+        raise UserError(f"cluster registry {manifest_path} is unreadable ({error}); it was not modified") from None
+    return Registry(
+        directory=directory,
+        run=int(manifest["run"]),
+        next_cluster_id=int(manifest["next_cluster_id"]),
+        model_id=manifest["model_id"],
+        embedding_dim=int(manifest["embedding_dim"]),
+        cluster_ids=cluster_ids,
+        sums=sums,
+        sizes=sizes,
+        pool_keys=pool_keys,
+        pool_embeddings=pool_embeddings,
+        segments=list(manifest["segments"]),
+        runs=list(manifest["runs"]),
+    )
+
+
+def commit_registry(registry: Registry, new_members: pd.DataFrame, run_info: dict[str, Any]) -> None:
+    """Write this run's segment, prototypes and pool under new names, then switch the manifest to them.
+
+    `registry` already holds the new state (run, ids, sums, pool); `new_members` are the rows this
+    run adds. Until the manifest is replaced, readers (and a crash) see the previous registry.
+    """
+    directory = registry.directory
+    directory.mkdir(parents=True, exist_ok=True)
+    tag = f"{registry.run:06d}"
+    segment = f"members-{tag}.parquet"
+    prototypes = f"prototypes-{tag}.npz"
+    pool = f"pool-{tag}.npz"
+    with atomic_path(directory / segment) as temporary:
+        new_members[MEMBER_COLUMNS].to_parquet(temporary, index=False)
+    with atomic_path(directory / prototypes) as temporary, temporary.open("wb") as handle:
+        np.savez(handle, cluster_ids=registry.cluster_ids, sums=registry.sums, sizes=registry.sizes)
+    with atomic_path(directory / pool) as temporary, temporary.open("wb") as handle:
+        np.savez(handle, keys=registry.pool_keys.astype(str), embeddings=registry.pool_embeddings)
+    registry.segments.append(segment)
+    registry.runs.append(run_info)
+    manifest = {
+        "format": REGISTRY_FORMAT,
+        "run": registry.run,
+        "next_cluster_id": registry.next_cluster_id,
+        "model_id": registry.model_id,
+        "embedding_dim": registry.embedding_dim,
+        "prototypes": prototypes,
+        "pool": pool,
+        "segments": registry.segments,
+        "runs": registry.runs,
+    }
+    _fsync_files(directory / segment, directory / prototypes, directory / pool)
+    with atomic_path(directory / "manifest.json") as temporary:
+        temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+        _fsync_files(temporary)
+    remove_orphans(directory, keep={segment, prototypes, pool, *registry.segments, "manifest.json"})
+
+
+def _fsync_files(*paths: Path) -> None:
+    """Make file contents durable before the manifest that names them, so a power cut cannot reorder them."""
+    for path in paths:
+        with path.open("rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def remove_orphans(directory: Path, keep: set[str]) -> None:
+    """Delete superseded prototypes/pool versions and leftovers of crashed runs; segments stay forever."""
+    for path in directory.iterdir():
+        if path.name not in keep and path.suffix in (".npz", ".parquet", ".tmp"):
+            path.unlink(missing_ok=True)

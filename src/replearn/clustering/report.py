@@ -1,0 +1,181 @@
+"""report.html for one clustering run: a page a person can skim to check what the run did.
+
+It shows a montage of sample images for each cluster the run created or grew, the images left
+unclustered, and the size distribution of all clusters. It is one static file plus the montage
+images beside it (relative links), so it opens from disk without a server, and it links only to
+files it wrote: inbox images may be moved away by the next scheduled job, thumbnails stay.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from replearn.config import ClusterConfig, ResizeConfig
+from replearn.data.images import load_image
+
+log = logging.getLogger(__name__)
+
+MAX_TABLE_ROWS = 1000
+UNCLUSTERED_ROWS = 6
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }
+table { border-collapse: collapse; margin: 1em 0; }
+td, th { border: 1px solid #ccc; padding: 2px 8px; text-align: right; }
+th { background: #f3f3f3; }
+.bar { background: #4a7bd0; height: 12px; display: inline-block; }
+.cluster { margin: 1.2em 0; }
+.cluster img, .unclustered img { image-rendering: pixelated; border: 1px solid #ddd; }
+.muted { color: #777; }
+"""
+
+
+def write_montage(sources: Sequence[str], target: Path, columns: int, thumbnail: int) -> int:
+    """Thumbnails of the readable `sources` in a grid saved to `target`; returns how many made it in.
+
+    Unreadable or vanished files are skipped: a report must not fail because an inbox moved on.
+    """
+    resize = ResizeConfig(size=thumbnail, mode="pad")
+    tiles = []
+    for source in sources:
+        try:
+            tiles.append(load_image(Path(source), resize))
+        except Exception as error:  # Pillow raises many types; a missing thumbnail is not worth a failed run
+            log.debug("no thumbnail for %s: %s", source, error)
+    if not tiles:
+        return 0
+    rows = -(-len(tiles) // columns)
+    sheet = Image.new("RGB", (min(columns, len(tiles)) * thumbnail, rows * thumbnail), (255, 255, 255))
+    for i, tile in enumerate(tiles):
+        sheet.paste(tile, ((i % columns) * thumbnail, (i // columns) * thumbnail))
+    sheet.save(target, quality=90)
+    return len(tiles)
+
+
+def size_histogram(sizes: np.ndarray) -> list[tuple[str, int]]:
+    """Cluster counts in power-of-two size bins, the shape that reads well for long-tailed sizes.
+
+    >>> size_histogram(np.array([1, 3, 4, 9]))
+    [('1', 1), ('2-3', 1), ('4-7', 1), ('8-15', 1)]
+    """
+    if len(sizes) == 0:
+        return []
+    bins = np.floor(np.log2(np.maximum(sizes, 1))).astype(int)
+    counts = np.bincount(bins)
+    return [(str(1 << b) if b == 0 else f"{1 << b}-{(2 << b) - 1}", int(c)) for b, c in enumerate(counts) if c]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _links(run_dir: Path) -> str:
+    names = ["assignments.csv", "clusters.json", "metrics.json", "failures.csv"]
+    return " · ".join(f'<a href="{name}">{name}</a>' for name in names if (run_dir / name).is_file())
+
+
+def write_report(
+    run_dir: Path,
+    summary: dict[str, Any],
+    members: pd.DataFrame,
+    failures: Sequence[tuple[str, str]],
+    metrics: dict[str, float],
+    config: ClusterConfig,
+) -> Path:
+    """Write run_dir/report.html and its montages in run_dir/thumbs/; the other run files must exist already."""
+    thumbs = run_dir / "thumbs"
+    thumbs.mkdir(exist_ok=True)
+    parts = [f"<h1>replearn clusters: run {summary['run']}</h1>", f"<p>{_links(run_dir)}</p>"]
+    facts = [
+        ("new images", summary["new_images"]),
+        ("joined existing clusters", summary["assigned_to_existing"]),
+        ("new clusters", summary["new_clusters"]),
+        ("earlier unclustered images now clustered", summary["earlier_unclustered_joined"]),
+        ("unclustered (cluster 0) this run", summary["unclustered"]),
+        ("unreadable images", len(failures)),
+        ("clusters in total", summary["clusters_total"]),
+        ("unclustered in total", summary["unclustered_total"]),
+        ("threshold", f"{summary['threshold']:.4f}"),
+        ("min_size", config.min_size),
+    ]
+    parts.append(_table(["", ""], [(html.escape(name), value) for name, value in facts]))
+    if metrics:
+        parts.append("<h2>Agreement with class folders</h2>")
+        parts.append(_table(["metric", "value"], [(html.escape(k), f"{v:.4f}") for k, v in metrics.items()]))
+
+    clusters = pd.DataFrame(summary["clusters"], columns=["id", "size", "cohesion", "added_this_run", "new_this_run"])
+    parts.append("<h2>Cluster sizes</h2>")
+    histogram = size_histogram(clusters["size"].to_numpy())
+    widest = max((count for _, count in histogram), default=1)
+    parts.append(
+        _table(
+            ["size", "clusters", ""],
+            [
+                (size, count, f'<span class="bar" style="width:{300 * count // widest}px"></span>')
+                for size, count in histogram
+            ],
+        )
+    )
+
+    touched = clusters[clusters["added_this_run"] > 0].sort_values(["added_this_run", "id"], ascending=[False, True])
+    parts.append(f"<h2>Clusters this run ({len(touched)})</h2>")
+    for row in touched.head(config.report_clusters).itertuples():
+        sources = members.loc[members["cluster_id"] == row.id, "source"].head(config.report_samples)
+        name = f"cluster-{row.id:06d}.jpg"
+        shown = write_montage(list(sources), thumbs / name, config.report_samples, config.thumbnail_size)
+        label = "new" if row.new_this_run else "grew"
+        title = (
+            f"Cluster {row.id} ({label}): {row.size} images, +{row.added_this_run} this run, "
+            f"cohesion {row.cohesion:.3f}"
+        )
+        image = (
+            f'<img src="thumbs/{name}" alt="samples of cluster {row.id}">'
+            if shown
+            else ('<span class="muted">no readable images to show</span>')
+        )
+        parts.append(f'<div class="cluster"><h3>{html.escape(title)}</h3>{image}</div>')
+    if len(touched) > config.report_clusters:
+        parts.append(f'<p class="muted">{len(touched) - config.report_clusters} more in clusters.json.</p>')
+
+    unclustered = members.loc[members["cluster_id"] == 0, "source"]
+    parts.append(f"<h2>Unclustered this run ({len(unclustered)})</h2>")
+    limit = config.report_samples * UNCLUSTERED_ROWS
+    if len(unclustered) and write_montage(
+        list(unclustered.head(limit)), thumbs / "unclustered.jpg", config.report_samples, config.thumbnail_size
+    ):
+        parts.append('<div class="unclustered"><img src="thumbs/unclustered.jpg" alt="unclustered images"></div>')
+        if len(unclustered) > limit:
+            parts.append(f'<p class="muted">showing {limit}; all are in assignments.csv with cluster_id 0.</p>')
+
+    parts.append("<h2>All clusters</h2>")
+    rows = [
+        (r.id, r.size, f"{r.cohesion:.3f}", r.added_this_run, "yes" if r.new_this_run else "")
+        for r in clusters.sort_values("id").head(MAX_TABLE_ROWS).itertuples()
+    ]
+    parts.append(_table(["id", "size", "cohesion", "added this run", "new"], rows))
+    if len(clusters) > MAX_TABLE_ROWS:
+        parts.append(f'<p class="muted">first {MAX_TABLE_ROWS} of {len(clusters)}; all are in clusters.json.</p>')
+    if failures:
+        parts.append("<h2>Unreadable images</h2>")
+        parts.append(
+            _table(["path", "error"], [(html.escape(p), html.escape(e)) for p, e in failures[:MAX_TABLE_ROWS]])
+        )
+
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>replearn clusters: run {summary['run']}</title><style>{STYLE}</style></head>"
+        f"<body>{''.join(parts)}</body></html>\n"
+    )
+    report = run_dir / "report.html"
+    report.write_text(page, encoding="utf-8")
+    return report

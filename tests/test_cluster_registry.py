@@ -1,0 +1,164 @@
+"""The cluster registry: stable ids across runs, idempotent reruns, the lock, and crash safety."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from replearn.clustering import registry as registry_module
+from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into
+from replearn.clustering.registry import RegistryLockedError, load_registry, registry_lock
+from replearn.config import ClusterConfig
+from replearn.errors import UserError
+
+DIM = 16
+CONFIG = ClusterConfig(min_size=3)
+THRESHOLD = 0.8
+
+
+def make_batch(blob_sizes: dict[int, int], prefix: str, seed: int) -> ImageBatch:
+    """Images around orthogonal centres: blob b's images are named <prefix>/b<b>_<i>.png."""
+    rng = np.random.default_rng(seed)
+    paths, vectors = [], []
+    for blob, size in blob_sizes.items():
+        for i in range(size):
+            paths.append(f"{prefix}/b{blob}_{i}.png")
+            vectors.append(np.eye(DIM)[blob] + 0.05 * rng.normal(size=DIM))
+    embeddings = np.array(vectors, dtype=np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    digests = [f"sha-{path}" for path in paths]
+    return ImageBatch(paths=paths, sha256=digests, sources=[f"/nowhere/{p}" for p in paths], embeddings=embeddings)
+
+
+def run(out: Path, batch: ImageBatch, config: ClusterConfig = CONFIG, model_id: str = "model-a"):
+    return cluster_embeddings_into(config, batch, out, THRESHOLD, model_id)
+
+
+def current(out: Path) -> dict[str, int]:
+    table = pd.read_csv(out / "assignments.csv")
+    return dict(zip(table["path"], table["cluster_id"], strict=True))
+
+
+def blob_of(path: str) -> int:
+    return int(path.split("/b")[1].split("_")[0])
+
+
+def test_first_run_numbers_clusters_by_size(tmp_path: Path) -> None:
+    result = run(tmp_path, make_batch({0: 4, 1: 6, 2: 2}, "day1", seed=0))
+    ids = current(tmp_path)
+    assert {blob_of(p): c for p, c in ids.items()} == {0: 2, 1: 1, 2: 0}
+    assert (result.run, result.new_clusters, result.unclustered) == (1, 2, 2)
+    run_dir = tmp_path / "runs" / "run-000001"
+    assignments = pd.read_csv(run_dir / "assignments.csv")
+    assert list(assignments.columns) == ["path", "cluster_id", "similarity"]
+    assert assignments.loc[assignments["cluster_id"] > 0, "similarity"].between(0.9, 1.0).all()
+    assert assignments.loc[assignments["cluster_id"] == 0, "similarity"].isna().all()
+    summary = (run_dir / "clusters.json").read_text()
+    assert '"size": 6' in summary and '"cohesion"' in summary
+
+
+def test_incremental_run_keeps_ids_and_is_idempotent(tmp_path: Path) -> None:
+    run(tmp_path, make_batch({0: 4, 1: 6}, "day1", seed=0))
+    before = current(tmp_path)
+
+    second = make_batch({0: 3, 3: 5, 4: 1}, "day2", seed=1)
+    result = run(tmp_path, second)
+    after = current(tmp_path)
+
+    assert {p: after[p] for p in before} == before  # existing images keep their ids
+    day2 = {p: c for p, c in after.items() if p.startswith("day2")}
+    old_blob0_id = before["day1/b0_0.png"]
+    assert all(c == old_blob0_id for p, c in day2.items() if blob_of(p) == 0)
+    assert {c for p, c in day2.items() if blob_of(p) == 3} == {3}  # new id after 1 and 2, never reused
+    assert result.assigned_to_existing == 3 and result.new_clusters == 1
+
+    manifest = (tmp_path / "registry" / "manifest.json").read_bytes()
+    again = run(tmp_path, second)
+    assert again.run is None
+    assert (tmp_path / "registry" / "manifest.json").read_bytes() == manifest
+    assert current(tmp_path) == after
+    assert not (tmp_path / "runs" / "run-000003").exists()
+
+
+def test_changed_content_at_the_same_path_is_a_new_image(tmp_path: Path) -> None:
+    batch = make_batch({0: 3}, "inbox", seed=0)
+    run(tmp_path, batch)
+    batch.sha256[0] = "sha-edited"
+    result = run(tmp_path, batch)
+    assert result.run == 2 and result.new_images == 1
+
+
+def test_unclustered_images_can_form_a_cluster_later(tmp_path: Path) -> None:
+    run(tmp_path, make_batch({0: 5}, "day1", seed=0))
+    first = run(tmp_path, make_batch({1: 2}, "day2", seed=1))
+    assert first.unclustered == 2
+    second = run(tmp_path, make_batch({1: 1}, "day3", seed=2))
+    ids = current(tmp_path)
+    assert second.new_clusters == 1
+    assert {ids["day2/b1_0.png"], ids["day2/b1_1.png"], ids["day3/b1_0.png"]} == {2}
+    assert load_registry(tmp_path).pool_keys.size == 0
+
+
+def test_a_concurrent_run_is_refused_by_the_lock(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from replearn.clustering.registry import registry_lock\n"
+            f"with registry_lock(Path({str(tmp_path)!r})):\n    print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RegistryLockedError, match=f"pid {holder.pid}"):
+            run(tmp_path, make_batch({0: 3}, "day1", seed=0))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run(tmp_path, make_batch({0: 3}, "day1", seed=0)).run == 1  # the lock died with its holder
+
+
+def test_the_lock_is_exclusive_within_one_process(tmp_path: Path) -> None:
+    with registry_lock(tmp_path), pytest.raises(RegistryLockedError), registry_lock(tmp_path):
+        pass
+
+
+def test_a_crash_before_the_commit_leaves_the_previous_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(tmp_path, make_batch({0: 4}, "day1", seed=0))
+    manifest = (tmp_path / "registry" / "manifest.json").read_bytes()
+
+    def power_cut(*paths: Path) -> None:
+        raise OSError("simulated crash before the manifest was replaced")
+
+    monkeypatch.setattr(registry_module, "_fsync_files", power_cut)
+    with pytest.raises(OSError, match="simulated crash"):
+        run(tmp_path, make_batch({5: 4}, "day2", seed=1))
+    monkeypatch.undo()
+
+    assert (tmp_path / "registry" / "manifest.json").read_bytes() == manifest
+    registry = load_registry(tmp_path)
+    assert registry.run == 1 and registry.cluster_ids.tolist() == [1]
+    retry = run(tmp_path, make_batch({5: 4}, "day2", seed=1))
+    assert retry.run == 2 and retry.new_clusters == 1
+    assert sorted(p.name for p in (tmp_path / "registry").iterdir()) == [
+        "manifest.json",
+        "members-000001.parquet",
+        "members-000002.parquet",
+        "pool-000002.npz",
+        "prototypes-000002.npz",
+    ]
+
+
+def test_another_model_is_refused(tmp_path: Path) -> None:
+    run(tmp_path, make_batch({0: 3}, "day1", seed=0))
+    with pytest.raises(UserError, match="another model"):
+        run(tmp_path, make_batch({1: 3}, "day2", seed=1), model_id="model-b")
