@@ -135,9 +135,19 @@ class EvaluateConfig(StrictModel):
     recall_at: list[int] = [1, 2, 4, 8]
     knn_k: int = Field(13, ge=1, description="Neighbours for the majority-vote kNN classifier (seed 001).")
     batch_size: int = Field(256, ge=1)
-    threshold_objective: Literal["f1", "precision"] = "f1"
+    threshold_objective: Literal["f1", "precision"] = Field(
+        "f1", description="f1: the threshold with the best pairwise F1; precision: the lowest reaching target_precision."
+    )
     target_precision: float = Field(0.95, gt=0.0, le=1.0)
+    threshold_bins: int = Field(2000, ge=10, description="Similarity bins over [-1, 1]: candidate thresholds.")
+    calibration_max_images: int = Field(
+        20_000, ge=2, description="Val images used for calibration (a seeded sample above this); pairs grow as N^2."
+    )
+    memory_mb: float = Field(256.0, gt=0.0, description="Budget for one block of kNN results or pair similarities.")
     embedding_map: Literal["tsne", "pca"] = "tsne"
+    map_max_points: int = Field(3000, ge=10, description="Test images drawn on the 2-D map (a seeded sample).")
+    worst_queries: int = Field(8, ge=0, description="Rows of the worst-queries grid per subset.")
+    worst_neighbors: int = Field(5, ge=1, description="Neighbours shown beside each worst query.")
     seed: int = 0
 
 

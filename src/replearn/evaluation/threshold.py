@@ -1,0 +1,42 @@
+"""threshold.json: how the calibrated clustering threshold travels from evaluation to export and `compare`.
+
+A small JSON file rather than a pickle, so export (which copies it into the ONNX metadata), the
+clustering stage and a person reading the evaluation folder all see the same number and where it
+came from. This module needs only the standard library, so a torch-free image can read it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from replearn.atomic import write_json_atomic
+from replearn.errors import UserError
+
+THRESHOLD_FILE = "threshold.json"
+
+
+def write_threshold(path: Path, threshold: float, **details: Any) -> None:
+    """Write {"threshold": t, ...details} atomically; details say how t was chosen and how well it did."""
+    write_json_atomic(path, {"threshold": float(threshold), **details})
+
+
+def read_threshold(path: Path | str) -> float:
+    """The threshold in a threshold.json (or in the evaluation folder that holds one).
+
+    A missing file or a value outside [-1, 1] is a UserError naming the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / THRESHOLD_FILE
+    if not path.is_file():
+        raise UserError(f"threshold file {path} does not exist; run `replearn evaluate` first")
+    try:
+        value = float(json.loads(path.read_text())["threshold"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{path} does not hold a numeric 'threshold': {error}") from None
+    if not (math.isfinite(value) and -1.0 <= value <= 1.0):
+        raise UserError(f"{path}: threshold {value} is not a cosine similarity in [-1, 1]")
+    return value
