@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -139,6 +139,37 @@ def data_digits(
 
     counts = generate_digits(out, size=size or state(ctx).config.data.size, force=force)
     print_class_folder_summary(out, counts)
+
+
+@app.command("validate")
+def validate(
+    ctx: typer.Context,
+    data_dir: Annotated[Path, typer.Argument(help="Class folders: DATA_DIR/<class>/<image>. Never modified.")],
+    out: Annotated[
+        Path | None,
+        typer.Argument(help="Report folder (manifest, summary, bad files, Data Docs) [default: validate.out_dir]."),
+    ] = None,
+    on_error: Annotated[
+        Literal["fail", "quarantine"] | None,
+        typer.Option(
+            help="fail: exit 1 on any failed check; quarantine: list bad files and go on with the good ones "
+            "[default: validate.on_error]."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Manifest processes, 0 = all cores [default: validate.workers].")
+    ] = None,
+) -> None:
+    """Check the class folders (manifest + Great Expectations suite + Data Docs); exit 1 when the data is not valid."""
+    from replearn.data.validation import report_table, validate_dataset
+
+    config = state(ctx).config
+    result = validate_dataset(config, data_dir, out or config.validate_.out_dir, on_error=on_error, workers=workers)
+    stdout.print(report_table(result))
+    stdout.print(f"Data Docs: {result.data_docs_path.resolve().as_uri()}", highlight=False)
+    stdout.print(f"summary: {result.summary_path}  bad files: {result.bad_files_path}", highlight=False)
+    if not result.valid:
+        raise typer.Exit(1)
 
 
 def run() -> None:

@@ -39,8 +39,15 @@ class ValidateConfig(StrictModel):
     min_width: int = Field(8, ge=1)
     min_height: int = Field(8, ge=1)
     max_pixels: int = Field(89_478_485, ge=1, description="Decompression-bomb guard (Pillow's own default).")
-    on_error: Literal["fail", "quarantine"] = "fail"
+    on_error: Literal["fail", "quarantine"] = Field(
+        "fail",
+        description="fail: any failed check makes the data invalid; quarantine: list bad files in bad_files.csv, "
+        "leave them and classes with fewer than train.images_per_class images out, and go on.",
+    )
     workers: int = Field(0, ge=0, description="Processes for the manifest; 0 means all cores.")
+    out_dir: Path = Field(
+        Path("data/validation"), description="Where `replearn validate` writes its report when OUT is not given."
+    )
 
 
 class ResizeConfig(StrictModel):

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from rich.markup import escape
+from rich.table import Table
 
 from replearn.atomic import atomic_directory, atomic_path, write_json_atomic
 from replearn.config import Config
@@ -192,6 +194,7 @@ class ExpectationRunner:
     """
 
     def __init__(self, docs_dir: Path) -> None:
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it logs every registration at INFO
         import great_expectations as gx
         import great_expectations.expectations as gxe
         from great_expectations.data_context.types.base import (
@@ -355,7 +358,6 @@ def validate_dataset(
     The previous manifest in `out_dir` is the cache that makes reruns fast.
     """
     mode = on_error or config.validate_.on_error
-    out_dir.mkdir(parents=True, exist_ok=True)
     stats = build_manifest(
         data_dir,
         out_dir / MANIFEST_NAME,
@@ -408,3 +410,23 @@ def validate_dataset(
         bad.to_csv(temporary, index=False)
     write_json_atomic(result.summary_path, _summary(result, config, data_dir))
     return result
+
+
+def report_table(result: ValidationResult, shown: int = 3) -> Table:
+    """What passed, what failed, and the first offending files of each failure with a count of the rest."""
+    title = "data is valid" if result.valid else "data is NOT valid"
+    if result.on_error == "quarantine":
+        title += f" (quarantine: {len(result.good):,} good files in {result.good['class'].nunique()} classes kept)"
+    table = Table(title=f"{title}: {result.stats.files:,} files, {len(result.stats.class_folders)} class folders")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("failing", justify="right")
+    table.add_column("first offenders", overflow="fold")
+    for check in result.checks:
+        name = check.name if check.success else f"{check.name}\n[dim]{escape(check.description)}[/]"
+        status = "[green]passed[/]" if check.success else "[red]FAILED[/]"
+        offenders = [f"{escape(item)}: {escape(detail)}" for item, detail in check.examples[:shown]]
+        if check.failing > shown:
+            offenders.append(f"... and {check.failing - shown:,} more")
+        table.add_row(name, status, f"{check.failing:,}" if check.failing else "", "\n".join(offenders))
+    return table

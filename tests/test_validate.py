@@ -1,0 +1,156 @@
+"""The validate stage: which expectation each bad case fails, quarantine, outputs, and the CLI's exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from data_corpus import CONFIG, EXPECTED_CLASS_FAILURES, EXPECTED_FAILURES, build_corpus, snapshot
+from replearn import cli
+from replearn.cli import app
+from replearn.data.validation import ValidationResult, validate_dataset
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def failed(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[ValidationResult, dict]:
+    before = snapshot(corpus.parent)
+    result = validate_dataset(CONFIG, corpus, tmp_path_factory.mktemp("report"))
+    return result, {"before": before, "after": snapshot(corpus.parent)}
+
+
+def failures_by_item(result: ValidationResult, names: set[str]) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for check in result.checks:
+        if check.name in names:
+            for item, _ in check.examples:
+                found.setdefault(item, set()).add(check.name)
+    return found
+
+
+def test_each_bad_case_fails_exactly_its_check(failed: tuple[ValidationResult, dict]) -> None:
+    result, trees = failed
+    assert trees["after"] == trees["before"]
+    assert not result.valid
+    file_failures = result.bad[result.bad["check"] != "class_left_out"].groupby("path")["check"].agg(set).to_dict()
+    assert file_failures == EXPECTED_FAILURES
+    class_checks = {"min_images", "unique_class_names"}
+    assert failures_by_item(result, class_checks) == EXPECTED_CLASS_FAILURES
+    verdicts = {check.name: check.success for check in result.checks}
+    assert verdicts["min_classes"] and verdicts["no_hidden_files"]
+    assert sorted(result.good["class"].unique()) == ["alpha", "beta", "gamma"]
+    assert not set(result.good["path"]) & set(EXPECTED_FAILURES)
+
+
+def test_messages_name_the_problem(failed: tuple[ValidationResult, dict]) -> None:
+    result, _ = failed
+    details = {(row.path, row.check): row.detail for row in result.bad.itertuples()}
+    assert details["alpha/zero.jpg", "decodes"] == "empty file (0 bytes)"
+    assert details["alpha/tiny.png", "min_width"] == "1x1 px"
+    assert details["alpha/portable.ppm", "format"] == "format PPM"
+    assert details["alpha/good_0.png", "no_leakage"] == "same image also in class delta"
+    assert details["delta/copy.png", "no_leakage"] == "same image also in class alpha"
+    assert details["stray.png", "in_class_folder"] == "directly under DATA_DIR"
+    assert details["gamma/loop.png", "readable"] == "symlink loop"
+    classes = {item: detail for check in result.checks for item, detail in check.examples}
+    assert classes["empty"] == "0 usable images"
+    assert classes["epsilon"] == "same name as EPSILON after case folding"
+
+
+def test_outputs_are_written(failed: tuple[ValidationResult, dict]) -> None:
+    result, _ = failed
+    summary = json.loads(result.summary_path.read_text())
+    assert summary["valid"] is False
+    assert summary["files"] == result.stats.files
+    assert {check["name"] for check in summary["checks"] if not check["success"]} == {
+        "readable",
+        "decodes",
+        "format",
+        "min_width",
+        "min_height",
+        "max_pixels",
+        "in_class_folder",
+        "utf8_names",
+        "no_leakage",
+        "min_images",
+        "unique_class_names",
+    }
+    assert pd.read_parquet(result.manifest_path).shape[0] == result.stats.files
+    assert set(pd.read_csv(result.bad_files_path)["path"]) >= set(EXPECTED_FAILURES)
+    assert result.data_docs_path.is_file()
+    pages = list((result.data_docs_path.parent / "validations").rglob("*.html"))
+    assert {page.parent.parent.parent.name for page in pages} == {"files", "classes"}
+    assert not list(result.out_dir.glob(".*.tmp"))
+
+
+def test_quarantine_keeps_the_good_files(
+    corpus: Path, tmp_path: Path, failed: tuple[ValidationResult, dict], caplog: pytest.LogCaptureFixture
+) -> None:
+    before = snapshot(corpus.parent)
+    with caplog.at_level(logging.WARNING):
+        result = validate_dataset(CONFIG, corpus, tmp_path, on_error="quarantine")
+    assert snapshot(corpus.parent) == before
+    assert result.valid
+    assert result.dropped_classes == sorted(EXPECTED_CLASS_FAILURES)
+    assert all(f"class {name} is left out" in caplog.text for name in EXPECTED_CLASS_FAILURES)
+    pd.testing.assert_frame_equal(result.good, failed[0].good)
+    listed = pd.read_csv(tmp_path / "bad_files.csv")
+    left_out = listed[listed["check"] == "class_left_out"]
+    assert sorted(left_out["path"]) == [f"{name}/good_{i}.png" for name in ("EPSILON", "epsilon") for i in (0, 1)]
+    assert json.loads((tmp_path / "validation.json").read_text())["good_files"] == len(result.good)
+
+
+def test_cli_on_clean_data_exits_0(chars_dir: Path, tmp_path: Path) -> None:
+    before = snapshot(chars_dir)
+    result = runner.invoke(app, ["validate", str(chars_dir), str(tmp_path), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert "data is valid" in result.output
+    assert "FAILED" not in result.output
+    assert (tmp_path / "data_docs" / "index.html").as_uri() in result.output.replace("\n", "")
+    rerun = runner.invoke(app, ["validate", str(chars_dir), str(tmp_path)])
+    assert rerun.exit_code == 0, rerun.output
+    assert json.loads((tmp_path / "validation.json").read_text())["good_files"] == 62 * 8
+    assert snapshot(chars_dir) == before
+
+
+def test_cli_on_bad_data_exits_1_with_a_report(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "stdout", Console(width=200))
+    overrides = [f"--set={key}" for key in ("validate.max_pixels=10000", "train.images_per_class=2")]
+    overrides.append("--set=train.classes_per_batch=2")
+    result = runner.invoke(app, [*overrides, "validate", str(corpus), str(tmp_path)])
+    assert result.exit_code == 1
+    assert "data is NOT valid" in result.output
+    assert "FAILED" in result.output
+    assert "alpha/text.jpg: not an image Pillow can read" in result.output
+    assert "... and 1 more" in result.output  # four files fail to decode; three are shown
+    quarantined = runner.invoke(app, [*overrides, "validate", str(corpus), str(tmp_path), "--on-error", "quarantine"])
+    assert quarantined.exit_code == 0, quarantined.output
+
+
+def test_missing_data_dir_exits_1_without_traceback(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "replearn", "validate", str(tmp_path / "nope"), str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "does not exist" in " ".join(result.stderr.split())
+    assert not (tmp_path / "out").exists()
+    assert "Traceback" not in result.stderr
+
+
+def test_great_expectations_is_imported_only_when_validating() -> None:
+    """GX takes seconds to import; `replearn --help` must not pay for it."""
+    code = "import sys, replearn.cli, replearn.data.validation; print('great_expectations' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
