@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from replearn.errors import UserError
 
@@ -74,6 +74,15 @@ class SplitConfig(StrictModel):
         description="Regex on the file name whose first group keeps items together on one side of a split.",
     )
 
+    @model_validator(mode="after")
+    def _leave_room_for_train(self) -> SplitConfig:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"val_fraction + test_fraction must stay below 1 to leave images for training "
+                f"(got {self.val_fraction} + {self.test_fraction})"
+            )
+        return self
+
 
 class PreprocessConfig(StrictModel):
     """Resized RGB copies of the class folders and the split table."""
@@ -82,7 +91,7 @@ class PreprocessConfig(StrictModel):
     split: SplitConfig = SplitConfig()
     image_format: Literal["png", "jpeg"] = "png"
     jpeg_quality: int = Field(95, ge=1, le=100)
-    workers: int = Field(0, ge=0, description="Processes; 0 means all cores.")
+    workers: int = Field(0, ge=0, description="Threads decoding and resizing; 0 means one per core.")
 
 
 class BackboneConfig(StrictModel):

@@ -1,0 +1,287 @@
+"""The preprocess stage: resized RGB copies of the class folders, and the split table.
+
+Outputs are named by the sha256 of the source bytes plus a hash of the output settings, so a
+rerun knows what is already done without trusting timestamps: an unchanged image maps to a file
+that exists and is skipped, a changed image or changed settings map to a new name and are
+redone, and a file no source maps to any more is removed. Every image is written to a temporary
+name and renamed, so an interrupted run leaves only complete files (and the stray temporaries of
+a killed run are swept up by the next one).
+
+OUT/
+  images/<class>/<sha256[:16]>_<settings[:8]>.png   resized RGB copies
+  splits.csv                                        path, label, split, subset, group, source, sha256
+  preprocess.json                                   settings, counts per subset and split, classes, failures
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from multiprocessing.pool import ThreadPool
+from pathlib import Path
+
+import pandas as pd
+
+from replearn import __version__
+from replearn.atomic import atomic_path, write_json_atomic, write_text_atomic
+from replearn.config import PreprocessConfig, ResizeConfig
+from replearn.console import track
+from replearn.data.images import DECODE_ERRORS, load_image
+from replearn.data.splits import COLUMNS, SPLITS, SPLITS_FILE, SUBSETS, assign_splits
+from replearn.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGES_DIR = "images"
+SUMMARY_FILE = "preprocess.json"
+# Bump when load_image or the encoding changes its pixels: every output name changes, so all is redone.
+PIPELINE_VERSION = 1
+_OWN_ENTRIES = {IMAGES_DIR, SPLITS_FILE, SUMMARY_FILE}
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """Everything that decides the pixels of an output file; its hash is part of every output name."""
+
+    resize: ResizeConfig
+    image_format: str
+    jpeg_quality: int
+
+    @classmethod
+    def from_config(cls, config: PreprocessConfig) -> OutputSettings:
+        return cls(config.resize, config.image_format, config.jpeg_quality)
+
+    @property
+    def digest(self) -> str:
+        payload = {
+            "version": PIPELINE_VERSION,
+            "resize": self.resize.model_dump(mode="json"),
+            "format": self.image_format,
+        }
+        if self.image_format == "jpeg":
+            payload["quality"] = self.jpeg_quality
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def suffix(self) -> str:
+        return ".png" if self.image_format == "png" else ".jpg"
+
+    def output_name(self, sha256: str) -> str:
+        return f"{sha256[:16]}_{self.digest[:8]}{self.suffix}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one source image; `error` is set when Pillow could not decode it."""
+
+    label: str
+    source: str
+    sha256: str = ""
+    path: str = ""
+    written: bool = False
+    error: str = ""
+
+
+@dataclass
+class PreprocessResult:
+    """What a run did and what the output holds; the counts of the output are in preprocess.json too."""
+
+    out_dir: Path
+    images: int
+    written: int
+    skipped: int
+    removed: int
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    classes: dict[str, list[str]] = field(default_factory=dict)
+
+
+def list_images(data_dir: Path) -> list[tuple[str, str]]:
+    """(class, source relative to data_dir) for every file in a class folder; hidden entries are ignored."""
+    if not data_dir.is_dir():
+        raise UserError(f"{data_dir} is not a folder; expected DATA_DIR/<class>/<image>")
+    items: list[tuple[str, str]] = []
+    for class_dir in sorted(data_dir.iterdir()):
+        if class_dir.name.startswith(".") or not class_dir.is_dir():
+            continue
+        for path in sorted(class_dir.iterdir()):
+            if path.name.startswith("."):
+                continue
+            if path.is_dir():
+                log.warning("ignoring the nested folder %s: images must sit directly in their class folder", path)
+                continue
+            items.append((class_dir.name, f"{class_dir.name}/{path.name}"))
+    if not items:
+        raise UserError(f"{data_dir} holds no images; expected DATA_DIR/<class>/<image>")
+    return items
+
+
+def check_folders(data_dir: Path, out_dir: Path) -> None:
+    """Refuse outputs that overlap the data or would clobber a folder this stage did not make."""
+    data, out = data_dir.resolve(), out_dir.resolve()
+    if out == data or data in out.parents or out in data.parents:
+        raise UserError(f"the output folder {out_dir} must lie outside the data folder {data_dir} and vice versa")
+    if out_dir.is_dir():
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in _OWN_ENTRIES and not p.name.startswith("."))
+        if foreign:
+            raise UserError(
+                f"{out_dir} holds {', '.join(foreign[:5])}, which preprocess did not write; "
+                "choose an empty or new output folder"
+            )
+    elif out_dir.exists():
+        raise UserError(f"{out_dir} exists and is not a folder")
+
+
+def process_image(item: tuple[str, str], data_dir: Path, out_dir: Path, settings: OutputSettings) -> Outcome:
+    """Hash one source and, unless its output exists, decode, resize and write it atomically."""
+    label, source = item
+    try:
+        data = (data_dir / source).read_bytes()
+    except OSError as error:
+        return Outcome(label, source, error=f"cannot read: {error}")
+    sha256 = hashlib.sha256(data).hexdigest()
+    relative = f"{IMAGES_DIR}/{label}/{settings.output_name(sha256)}"
+    target = out_dir / relative
+    if target.exists():
+        return Outcome(label, source, sha256, relative)
+    try:
+        image = load_image(io.BytesIO(data), settings.resize)
+    except DECODE_ERRORS as error:
+        return Outcome(label, source, sha256, error=f"cannot decode: {error}")
+    with atomic_path(target) as temporary:
+        if settings.image_format == "png":
+            image.save(temporary, format="PNG", compress_level=1)
+        else:
+            image.save(temporary, format="JPEG", quality=settings.jpeg_quality, subsampling=0)
+    return Outcome(label, source, sha256, relative, written=True)
+
+
+def run_parallel(
+    items: list[tuple[str, str]], data_dir: Path, out_dir: Path, settings: OutputSettings, workers: int
+) -> Iterator[Outcome]:
+    """process_image over all items on a pool of threads, with a progress bar in images/s.
+
+    Threads, not processes: hashing, decoding, resizing and zlib all release the GIL, so
+    threads use every core on real photos, while they need no start method (fork is unsafe
+    once torch has started its thread pools; spawn re-imports the caller's main module).
+    """
+    work = partial(process_image, data_dir=data_dir, out_dir=out_dir, settings=settings)
+    threads = min(workers or os.cpu_count() or 1, len(items))
+    if threads <= 1:
+        yield from track(map(work, items), len(items), "preprocessing")
+        return
+    chunksize = max(1, min(32, len(items) // (threads * 8)))
+    with ThreadPool(threads) as pool:
+        yield from track(pool.imap_unordered(work, items, chunksize=chunksize), len(items), "preprocessing")
+
+
+def drop_duplicates(table: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Keep one row per identical file within a class, so no image is its own query and gallery match."""
+    table = table.sort_values(["label", "source"], kind="stable")
+    duplicated = table.duplicated(["label", "sha256"], keep="first")
+    first = table[~duplicated].set_index(["label", "sha256"])["source"]
+    pairs = [(row.source, first[(row.label, row.sha256)]) for row in table[duplicated].itertuples()]
+    return table[~duplicated].reset_index(drop=True), pairs
+
+
+def remove_stale(out_dir: Path, expected: set[str]) -> int:
+    """Delete files under OUT/images that no current source maps to (and leftovers of killed runs)."""
+    images = out_dir / IMAGES_DIR
+    if not images.is_dir():
+        return 0
+    removed = 0
+    for class_dir in sorted(p for p in images.iterdir() if p.is_dir()):
+        for path in class_dir.iterdir():
+            if f"{IMAGES_DIR}/{class_dir.name}/{path.name}" not in expected and path.is_file():
+                path.unlink()
+                removed += 0 if path.name.startswith(".") else 1
+        if not any(class_dir.iterdir()):
+            class_dir.rmdir()
+    return removed
+
+
+def count_splits(table: pd.DataFrame) -> dict[str, dict[str, int]]:
+    return {
+        subset: {split: int(((table["subset"] == subset) & (table["split"] == split)).sum()) for split in SPLITS}
+        for subset in SUBSETS
+    }
+
+
+def preprocess(config: PreprocessConfig, data_dir: Path, out_dir: Path) -> PreprocessResult:
+    """Write resized copies and splits.csv for DATA_DIR/<class>/<image> into out_dir, incrementally.
+
+    Files Pillow cannot decode are skipped and reported (in the result and preprocess.json),
+    not fatal: one bad JPEG should not stop a nightly run. splits.csv and preprocess.json are
+    replaced only after every image is written, and stale outputs are removed only after that,
+    so at every moment splits.csv points at files that exist.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    check_folders(data_dir, out_dir)
+    items = list_images(data_dir)
+    settings = OutputSettings.from_config(config)
+    log.info("preprocessing %d images from %s into %s", len(items), data_dir, out_dir)
+    outcomes = sorted(run_parallel(items, data_dir, out_dir, settings, config.workers), key=lambda o: o.source)
+
+    failures = [(o.source, o.error) for o in outcomes if o.error]
+    for source, error in failures:
+        log.warning("skipped %s: %s", data_dir / source, error)
+    done = [o for o in outcomes if not o.error]
+    if not done:
+        raise UserError(f"none of the {len(items)} files in {data_dir} could be decoded as an image")
+    table = pd.DataFrame({key: [getattr(o, key) for o in done] for key in ("path", "label", "source", "sha256")})
+    table, duplicates = drop_duplicates(table)
+    for source, kept in duplicates:
+        log.warning("skipped %s: identical to %s", data_dir / source, data_dir / kept)
+    table = assign_splits(table, config.split)[COLUMNS].sort_values(["label", "source"], kind="stable")
+
+    csv_text = table.to_csv(index=False, lineterminator="\n")
+    write_text_atomic(out_dir / SPLITS_FILE, csv_text)
+    counts = count_splits(table)
+    classes = {subset: sorted(table.loc[table["subset"] == subset, "label"].unique()) for subset in SUBSETS}
+    write_json_atomic(
+        out_dir / SUMMARY_FILE,
+        {
+            "replearn_version": __version__,
+            "settings_hash": settings.digest,
+            "resize": config.resize.model_dump(mode="json"),
+            "image_format": config.image_format,
+            "jpeg_quality": config.jpeg_quality,
+            "split": config.split.model_dump(mode="json"),
+            "images": len(table),
+            "counts": counts,
+            "classes": classes,
+            "failures": [{"source": source, "error": error} for source, error in failures],
+            "duplicates": [{"source": source, "same_as": kept} for source, kept in duplicates],
+            "data_version": hashlib.sha256(csv_text.encode()).hexdigest()[:16],
+        },
+    )
+    removed = remove_stale(out_dir, set(table["path"]))
+    written = sum(o.written for o in done)
+    result = PreprocessResult(
+        out_dir=out_dir,
+        images=len(table),
+        written=written,
+        skipped=len(done) - written,
+        removed=removed,
+        failures=failures,
+        duplicates=duplicates,
+        counts=counts,
+        classes=classes,
+    )
+    log.info(
+        "%d images: %d written, %d already done, %d stale removed, %d undecodable, %d duplicates",
+        result.images,
+        result.written,
+        result.skipped,
+        result.removed,
+        len(failures),
+        len(duplicates),
+    )
+    return result

@@ -1,0 +1,160 @@
+"""Deterministic, stable splits: held-out "unseen" classes, then group-aware train/val/test inside every class.
+
+Every decision is a threshold on a number drawn from the sha256 of a name and the seed, never a
+rank or a position in a sorted list. So adding classes or images never moves an existing item:
+its number, and therefore its side of the threshold, does not depend on what else is there.
+
+The one exception is the small-class guarantee. A class with three or more groups must get at
+least one train, one val and one test group (the evaluation needs queries and a gallery in every
+class); when the thresholds leave a split empty, the group whose number lies nearest to that
+split's interval is moved into it. Only such a class can see that group move back once new
+groups arrive and fill the split on their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from replearn.config import SplitConfig
+from replearn.errors import UserError
+
+SPLITS_FILE = "splits.csv"
+COLUMNS = ["path", "label", "split", "subset", "group", "source", "sha256"]
+SPLITS = ("train", "val", "test")
+SUBSETS = ("seen", "unseen")
+
+
+def stable_unit(*parts: object) -> float:
+    """A number in [0, 1) from the parts: the same on every machine and Python run, unlike hash().
+
+    >>> stable_unit(0, "unseen", "cat") == stable_unit(0, "unseen", "cat")
+    True
+    >>> 0.0 <= stable_unit("anything") < 1.0
+    True
+    """
+    digest = hashlib.sha256("\x1f".join(str(part) for part in parts).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def group_of(file_name: str, pattern: re.Pattern[str] | None) -> str:
+    """The group key of a file: the regex's first group (or whole match), "" when there is no match.
+
+    >>> group_of("DejaVuSans-Bold_00003.png", re.compile(r"^([^_]+)_"))
+    'DejaVuSans-Bold'
+    >>> group_of("IMG_0001.jpg", None)
+    ''
+    """
+    if pattern is None:
+        return ""
+    match = pattern.search(file_name)
+    if match is None:
+        return ""
+    return match.group(1) if match.groups() else match.group(0)
+
+
+def compile_group_pattern(config: SplitConfig) -> re.Pattern[str] | None:
+    """The configured group regex, compiled; a bad regex is the user's error, named as such."""
+    if not config.group_pattern:
+        return None
+    try:
+        return re.compile(config.group_pattern)
+    except re.error as error:
+        raise UserError(
+            f"preprocess.split.group_pattern {config.group_pattern!r} is not a valid regex: {error}"
+        ) from None
+
+
+def _distance(value: float, low: float, high: float) -> float:
+    return max(low - value, value - high, 0.0)
+
+
+def select_unseen_classes(classes: Iterable[str], config: SplitConfig) -> set[str]:
+    """Held-out classes: the configured list, or every class whose number falls below unseen_fraction.
+
+    With a fraction above zero and at least two classes, at least one class is unseen and at
+    least one is seen (the class nearest the threshold switches sides).
+    """
+    names = sorted(set(classes))
+    if config.unseen_classes:
+        missing = sorted(set(config.unseen_classes) - set(names))
+        if missing:
+            raise UserError(
+                f"preprocess.split.unseen_classes names classes that are not in the data: {', '.join(missing)}"
+            )
+        return set(config.unseen_classes)
+    if config.unseen_fraction <= 0 or len(names) < 2:
+        return set()
+    unit = {name: stable_unit(config.seed, "unseen", name) for name in names}
+    unseen = {name for name in names if unit[name] < config.unseen_fraction}
+    if not unseen:
+        unseen = {min(names, key=lambda name: unit[name])}
+    elif len(unseen) == len(names):
+        unseen.discard(max(names, key=lambda name: unit[name]))
+    return unseen
+
+
+def split_groups(keys: Iterable[str], config: SplitConfig) -> dict[str, str]:
+    """train/val/test for the groups of one class, by threshold on each group's number.
+
+    test is [0, test_fraction), val the next val_fraction, train the rest; then the small-class
+    guarantee (see the module docstring) fills train, test and val, in that order of priority,
+    as far as the number of groups allows.
+    """
+    unit = {key: stable_unit(config.seed, "split", key) for key in sorted(set(keys))}
+    intervals = {
+        "test": (0.0, config.test_fraction),
+        "val": (config.test_fraction, config.test_fraction + config.val_fraction),
+        "train": (config.test_fraction + config.val_fraction, 1.0),
+    }
+    assigned = {key: next(s for s in ("test", "val", "train") if u < intervals[s][1]) for key, u in unit.items()}
+    wanted = ["train"] + [s for s in ("test", "val") if intervals[s][1] > intervals[s][0]]
+    for split in wanted[: len(unit)]:
+        if split in assigned.values():
+            continue
+        sizes = {s: sum(1 for v in assigned.values() if v == s) for s in SPLITS}
+        donors = [key for key, s in assigned.items() if sizes[s] > 1]
+        nearest = min(donors, key=lambda key: (_distance(unit[key], *intervals[split]), key))
+        assigned[nearest] = split
+    return assigned
+
+
+def assign_splits(items: pd.DataFrame, config: SplitConfig) -> pd.DataFrame:
+    """Add group, subset and split columns to a frame with `label` and `source` (label/file name).
+
+    Items whose file name matches group_pattern are split by group, so a group (a font, a
+    camera session) never straddles train and test; the group number depends on the group
+    name alone, so the same font lands on the same side in every class. Other items are
+    their own group.
+    """
+    pattern = compile_group_pattern(config)
+    frame = items.copy()
+    frame["group"] = [group_of(Path(source).name, pattern) for source in frame["source"]]
+    frame["_key"] = [
+        f"group:{group}" if group else f"item:{source}"
+        for group, source in zip(frame["group"], frame["source"], strict=True)
+    ]
+    unseen = select_unseen_classes(frame["label"], config)
+    frame["subset"] = ["unseen" if label in unseen else "seen" for label in frame["label"]]
+    splits = pd.Series("", index=frame.index, dtype=object)
+    for _, members in frame.groupby("label", sort=True):
+        assigned = split_groups(members["_key"], config)
+        splits[members.index] = [assigned[key] for key in members["_key"]]
+    frame["split"] = splits
+    return frame.drop(columns="_key")
+
+
+def read_splits(preprocessed_dir: Path | str) -> pd.DataFrame:
+    """The split table of a preprocessed folder, every column as text, `path` relative to that folder."""
+    path = Path(preprocessed_dir) / SPLITS_FILE
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; run `replearn preprocess DATA_DIR {preprocessed_dir}` first")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [column for column in COLUMNS if column not in frame.columns]
+    if missing:
+        raise UserError(f"{path} lacks the columns {', '.join(missing)}; rerun `replearn preprocess`")
+    return frame
