@@ -250,7 +250,7 @@ def _offenders(result: Any, column: str) -> list[str]:
     return [str(row[column]) for row in result.result.get("unexpected_index_list") or []]
 
 
-def _file_detail(check: str, row: pd.Series, leakage: dict[str, list[str]]) -> str:
+def _file_detail(check: str, row: dict[str, Any], leakage: dict[str, list[str]]) -> str:
     if check in ("readable", "decodes", "max_pixels") and not pd.isna(row["error"]):
         return str(row["error"])
     if check == "format":
@@ -279,13 +279,14 @@ def _file_checks(
 ) -> tuple[list[CheckResult], pd.DataFrame]:
     results = runner.run("files", files, "path", _file_expectations(runner.gxe, config))
     rows = files.set_index("path", drop=False)
-    decoded = files[files["decodable"].fillna(False)]
-    leakage = decoded.groupby("sha256")["class"].agg(lambda names: sorted(set(names.dropna()))).to_dict()
+    shared = files[files["content_classes"].fillna(0) > 1]
+    leakage = shared.groupby("sha256")["class"].agg(lambda names: sorted(set(names.dropna()))).to_dict()
     checks, bad = [], []
     for check, description, result in results:
-        details = [(path, _file_detail(check, rows.loc[path], leakage)) for path in _offenders(result, "path")]
+        offending = rows.loc[_offenders(result, "path")].to_dict("records")
+        details = [(row["path"], _file_detail(check, row, leakage)) for row in offending]
         checks.append(CheckResult(check, description, bool(result.success), len(details), details[:EXAMPLES]))
-        bad += [(path, rows.at[path, "class"], check, detail) for path, detail in details]
+        bad += [(row["path"], row["class"], check, detail) for row, (_, detail) in zip(offending, details, strict=True)]
     return checks, pd.DataFrame(bad, columns=BAD_COLUMNS)
 
 
