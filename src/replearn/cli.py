@@ -172,6 +172,43 @@ def validate(
         raise typer.Exit(1)
 
 
+@app.command("preprocess")
+def preprocess_command(
+    ctx: typer.Context,
+    data_dir: Annotated[Path, typer.Argument(help="Class folders: DATA_DIR/<class>/<image>. Never modified.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for images/, splits.csv and preprocess.json.")],
+    workers: Annotated[
+        int | None, typer.Option(help="Threads, 0 = one per core [default: preprocess.workers].")
+    ] = None,
+) -> None:
+    """Resize every image to the model's input (incremental) and write the seen/unseen train/val/test splits."""
+    from replearn.data.preprocess import preprocess
+
+    config = state(ctx).config.model_copy(deep=True)
+    if workers is not None:
+        config.preprocess.workers = workers
+    result = preprocess(config, data_dir, out_dir)
+    work = Table(title=f"preprocessed {data_dir} into {out_dir}")
+    for column in ("images", "written", "already done", "stale removed", "undecodable", "duplicates"):
+        work.add_column(column, justify="right")
+    work.add_row(
+        *(f"{n:,}" for n in (result.images, result.written, result.skipped, result.removed)),
+        f"{len(result.failures):,}",
+        f"{len(result.duplicates):,}",
+    )
+    stdout.print(work)
+    splits = Table(title="splits")
+    for column in ("subset", "classes", "train", "val", "test"):
+        splits.add_column(column, justify="right")
+    for subset, counts in result.counts.items():
+        splits.add_row(subset, str(len(result.classes[subset])), *(f"{counts[s]:,}" for s in ("train", "val", "test")))
+    stdout.print(splits)
+    for source, error in result.failures[:10]:
+        stdout.print(f"[yellow]skipped[/] {data_dir / source}: {error}", highlight=False)
+    if len(result.failures) > 10:
+        stdout.print(f"... and {len(result.failures) - 10} more, listed in {out_dir / 'preprocess.json'}")
+
+
 def run() -> None:
     """Console-script entry point: user errors become one readable line and exit code 1."""
     try:

@@ -30,7 +30,7 @@ import pandas as pd
 
 from replearn import __version__
 from replearn.atomic import atomic_path, write_json_atomic, write_text_atomic
-from replearn.config import PreprocessConfig, ResizeConfig
+from replearn.config import Config, PreprocessConfig, ResizeConfig
 from replearn.console import track
 from replearn.data.images import DECODE_ERRORS, load_image
 from replearn.data.splits import COLUMNS, SPLITS, SPLITS_FILE, SUBSETS, assign_splits
@@ -214,14 +214,17 @@ def count_splits(table: pd.DataFrame) -> dict[str, dict[str, int]]:
     }
 
 
-def preprocess(config: PreprocessConfig, data_dir: Path, out_dir: Path) -> PreprocessResult:
+def preprocess(full_config: Config, data_dir: Path, out_dir: Path) -> PreprocessResult:
     """Write resized copies and splits.csv for DATA_DIR/<class>/<image> into out_dir, incrementally.
+
+    Only the `preprocess` section of the config matters; the whole config is taken, as by every stage.
 
     Files Pillow cannot decode are skipped and reported (in the result and preprocess.json),
     not fatal: one bad JPEG should not stop a nightly run. splits.csv and preprocess.json are
     replaced only after every image is written, and stale outputs are removed only after that,
     so at every moment splits.csv points at files that exist.
     """
+    config = full_config.preprocess
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     check_folders(data_dir, out_dir)
     items = list_images(data_dir)

@@ -113,11 +113,12 @@ def split_groups(keys: Iterable[str], config: SplitConfig) -> dict[str, str]:
     }
     assigned = {key: next(s for s in ("test", "val", "train") if u < intervals[s][1]) for key, u in unit.items()}
     wanted = ["train"] + [s for s in ("test", "val") if intervals[s][1] > intervals[s][0]]
-    for split in wanted[: len(unit)]:
+    required = wanted[: len(unit)]
+    for split in required:
         if split in assigned.values():
             continue
         sizes = {s: sum(1 for v in assigned.values() if v == s) for s in SPLITS}
-        donors = [key for key, s in assigned.items() if sizes[s] > 1]
+        donors = [key for key, s in assigned.items() if s not in required or sizes[s] > 1]
         nearest = min(donors, key=lambda key: (_distance(unit[key], *intervals[split]), key))
         assigned[nearest] = split
     return assigned

@@ -1,0 +1,127 @@
+"""Splits: deterministic, stable when data is added, group-aware, and never leaving a class without queries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from replearn.config import ConfigError, SplitConfig, build_config
+from replearn.data.splits import assign_splits, read_splits, select_unseen_classes, split_groups
+from replearn.errors import UserError
+
+
+def items(classes: list[str], files: list[str]) -> pd.DataFrame:
+    return pd.DataFrame([{"label": c, "source": f"{c}/{f}"} for c in classes for f in files])
+
+
+def fonts_frame(classes: int, fonts: int, per_font: int) -> pd.DataFrame:
+    """Chars-like names: <Font>_<n>.png, the same fonts in every class."""
+    files = [f"Font{font:02d}-Bold_{n:05d}.png" for font in range(fonts) for n in range(per_font)]
+    return items([f"class_{i:03d}" for i in range(classes)], files)
+
+
+def keyed(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.set_index("source")[["split", "subset"]]
+
+
+def test_splits_are_deterministic_and_depend_on_the_seed() -> None:
+    frame = items([f"c{i}" for i in range(30)], [f"img{n}.jpg" for n in range(20)])
+    first = assign_splits(frame, SplitConfig(group_pattern=None))
+    assert first.equals(
+        assign_splits(frame.sample(frac=1.0, random_state=1), SplitConfig(group_pattern=None)).loc[first.index]
+    )
+    other = assign_splits(frame, SplitConfig(group_pattern=None, seed=1))
+    assert not first["split"].equals(other["split"])
+
+
+def test_adding_classes_and_images_never_moves_existing_items() -> None:
+    config = SplitConfig(group_pattern=None)
+    before = items([f"c{i:02d}" for i in range(12)], [f"img{n:03d}.jpg" for n in range(100)])
+    more_images = items([f"c{i:02d}" for i in range(12)], [f"new{n:03d}.jpg" for n in range(40)])
+    more_classes = items([f"d{i:02d}" for i in range(6)], [f"img{n:03d}.jpg" for n in range(100)])
+    after = pd.concat([more_classes, before, more_images], ignore_index=True)
+    old, new = keyed(assign_splits(before, config)), keyed(assign_splits(after, config))
+    assert new.loc[old.index].equals(old)
+    assert set(new["split"]) == {"train", "val", "test"}
+
+
+def test_adding_images_to_existing_groups_never_moves_a_group() -> None:
+    config = SplitConfig()
+    before = fonts_frame(classes=10, fonts=30, per_font=2)
+    after = fonts_frame(classes=14, fonts=30, per_font=5)
+    old, new = keyed(assign_splits(before, config)), keyed(assign_splits(after, config))
+    assert new.loc[old.index].equals(old)
+
+
+def test_groups_never_straddle_splits_and_every_class_gets_every_split() -> None:
+    frame = assign_splits(fonts_frame(classes=62, fonts=30, per_font=4), SplitConfig())
+    assert (frame.groupby(["label", "group"])["split"].nunique() == 1).all()
+    # The group number ignores the class, so a test font is never seen in training at all.
+    assert (frame.groupby("group")["split"].nunique() == 1).all()
+    per_class = frame.groupby("label")["split"].apply(set)
+    assert all(splits == {"train", "val", "test"} for splits in per_class)
+    assert frame["group"].str.startswith("Font").all()
+
+
+@pytest.mark.parametrize(
+    ("groups", "expected"), [(1, {"train"}), (2, {"train", "test"}), (3, {"train", "val", "test"})]
+)
+def test_small_classes_still_get_queries(groups: int, expected: set[str]) -> None:
+    for seed in range(20):
+        assigned = split_groups([f"g{n}" for n in range(groups)], SplitConfig(seed=seed))
+        assert set(assigned.values()) == expected
+
+
+def test_without_val_fraction_no_val_is_forced() -> None:
+    assigned = split_groups([f"g{n}" for n in range(5)], SplitConfig(val_fraction=0.0))
+    assert set(assigned.values()) == {"train", "test"}
+
+
+def test_items_without_a_group_are_their_own_group() -> None:
+    frame = assign_splits(items(["a"], ["IMG0001.jpg", "IMG0002.jpg"]), SplitConfig())
+    assert list(frame["group"]) == ["", ""]
+    assert set(frame["split"]) == {"train", "test"}
+
+
+def test_unseen_fraction_is_about_right_and_class_disjoint() -> None:
+    classes = [f"class{i}" for i in range(1000)]
+    unseen = select_unseen_classes(classes, SplitConfig(unseen_fraction=0.2))
+    assert 150 < len(unseen) < 250
+    frame = assign_splits(items(classes[:50], ["a_1.png", "b_1.png", "c_1.png"]), SplitConfig())
+    assert (frame.groupby("label")["subset"].nunique() == 1).all()
+    # Unseen classes are split too, so they have a gallery (train) and queries (test).
+    assert set(frame.loc[frame["subset"] == "unseen", "split"]) == {"train", "val", "test"}
+
+
+def test_unseen_keeps_at_least_one_class_on_each_side() -> None:
+    assert len(select_unseen_classes(["a", "b"], SplitConfig(unseen_fraction=0.01))) == 1
+    assert len(select_unseen_classes(["a", "b"], SplitConfig(unseen_fraction=0.99))) == 1
+    assert select_unseen_classes(["a", "b"], SplitConfig(unseen_fraction=0.0)) == set()
+
+
+def test_explicit_unseen_classes() -> None:
+    config = SplitConfig(unseen_classes=["b", "c"])
+    frame = assign_splits(items(["a", "b", "c", "d"], ["x_1.png"]), config)
+    assert sorted(frame.loc[frame["subset"] == "unseen", "label"]) == ["b", "c"]
+    with pytest.raises(UserError, match="not in the data: zebra"):
+        select_unseen_classes(["a", "b"], SplitConfig(unseen_classes=["a", "zebra"]))
+
+
+def test_bad_group_regex_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="not a valid regex"):
+        assign_splits(items(["a"], ["x.png"]), SplitConfig(group_pattern="(unclosed"))
+
+
+def test_fractions_must_leave_room_for_training() -> None:
+    with pytest.raises(ConfigError, match="must stay below 1"):
+        build_config({"preprocess": {"split": {"val_fraction": 0.5, "test_fraction": 0.5}}})
+
+
+def test_read_splits_explains_a_missing_table(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="run `replearn preprocess"):
+        read_splits(tmp_path)
+    (tmp_path / "splits.csv").write_text("path,label\nimages/a/x.png,a\n")
+    with pytest.raises(UserError, match="lacks the columns split"):
+        read_splits(tmp_path)
