@@ -17,6 +17,7 @@ from data_corpus import CONFIG, EXPECTED_CLASS_FAILURES, EXPECTED_FAILURES, buil
 from replearn import cli
 from replearn.cli import app
 from replearn.data.validation import ValidationResult, validate_dataset
+from replearn.errors import UserError
 
 runner = CliRunner()
 
@@ -148,6 +149,13 @@ def test_missing_data_dir_exits_1_without_traceback(tmp_path: Path) -> None:
     assert "does not exist" in " ".join(result.stderr.split())
     assert not (tmp_path / "out").exists()
     assert "Traceback" not in result.stderr
+
+
+def test_report_inside_data_dir_is_refused(corpus: Path) -> None:
+    before = snapshot(corpus.parent)
+    with pytest.raises(UserError, match="inside DATA_DIR"):
+        validate_dataset(CONFIG, corpus, corpus / "alpha" / "report")
+    assert snapshot(corpus.parent) == before
 
 
 def test_great_expectations_is_imported_only_when_validating() -> None:

@@ -24,6 +24,7 @@ from rich.table import Table
 from replearn.atomic import atomic_directory, atomic_path, write_json_atomic
 from replearn.config import Config
 from replearn.data.manifest import ManifestStats, build_manifest, is_hidden_or_system
+from replearn.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -359,6 +360,8 @@ def validate_dataset(
     The previous manifest in `out_dir` is the cache that makes reruns fast.
     """
     mode = on_error or config.validate_.on_error
+    if out_dir.resolve().is_relative_to(data_dir.resolve()):
+        raise UserError(f"the report folder {out_dir} is inside DATA_DIR {data_dir}; validate never writes there")
     stats = build_manifest(
         data_dir,
         out_dir / MANIFEST_NAME,
