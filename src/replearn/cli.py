@@ -209,6 +209,44 @@ def preprocess_command(
         stdout.print(f"... and {len(result.failures) - 10} more, listed in {out_dir / 'preprocess.json'}")
 
 
+@app.command("train")
+def train_command(
+    ctx: typer.Context,
+    preprocessed_dir: Annotated[Path, typer.Argument(help="Output of `replearn preprocess` (images/ and splits.csv).")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for last.pt, best.pt, metrics.csv, train_summary.json.")],
+    iterations: Annotated[int | None, typer.Option(help="Iterations to train [default: train.iterations].")] = None,
+    devices: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N [default: train.devices].")] = None,
+    nproc_per_node: Annotated[
+        str | None,
+        typer.Option("--nproc-per-node", help="Processes on this machine: N or auto [default: train.nproc_per_node]."),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in OUT_DIR from its last checkpoint.")] = False,
+    force: Annotated[bool, typer.Option(help="Start over even if OUT_DIR holds a run.")] = False,
+) -> None:
+    """Train the embedding model (ResNet + transformer, Circle loss, PK batches) on the seen train split."""
+    from replearn.training.loop import train
+
+    config = state(ctx).config.model_copy(deep=True)
+    options = {"iterations": iterations, "devices": devices, "nproc_per_node": nproc_per_node}
+    for key, value in options.items():
+        if value is not None:
+            setattr(config.train, key, value)
+    result = train(config, preprocessed_dir, out_dir, resume=resume, force=force)
+    summary = result.summary
+    table = Table(title=f"training run in {out_dir}")
+    for column in ("iterations", "minutes", "images/s", "final loss", "best val P@1", "best at"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(summary["iterations"]),
+        f"{summary['seconds'] / 60:.1f}",
+        f"{summary['images_per_second']:,.1f}",
+        f"{summary['final_loss']:.4f}",
+        f"{summary['best_val_precision_at_1']:.4f}",
+        str(summary["best_iteration"]),
+    )
+    stdout.print(table)
+
+
 def run() -> None:
     """Console-script entry point: user errors become one readable line and exit code 1."""
     try:

@@ -98,7 +98,15 @@ class BackboneConfig(StrictModel):
     """The torchvision ResNet that turns an image into a feature map."""
 
     name: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
-    weights: str = Field("none", description="none | imagenet | path to a state_dict.")
+    weights: str = Field(
+        "none",
+        description="none | imagenet (from the local torch hub cache, never downloaded) | path to a state_dict.",
+    )
+    output_stride: Literal[16, 32] = Field(
+        32,
+        description="Downsampling of the feature map; 16 keeps 4x more tokens for the transformer "
+        "(the last stage runs at stride 1), which helps small inputs.",
+    )
 
 
 class ModelConfig(StrictModel):
@@ -112,12 +120,25 @@ class ModelConfig(StrictModel):
     pooling: Literal["cls", "mean"] = "cls"
     embedding_dim: int = Field(128, ge=2)
 
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be a multiple of heads ({self.heads})")
+        return self
+
 
 class LossConfig(StrictModel):
-    """Circle loss (Sun et al. 2020); m=0.4, gamma=80 are the paper's fine-grained retrieval values."""
+    """Circle loss (Sun et al. 2020); m=0.4, gamma=80 are the paper's fine-grained retrieval values.
+
+    m is the relaxation margin (optimum: positives at 1-m, negatives at m), gamma the scale;
+    the same semantics as pytorch-metric-learning's CircleLoss(m, gamma).
+    """
 
     margin: float = Field(0.4, ge=0.0, le=1.0)
     gamma: float = Field(80.0, gt=0.0)
+
+
+Augmentation = Literal["random_resized_crop", "flip", "color_jitter", "rotation", "blur"]
 
 
 class TrainConfig(StrictModel):
@@ -125,7 +146,7 @@ class TrainConfig(StrictModel):
 
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
-    classes_per_batch: int = Field(16, ge=2, description="P: classes in each batch.")
+    classes_per_batch: int = Field(16, ge=2, description="P: classes in each batch (per process).")
     images_per_class: int = Field(4, ge=2, description="K: images of each class in each batch.")
     iterations: int = Field(2000, ge=1)
     optimizer: Literal["sgd", "adamw"] = "sgd"
@@ -133,15 +154,23 @@ class TrainConfig(StrictModel):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(5e-4, ge=0.0)
     warmup_iterations: int = Field(100, ge=0)
-    grad_clip: float | None = Field(5.0, gt=0.0)
-    augmentations: list[str] = ["random_resized_crop", "rotation", "color_jitter", "blur"]
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    grad_clip: float | None = Field(5.0, gt=0.0, description="Max global gradient norm; null turns clipping off.")
+    augmentations: list[Augmentation] = Field(
+        ["random_resized_crop", "rotation", "color_jitter", "blur"],
+        description="Applied in this order, on the fly; flip is off by default since characters have a handedness.",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast dtype; fp16 needs CUDA (with a gradient scaler), bf16 works on CPU too."
+    )
     devices: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     nproc_per_node: str = Field("1", description="Processes per node: a number, or auto for every visible GPU.")
-    sync_batchnorm: bool = False
-    checkpoint_every: int = Field(250, ge=1)
+    sync_batchnorm: bool = Field(False, description="Batch statistics across processes (CUDA only).")
+    timeout_minutes: float = Field(
+        10.0, gt=0.0, description="A rank waiting longer than this on the others fails instead of hanging."
+    )
+    checkpoint_every: int = Field(250, ge=1, description="Iterations between checkpoints and validations.")
     batch_size_eval: int = Field(256, ge=1)
-    loader_workers: int = Field(2, ge=0)
+    loader_workers: int = Field(2, ge=0, description="Processes that load and augment batches; 0: the main one.")
     seed: int = 0
 
 

@@ -1,0 +1,474 @@
+"""The training stage: `train(config, preprocessed_dir, out_dir) -> TrainResult`.
+
+PK batches by iterations, Circle loss, SGD (or AdamW) with warm-up and cosine decay, gradient
+clipping, optional autocast. Every `checkpoint_every` iterations rank 0 validates (precision@1 of
+seen val queries against the seen train gallery), writes last.pt atomically and keeps best.pt.
+A checkpoint holds everything the next step depends on (weights, optimizer, scheduler, scaler, RNG
+states, iteration), and batches are pure functions of (seed, rank, iteration), so `resume=True`
+continues bit-exactly. Outputs in OUT_DIR: last.pt, best.pt, metrics.csv, train_summary.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.progress import TextColumn
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from replearn.atomic import write_json_atomic, write_text_atomic
+from replearn.config import Config, TrainConfig
+from replearn.console import make_progress
+from replearn.data.splits import read_splits
+from replearn.errors import UserError
+from replearn.training.augment import build_augmentation
+from replearn.training.checkpoint import read_checkpoint, save_checkpoint
+from replearn.training.datasets import PKBatchDataset
+from replearn.training.distributed import (
+    RankInfo,
+    barrier,
+    gather,
+    gather_objects,
+    gather_with_grad,
+    launch_training,
+    process_group,
+    resolve_nproc_per_node,
+    select_device,
+)
+from replearn.training.loss import CircleLoss
+from replearn.training.model import build_model
+from replearn.training.sampler import PKSampler, iteration_seed
+from replearn.training.validation import embed_paths, precision_at_1
+
+log = logging.getLogger(__name__)
+
+LAST, BEST, METRICS, SUMMARY = "last.pt", "best.pt", "metrics.csv", "train_summary.json"
+METRIC_COLUMNS = ["iteration", "loss", "lr", "grad_norm", "images_per_second", "elapsed_seconds", "val_precision_at_1"]
+# Keys that may change between a run and its resume: they decide how the work is done, not what is learned.
+RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "devices", "nproc_per_node", "loader_workers", "batch_size_eval"}
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where the outputs are and how the run ended."""
+
+    out_dir: Path
+    last_checkpoint: Path
+    best_checkpoint: Path
+    iterations: int
+    best_val_precision_at_1: float
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The preprocessed folder's train and val images with integer labels over the train classes."""
+
+    classes: list[str]
+    train_paths: list[Path]
+    train_labels: np.ndarray
+    val_paths: list[Path]
+    val_labels: np.ndarray
+
+
+def read_training_data(preprocessed_dir: Path) -> TrainingData:
+    """Seen train items (training and gallery) and seen val items (validation queries) of the split table."""
+    table = read_splits(preprocessed_dir)
+    seen = table[table["subset"] == "seen"]
+    train_rows, val_rows = seen[seen["split"] == "train"], seen[seen["split"] == "val"]
+    if train_rows.empty:
+        raise UserError(f"{preprocessed_dir}/splits.csv has no seen train images to train on")
+    classes = sorted(train_rows["label"].unique())
+    index = {name: i for i, name in enumerate(classes)}
+    val_rows = val_rows[val_rows["label"].isin(index)]
+
+    def paths(rows: pd.DataFrame) -> list[Path]:
+        return [preprocessed_dir / p for p in rows["path"]]
+
+    return TrainingData(
+        classes=classes,
+        train_paths=paths(train_rows),
+        train_labels=train_rows["label"].map(index).to_numpy(dtype=np.int64),
+        val_paths=paths(val_rows),
+        val_labels=val_rows["label"].map(index).to_numpy(dtype=np.int64),
+    )
+
+
+def lr_factor(train_config: TrainConfig) -> Callable[[int], float]:
+    """Linear warm-up to the base rate, then cosine decay to zero at the last iteration."""
+    warmup, total = train_config.warmup_iterations, train_config.iterations
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_optimizer(model: nn.Module, train_config: TrainConfig) -> torch.optim.Optimizer:
+    if train_config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=train_config.lr, momentum=train_config.momentum, weight_decay=train_config.weight_decay
+    )
+
+
+def check_resumable(saved: dict[str, Any], config: Config, path: Path) -> None:
+    """A resume must learn the same thing: only the keys in RESUMABLE_CHANGES may differ from the checkpoint."""
+    current = config.model_dump(mode="json", by_alias=True)
+
+    def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    before = flat({"train": saved["train"], "preprocess": saved["preprocess"]})
+    after = flat({"train": current["train"], "preprocess": current["preprocess"]})
+    changed = [
+        key
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key) and key.split(".")[1] not in RESUMABLE_CHANGES
+    ]
+    if changed:
+        details = ", ".join(f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in changed)
+        raise UserError(f"cannot resume from {path}: the config changed ({details}); start a new OUT_DIR instead")
+
+
+def prepare_out_dir(out_dir: Path, resume: bool, force: bool) -> None:
+    """Refuse to overwrite an earlier run unless told; --force removes only the files training writes."""
+    if resume:
+        if not (out_dir / LAST).is_file():
+            raise UserError(f"nothing to resume: {out_dir / LAST} does not exist")
+        return
+    if (out_dir / LAST).exists() and not force:
+        raise UserError(f"{out_dir} already holds a training run; pass --resume to continue it or --force to restart")
+
+
+def check_image_size(data: TrainingData, config: Config) -> None:
+    from PIL import Image
+
+    with Image.open(data.train_paths[0]) as image:
+        size = image.size
+    side = config.preprocess.resize.size
+    if size != (side, side):
+        log.warning(
+            "%s is %dx%d but preprocess.resize.size=%d: images are resized again while training; "
+            "preprocess with the same config to avoid it",
+            data.train_paths[0],
+            *size,
+            side,
+        )
+
+
+def train(
+    config: Config, preprocessed_dir: Path, out_dir: Path, resume: bool = False, force: bool = False
+) -> TrainResult:
+    """Train the embedding model on the seen train split of `preprocessed_dir`; outputs go to `out_dir`.
+
+    Under torchrun (RANK/WORLD_SIZE set) this process is one rank of the job. Otherwise, with
+    train.nproc_per_node above one, it launches that many local processes and returns rank 0's
+    result; with one, it trains right here.
+    """
+    if "WORLD_SIZE" not in os.environ:
+        nproc = resolve_nproc_per_node(config.train)
+        if nproc > 1:
+            prepare_out_dir(Path(out_dir), resume, force)
+            read_training_data(Path(preprocessed_dir))
+            result: TrainResult = launch_training(config, Path(preprocessed_dir), Path(out_dir), nproc, resume, force)
+            return result
+    return train_process(config, preprocessed_dir, out_dir, resume, force)
+
+
+def train_process(
+    config: Config, preprocessed_dir: Path, out_dir: Path, resume: bool = False, force: bool = False
+) -> TrainResult:
+    """One process's share of training: the whole job alone, or one rank of a distributed one."""
+    preprocessed_dir, out_dir = Path(preprocessed_dir), Path(out_dir)
+    ranks = RankInfo.from_env()
+    cfg = config.train
+    device = select_device(cfg.devices, ranks)
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise UserError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    if cfg.sync_batchnorm and ranks.world_size > 1 and device.type != "cuda":
+        raise UserError("train.sync_batchnorm needs CUDA devices (PyTorch has no SyncBatchNorm on the CPU)")
+    prepare_out_dir(out_dir, resume, force)
+    data = read_training_data(preprocessed_dir)
+    if ranks.is_main:
+        check_image_size(data, config)
+    with process_group(ranks, device, cfg.timeout_minutes):
+        return _run(config, data, out_dir, resume, ranks, device)
+
+
+def _run(
+    config: Config, data: TrainingData, out_dir: Path, resume: bool, ranks: RankInfo, device: torch.device
+) -> TrainResult:
+    cfg = config.train
+    torch.manual_seed(cfg.seed)
+    model: nn.Module = build_model(cfg.model).to(device)
+    if cfg.sync_batchnorm and ranks.world_size > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    # Dropout draws from the global RNG: one stream per rank, restored on resume.
+    torch.manual_seed(iteration_seed(cfg.seed, ranks.rank, 0, stream=2))
+    state = RunState()
+    if resume:
+        saved = read_checkpoint(out_dir / LAST)
+        check_resumable(saved["config"], config, out_dir / LAST)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        state = RunState.from_checkpoint(saved)
+        restore_rng(saved["rng"], ranks.rank, device, iteration_seed(cfg.seed, ranks.rank, state.start, stream=2))
+        if ranks.is_main:
+            log.info("resuming %s at iteration %d of %d", out_dir, state.start, cfg.iterations)
+    if state.start >= cfg.iterations:
+        raise UserError(f"{out_dir / LAST} is already at iteration {state.start} of train.iterations={cfg.iterations}")
+    trained = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if ranks.world_size > 1
+        else model
+    )
+    sampler = PKSampler(data.train_labels, cfg.classes_per_batch, cfg.images_per_class, cfg.seed, ranks.rank)
+    augment = build_augmentation(cfg.augmentations, config.preprocess.resize.size)
+    loader = DataLoader(
+        PKBatchDataset(data.train_paths, data.train_labels, sampler, augment, config.preprocess.resize),
+        sampler=range(state.start, cfg.iterations),
+        batch_size=None,
+        num_workers=cfg.loader_workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator(),  # its own seed source: creating the loader must not consume the global RNG
+    )
+    loss_fn = CircleLoss(cfg.loss.margin, cfg.loss.gamma)
+    autocast_dtype = _DTYPES.get(cfg.precision)
+    global_batch = sampler.batch_size * ranks.world_size
+    log_file = MetricsLog(out_dir / METRICS, keep_until=state.start if resume else None, enabled=ranks.is_main)
+    if ranks.is_main and not resume:
+        (out_dir / BEST).unlink(missing_ok=True)
+    progress = make_progress(TextColumn("loss {task.fields[loss]:.3f}  lr {task.fields[lr]:.2e}"))
+    progress.disable = progress.disable or not ranks.is_main
+    started = time.perf_counter()
+    with progress, log_file:
+        task = progress.add_task("training", total=cfg.iterations, completed=state.start, unit="it", loss=0.0, lr=0.0)
+        step_started = time.perf_counter()
+        for index, (images, labels) in enumerate(loader, start=state.start):
+            loss = batch_loss(trained, loss_fn, images, labels, device, autocast_dtype)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf))
+            scaler.step(optimizer)
+            scaler.update()
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            iteration, state.loss = index + 1, float(loss.detach())
+            now = time.perf_counter()
+            row = {
+                "iteration": iteration,
+                "loss": state.loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "images_per_second": global_batch / max(now - step_started, 1e-9),
+                "elapsed_seconds": state.elapsed_before + now - started,
+            }
+            checkpoint_due = iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations
+            rng_states = gather_objects(rng_state(device)) if checkpoint_due else []
+            if checkpoint_due and ranks.is_main:
+                row["val_precision_at_1"] = state.record_validation(validate(model, data, config, device), iteration)
+            # The row goes out before the checkpoint, so every iteration a checkpoint covers has its row.
+            log_file.write(row)
+            if checkpoint_due:
+                if ranks.is_main:
+                    payload = {
+                        "model": model.state_dict(),
+                        "config": config.model_dump(mode="json", by_alias=True),
+                        "classes": data.classes,
+                        "iteration": iteration,
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "rng": {
+                            "torch": [cpu for cpu, _ in rng_states],
+                            "cuda": [gpu for _, gpu in rng_states if gpu is not None],
+                        },
+                        "metrics": state.metrics(row["elapsed_seconds"]),
+                    }
+                    save_checkpoint(out_dir / LAST, payload)
+                    if state.best_iteration == iteration:
+                        save_checkpoint(out_dir / BEST, payload)
+                    log.info(
+                        "iteration %d/%d: loss %.4f, val precision@1 %.4f (best %.4f at %d)",
+                        iteration,
+                        cfg.iterations,
+                        state.loss,
+                        state.val,
+                        state.best,
+                        state.best_iteration,
+                    )
+                barrier()
+                now = time.perf_counter()
+            progress.update(task, advance=1, loss=state.loss, lr=lr)
+            step_started = now
+    seconds = time.perf_counter() - started
+    summary = {
+        "iterations": cfg.iterations,
+        "resumed_from": state.start if resume else None,
+        "seconds": state.elapsed_before + seconds,
+        "images_per_second": (cfg.iterations - state.start) * global_batch / seconds,
+        "final_loss": state.loss,
+        "final_val_precision_at_1": state.val,
+        "best_val_precision_at_1": state.best,
+        "best_iteration": state.best_iteration,
+        "device": str(device),
+        "world_size": ranks.world_size,
+        "precision": cfg.precision,
+        "global_batch_size": global_batch,
+        "classes": len(data.classes),
+        "train_images": len(data.train_paths),
+        "val_images": len(data.val_paths),
+    }
+    if ranks.is_main:
+        write_json_atomic(out_dir / SUMMARY, summary)
+    barrier()
+    return TrainResult(out_dir, out_dir / LAST, out_dir / BEST, cfg.iterations, state.best, summary)
+
+
+@dataclass
+class RunState:
+    """What the loop carries from checkpoint to checkpoint besides the weights."""
+
+    start: int = 0
+    elapsed_before: float = 0.0
+    loss: float = math.nan
+    val: float = math.nan
+    best: float = -1.0
+    best_iteration: int = 0
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any]) -> RunState:
+        metrics = saved["metrics"]
+        return cls(
+            start=int(saved["iteration"]),
+            elapsed_before=float(metrics["elapsed_seconds"]),
+            loss=float(metrics["loss"]),
+            val=float(metrics["val_precision_at_1"]),
+            best=float(metrics["best_val_precision_at_1"]),
+            best_iteration=int(metrics["best_iteration"]),
+        )
+
+    def record_validation(self, value: float, iteration: int) -> float:
+        """Remember a validation result; the best so far (any result, without a val split) is kept."""
+        self.val = value
+        if not value <= self.best:
+            self.best, self.best_iteration = value, iteration
+        return value
+
+    def metrics(self, elapsed: float) -> dict[str, float]:
+        return {
+            "loss": self.loss,
+            "val_precision_at_1": self.val,
+            "best_val_precision_at_1": self.best,
+            "best_iteration": self.best_iteration,
+            "elapsed_seconds": elapsed,
+        }
+
+
+def rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def restore_rng(states: dict[str, list[torch.Tensor]], rank: int, device: torch.device, fallback_seed: int) -> None:
+    """This rank's saved RNG states; a rank the checkpoint did not have (more ranks now) gets a fresh stream."""
+    if rank >= len(states["torch"]):
+        torch.manual_seed(fallback_seed)
+        return
+    torch.set_rng_state(states["torch"][rank])
+    if device.type == "cuda" and rank < len(states["cuda"]):
+        torch.cuda.set_rng_state(states["cuda"][rank], device)
+
+
+class MetricsLog:
+    """metrics.csv, one row per iteration, flushed as it goes so DVC plots and tail -f see progress.
+
+    On resume it keeps the rows up to the checkpoint and drops the ones an interrupted run wrote after it.
+    Only rank 0 writes (`enabled`).
+    """
+
+    def __init__(self, path: Path, keep_until: int | None, enabled: bool) -> None:
+        self.path, self.keep_until, self.enabled = path, keep_until, enabled
+        self.handle: Any = None
+
+    def __enter__(self) -> MetricsLog:
+        if not self.enabled:
+            return self
+        rows: list[dict[str, str]] = []
+        if self.keep_until is not None and self.path.is_file():
+            with self.path.open(newline="") as handle:
+                rows = [row for row in csv.DictReader(handle) if int(row["iteration"]) <= self.keep_until]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [",".join(METRIC_COLUMNS)] + [",".join(row.get(c, "") for c in METRIC_COLUMNS) for row in rows]
+        write_text_atomic(self.path, "\n".join(lines) + "\n")
+        self.handle = self.path.open("a", newline="")
+        return self
+
+    def write(self, row: dict[str, float]) -> None:
+        if self.handle is not None:
+            self.handle.write(",".join(_format(row.get(column)) for column in METRIC_COLUMNS) + "\n")
+            self.handle.flush()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+def _format(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value) if isinstance(value, int) else f"{value:.6g}"
+
+
+def batch_loss(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Embed this rank's batch and return the loss over the global batch.
+
+    The embeddings of all ranks are gathered with their gradients, so the loss (the same on every
+    rank) is the single-process loss over the concatenated batch; DDP's gradient averaging then
+    gives exactly the single-process gradient.
+    """
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        embeddings = model(images.to(device, non_blocking=True))
+    return loss_fn(gather_with_grad(embeddings.float()), gather(labels.to(device, non_blocking=True)))
+
+
+def validate(model: nn.Module, data: TrainingData, config: Config, device: torch.device) -> float:
+    """Precision@1 of the seen val images against the seen train gallery (nan when there is no val split)."""
+    if not data.val_paths:
+        return float("nan")
+    resize, cfg = config.preprocess.resize, config.train
+    gallery = embed_paths(model, data.train_paths, resize, cfg.batch_size_eval, device, cfg.loader_workers)
+    queries = embed_paths(model, data.val_paths, resize, cfg.batch_size_eval, device, cfg.loader_workers)
+    return precision_at_1(queries, data.val_labels, gallery, data.train_labels)
