@@ -34,32 +34,10 @@ def chars_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_preprocessed(chars_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A preprocessed-folder stand-in (images/ + splits.csv) from `chars_dir`, split by hand for training tests.
+    """`chars_dir` preprocessed at 32 px with the default split (fonts never straddle train and test)."""
+    from replearn.config import load_config
+    from replearn.data.preprocess import preprocess
 
-    Every 5th class is unseen; file n of a class goes to test (n = 7), val (n = 6) or train.
-    """
-    import shutil
-
-    import pandas as pd
-
-    out = tmp_path_factory.mktemp("preprocessed")
-    rows = []
-    for index, class_dir in enumerate(sorted(p for p in chars_dir.iterdir() if p.is_dir())):
-        for file in sorted(class_dir.iterdir()):
-            n = int(file.stem.rsplit("_", 1)[1])
-            target = out / "images" / class_dir.name / file.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(file, target)
-            rows.append(
-                {
-                    "path": target.relative_to(out).as_posix(),
-                    "label": class_dir.name,
-                    "split": "test" if n == 7 else "val" if n == 6 else "train",
-                    "subset": "unseen" if index % 5 == 0 else "seen",
-                    "group": file.stem.rsplit("_", 1)[0],
-                    "source": f"{class_dir.name}/{file.name}",
-                    "sha256": "",
-                }
-            )
-    pd.DataFrame(rows).to_csv(out / "splits.csv", index=False)
+    out = tmp_path_factory.mktemp("preprocessed") / "chars"
+    preprocess(load_config(None, ["preprocess.resize.size=32"]), chars_dir, out)
     return out

@@ -247,6 +247,67 @@ def train_command(
     stdout.print(table)
 
 
+@app.command("evaluate")
+def evaluate_command(
+    ctx: typer.Context,
+    model: Annotated[Path, typer.Argument(help="A checkpoint from `replearn train` (.pt) or an ONNX model (.onnx).")],
+    preprocessed_dir: Annotated[Path, typer.Argument(help="Output of `replearn preprocess` (images/ and splits.csv).")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to create: metrics, per-class table, threshold, plots.")],
+    force: Annotated[bool, typer.Option(help="Replace OUT_DIR if it exists.")] = False,
+) -> None:
+    """kNN retrieval metrics on seen and unseen classes, and the similarity threshold calibrated for clustering."""
+    from replearn.evaluation.evaluate import evaluate
+
+    result = evaluate(state(ctx).config, model, preprocessed_dir, out_dir, force=force)
+    table = Table(title=f"evaluation in {out_dir}")
+    for column in ("classes", "P@1", "R@4", "MAP@R", "kNN acc", "LOO P@1", "NMI"):
+        table.add_column(column, justify="right")
+    for subset in ("seen", "unseen"):
+        keys = ("precision_at_1", "recall_at_4", "map_at_r", "knn_accuracy", "loo/precision_at_1", "nmi")
+        values = [result.metrics.get(f"{subset}/{key}") for key in keys]
+        if any(value is not None for value in values):
+            table.add_row(subset, *("-" if value is None else f"{value:.3f}" for value in values))
+    stdout.print(table)
+    if "precision_drop" in result.metrics:
+        stdout.print(f"precision drop, seen - unseen P@1: {result.metrics['precision_drop']:.3f}")
+    stdout.print(
+        f"threshold {result.threshold:.4f} (pairwise F1 {result.metrics.get('threshold/f1', float('nan')):.3f} "
+        f"on {result.out_dir / 'threshold.json'})"
+    )
+
+
+@app.command("compare")
+def compare_command(
+    ctx: typer.Context,
+    image_a: Annotated[Path, typer.Argument(help="First image.")],
+    image_b: Annotated[Path, typer.Argument(help="Second image.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="ONNX model or training checkpoint.")],
+    threshold: Annotated[
+        float | None, typer.Option(min=-1.0, max=1.0, help="Similarity that counts as the same class.")
+    ] = None,
+    threshold_file: Annotated[
+        Path | None, typer.Option(help="threshold.json from `replearn evaluate` (or its folder).")
+    ] = None,
+) -> None:
+    """Cosine similarity of two images, and whether it passes the threshold.
+
+    The threshold is the first of: --threshold, --threshold-file, the ONNX model's metadata, cluster.threshold.
+    """
+    from replearn.evaluation.compare import compare_images
+
+    result = compare_images(state(ctx).config, model, image_a, image_b, threshold, threshold_file)
+    stdout.print(f"cosine similarity: {result.similarity:.4f}")
+    if result.same_class is None:
+        stdout.print("no threshold known: pass --threshold or --threshold-file, or use a model with one")
+    else:
+        verdict = "same class" if result.same_class else "different classes"
+        relation = ">=" if result.same_class else "<"
+        stdout.print(
+            f"{verdict}: {result.similarity:.4f} {relation} threshold {result.threshold:.4f} "
+            f"(from {result.threshold_source})"
+        )
+
+
 def run() -> None:
     """Console-script entry point: user errors become one readable line and exit code 1."""
     try:

@@ -171,6 +171,7 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(250, ge=1, description="Iterations between checkpoints and validations.")
     batch_size_eval: int = Field(256, ge=1)
     loader_workers: int = Field(2, ge=0, description="Processes that load and augment batches; 0: the main one.")
+    in_memory: bool = Field(True, description="Decode the preprocessed images once into memory; false reads from disk.")
     seed: int = 0
 
 

@@ -34,34 +34,52 @@ def save_figure(figure: Figure, path: Path) -> None:
         figure.savefig(temporary, format="png", dpi=100)
 
 
+def occupied_bins(curve: PairCurve) -> tuple[int, int]:
+    """First and one-past-last bin holding any pair: plots zoom there, since trained (or collapsed)
+    models put nearly all pairs in a narrow band of similarities.
+
+    >>> occupied_bins(PairCurve(np.linspace(-1, 1, 5), np.array([0, 1, 0, 0]), np.array([0, 0, 2, 0])))
+    (1, 3)
+    """
+    occupied = np.flatnonzero(curve.positive_counts + curve.negative_counts)
+    return (int(occupied[0]), int(occupied[-1]) + 1) if occupied.size else (0, len(curve.positive_counts))
+
+
 def plot_similarity_histograms(curve: PairCurve, threshold: float, path: Path, title: str) -> None:
     """Same-class vs different-class pair similarities, each normalised to sum 1, with the threshold."""
-    group = max(1, len(curve.positive_counts) // DISPLAY_BINS)
-    usable = len(curve.positive_counts) // group * group
-    edges = curve.edges[: usable + 1 : group]
+    low, high = occupied_bins(curve)
+    group = max(1, -(-(high - low) // DISPLAY_BINS))
+    groups = -(-(high - low) // group)
+    width = float(curve.edges[1] - curve.edges[0])
+    edges = curve.edges[low] + width * group * np.arange(groups + 1)
     figure = new_figure(7, 4)
     axes = figure.add_subplot()
     for counts, label, colour in (
         (curve.positive_counts, "same class", "tab:green"),
         (curve.negative_counts, "different class", "tab:red"),
     ):
-        coarse = counts[:usable].reshape(-1, group).sum(axis=1).astype(np.float64)
+        padded = np.zeros(groups * group)
+        part = counts[low : low + groups * group]
+        padded[: len(part)] = part
+        coarse = padded.reshape(groups, group).sum(axis=1)
         total = coarse.sum()
         axes.stairs(coarse / total if total else coarse, edges, fill=True, alpha=0.5, color=colour, label=label)
     axes.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
-    axes.set(xlabel="cosine similarity", ylabel="fraction of pairs", title=title, xlim=(-1, 1))
+    axes.set(xlabel="cosine similarity", ylabel="fraction of pairs", title=title)
     axes.legend()
     save_figure(figure, path)
 
 
 def plot_threshold_curves(curve: PairCurve, choice: ThresholdChoice, path: Path, title: str) -> None:
     """Pairwise precision, recall and F1 of "similarity >= t means same class" against t."""
+    low, high = occupied_bins(curve)
+    shown = slice(max(0, low - 1), min(len(curve.thresholds), high + 1))
     figure = new_figure(7, 4)
     axes = figure.add_subplot()
     for values, label in ((curve.precision, "precision"), (curve.recall, "recall"), (curve.f1, "F1")):
-        axes.plot(curve.thresholds, values, label=label)
+        axes.plot(curve.thresholds[shown], values[shown], label=label)
     axes.axvline(choice.threshold, color="black", linestyle="--", label=f"chosen {choice.threshold:.3f}")
-    axes.set(xlabel="threshold (cosine similarity)", ylabel="score", title=title, xlim=(-1, 1), ylim=(0, 1.02))
+    axes.set(xlabel="threshold (cosine similarity)", ylabel="score", title=title, ylim=(0, 1.02))
     axes.legend()
     save_figure(figure, path)
 
@@ -96,8 +114,9 @@ def plot_embedding_map(points: np.ndarray, labels: list[str], subsets: list[str]
         if chosen.any():
             axes.scatter(
                 points[chosen, 0], points[chosen, 1], c=colours[chosen], cmap="tab20", vmin=0, vmax=19,
-                marker=marker, s=14, linewidths=1.0, label=f"{subset} classes",
+                marker=marker, s=14, linewidths=1.0,
             )  # fmt: skip
+            axes.scatter([], [], marker=marker, color="black", s=14, label=f"{subset} classes")
     if len(classes) <= 20:
         for name in classes:
             axes.scatter([], [], color=colormaps["tab20"](colour_of[name]), label=name, s=14)

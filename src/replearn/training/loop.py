@@ -11,6 +11,7 @@ continues bit-exactly. Outputs in OUT_DIR: last.pt, best.pt, metrics.csv, train_
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -20,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 from rich.progress import TextColumn
 from torch import nn
@@ -29,12 +28,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from replearn.atomic import write_json_atomic, write_text_atomic
-from replearn.config import Config, TrainConfig
+from replearn.config import Config, ResizeConfig, TrainConfig
 from replearn.console import make_progress
-from replearn.data.splits import read_splits
+from replearn.data.preprocess import SUMMARY_FILE
+from replearn.data.splits import SPLITS_FILE, read_splits
 from replearn.errors import UserError
 from replearn.training.augment import build_augmentation
 from replearn.training.checkpoint import read_checkpoint, save_checkpoint
+from replearn.training.data import PreprocessedImages
 from replearn.training.datasets import PKBatchDataset
 from replearn.training.distributed import (
     RankInfo,
@@ -50,14 +51,23 @@ from replearn.training.distributed import (
 from replearn.training.loss import CircleLoss
 from replearn.training.model import build_model
 from replearn.training.sampler import PKSampler, iteration_seed
-from replearn.training.validation import embed_paths, precision_at_1
+from replearn.training.validation import embed_images, precision_at_1
 
 log = logging.getLogger(__name__)
 
 LAST, BEST, METRICS, SUMMARY = "last.pt", "best.pt", "metrics.csv", "train_summary.json"
 METRIC_COLUMNS = ["iteration", "loss", "lr", "grad_norm", "images_per_second", "elapsed_seconds", "val_precision_at_1"]
 # Keys that may change between a run and its resume: they decide how the work is done, not what is learned.
-RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "devices", "nproc_per_node", "loader_workers", "batch_size_eval"}
+RESUMABLE_CHANGES = {
+    "iterations",
+    "checkpoint_every",
+    "devices",
+    "nproc_per_node",
+    "loader_workers",
+    "batch_size_eval",
+    "in_memory",
+    "timeout_minutes",
+}
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -75,36 +85,48 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class TrainingData:
-    """The preprocessed folder's train and val images with integer labels over the train classes."""
+    """Seen train images (training set and validation gallery) and seen val images (validation queries)."""
 
     classes: list[str]
-    train_paths: list[Path]
-    train_labels: np.ndarray
-    val_paths: list[Path]
-    val_labels: np.ndarray
+    train: PreprocessedImages
+    val: PreprocessedImages
 
 
-def read_training_data(preprocessed_dir: Path) -> TrainingData:
-    """Seen train items (training and gallery) and seen val items (validation queries) of the split table."""
+def read_training_data(preprocessed_dir: Path, in_memory: bool = True) -> TrainingData:
+    """The seen train and val rows of the split table, decoded; labels index the sorted train classes."""
     table = read_splits(preprocessed_dir)
     seen = table[table["subset"] == "seen"]
     train_rows, val_rows = seen[seen["split"] == "train"], seen[seen["split"] == "val"]
     if train_rows.empty:
-        raise UserError(f"{preprocessed_dir}/splits.csv has no seen train images to train on")
+        raise UserError(f"{preprocessed_dir / SPLITS_FILE} has no seen train images to train on")
     classes = sorted(train_rows["label"].unique())
-    index = {name: i for i, name in enumerate(classes)}
-    val_rows = val_rows[val_rows["label"].isin(index)]
-
-    def paths(rows: pd.DataFrame) -> list[Path]:
-        return [preprocessed_dir / p for p in rows["path"]]
-
+    val_rows = val_rows[val_rows["label"].isin(classes)]
     return TrainingData(
         classes=classes,
-        train_paths=paths(train_rows),
-        train_labels=train_rows["label"].map(index).to_numpy(dtype=np.int64),
-        val_paths=paths(val_rows),
-        val_labels=val_rows["label"].map(index).to_numpy(dtype=np.int64),
+        train=PreprocessedImages(preprocessed_dir, train_rows, classes, in_memory=in_memory),
+        val=PreprocessedImages(preprocessed_dir, val_rows, classes, in_memory=in_memory),
     )
+
+
+def adopt_resize(config: Config, preprocessed_dir: Path) -> Config:
+    """The config with preprocess.resize taken from the folder's preprocess.json, when that file says otherwise.
+
+    The images are already resized, so the folder decides the model's input; the checkpoint must
+    record that, because export and inference resize new images by it.
+    """
+    summary = preprocessed_dir / SUMMARY_FILE
+    if not summary.is_file():
+        return config
+    try:
+        resize = ResizeConfig.model_validate(json.loads(summary.read_text())["resize"])
+    except (ValueError, KeyError) as error:
+        raise UserError(f"{summary} is unreadable ({error}); rerun `replearn preprocess`") from None
+    if resize == config.preprocess.resize:
+        return config
+    log.info("using the resize settings of %s: %s", summary, resize.model_dump())
+    adopted = config.model_copy(deep=True)
+    adopted.preprocess.resize = resize
+    return adopted
 
 
 def lr_factor(train_config: TrainConfig) -> Callable[[int], float]:
@@ -160,22 +182,6 @@ def prepare_out_dir(out_dir: Path, resume: bool, force: bool) -> None:
         raise UserError(f"{out_dir} already holds a training run; pass --resume to continue it or --force to restart")
 
 
-def check_image_size(data: TrainingData, config: Config) -> None:
-    from PIL import Image
-
-    with Image.open(data.train_paths[0]) as image:
-        size = image.size
-    side = config.preprocess.resize.size
-    if size != (side, side):
-        log.warning(
-            "%s is %dx%d but preprocess.resize.size=%d: images are resized again while training; "
-            "preprocess with the same config to avoid it",
-            data.train_paths[0],
-            *size,
-            side,
-        )
-
-
 def train(
     config: Config, preprocessed_dir: Path, out_dir: Path, resume: bool = False, force: bool = False
 ) -> TrainResult:
@@ -189,7 +195,7 @@ def train(
         nproc = resolve_nproc_per_node(config.train)
         if nproc > 1:
             prepare_out_dir(Path(out_dir), resume, force)
-            read_training_data(Path(preprocessed_dir))
+            read_splits(preprocessed_dir)
             result: TrainResult = launch_training(config, Path(preprocessed_dir), Path(out_dir), nproc, resume, force)
             return result
     return train_process(config, preprocessed_dir, out_dir, resume, force)
@@ -208,9 +214,8 @@ def train_process(
     if cfg.sync_batchnorm and ranks.world_size > 1 and device.type != "cuda":
         raise UserError("train.sync_batchnorm needs CUDA devices (PyTorch has no SyncBatchNorm on the CPU)")
     prepare_out_dir(out_dir, resume, force)
-    data = read_training_data(preprocessed_dir)
-    if ranks.is_main:
-        check_image_size(data, config)
+    config = adopt_resize(config, preprocessed_dir)
+    data = read_training_data(preprocessed_dir, cfg.in_memory)
     with process_group(ranks, device, cfg.timeout_minutes):
         return _run(config, data, out_dir, resume, ranks, device)
 
@@ -247,10 +252,10 @@ def _run(
         if ranks.world_size > 1
         else model
     )
-    sampler = PKSampler(data.train_labels, cfg.classes_per_batch, cfg.images_per_class, cfg.seed, ranks.rank)
+    sampler = PKSampler(data.train.labels, cfg.classes_per_batch, cfg.images_per_class, cfg.seed, ranks.rank)
     augment = build_augmentation(cfg.augmentations, config.preprocess.resize.size)
     loader = DataLoader(
-        PKBatchDataset(data.train_paths, data.train_labels, sampler, augment, config.preprocess.resize),
+        PKBatchDataset(data.train, sampler, augment),
         sampler=range(state.start, cfg.iterations),
         batch_size=None,
         num_workers=cfg.loader_workers,
@@ -292,7 +297,8 @@ def _run(
             checkpoint_due = iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations
             rng_states = gather_objects(rng_state(device)) if checkpoint_due else []
             if checkpoint_due and ranks.is_main:
-                row["val_precision_at_1"] = state.record_validation(validate(model, data, config, device), iteration)
+                precision = validate(model, data, cfg.batch_size_eval, device)
+                row["val_precision_at_1"] = state.record_validation(precision, iteration)
             # The row goes out before the checkpoint, so every iteration a checkpoint covers has its row.
             log_file.write(row)
             if checkpoint_due:
@@ -342,8 +348,8 @@ def _run(
         "precision": cfg.precision,
         "global_batch_size": global_batch,
         "classes": len(data.classes),
-        "train_images": len(data.train_paths),
-        "val_images": len(data.val_paths),
+        "train_images": len(data.train),
+        "val_images": len(data.val),
     }
     if ranks.is_main:
         write_json_atomic(out_dir / SUMMARY, summary)
@@ -464,11 +470,10 @@ def batch_loss(
     return loss_fn(gather_with_grad(embeddings.float()), gather(labels.to(device, non_blocking=True)))
 
 
-def validate(model: nn.Module, data: TrainingData, config: Config, device: torch.device) -> float:
+def validate(model: nn.Module, data: TrainingData, batch_size: int, device: torch.device) -> float:
     """Precision@1 of the seen val images against the seen train gallery (nan when there is no val split)."""
-    if not data.val_paths:
+    if len(data.val) == 0:
         return float("nan")
-    resize, cfg = config.preprocess.resize, config.train
-    gallery = embed_paths(model, data.train_paths, resize, cfg.batch_size_eval, device, cfg.loader_workers)
-    queries = embed_paths(model, data.val_paths, resize, cfg.batch_size_eval, device, cfg.loader_workers)
-    return precision_at_1(queries, data.val_labels, gallery, data.train_labels)
+    gallery = embed_images(model, data.train, batch_size, device)
+    queries = embed_images(model, data.val, batch_size, device)
+    return precision_at_1(queries, data.val.labels, gallery, data.train.labels)

@@ -1,33 +1,26 @@
-"""Embedding image lists with a torch model and the validation precision@1 that picks the best checkpoint.
+"""Embedding preprocessed images with a torch model, and the validation precision@1 that picks the best checkpoint.
 
 The full retrieval metrics live in replearn.evaluation; training only needs one number, cheaply.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from replearn.config import ResizeConfig
-from replearn.training.datasets import ImageDataset
+from replearn.training.data import PreprocessedImages
 
 
 @torch.no_grad()
-def embed_paths(
-    model: nn.Module, paths: list[Path], resize: ResizeConfig, batch_size: int, device: torch.device, workers: int = 0
-) -> torch.Tensor:
-    """Embeddings (N, D) float32 on the CPU of the images at `paths`, in order, model in eval mode."""
+def embed_images(model: nn.Module, images: PreprocessedImages, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Embeddings (N, D), float32 on the CPU, of every image in order; the model runs in eval mode."""
     was_training = model.training
     model.eval()
-    # Its own generator: drawing the loader's base seed must not consume the global RNG (bit-exact resume).
-    loader = DataLoader(
-        ImageDataset(paths, resize), batch_size=batch_size, num_workers=workers, generator=torch.Generator()
-    )
-    chunks = [model(images.to(device, non_blocking=True)).float().cpu() for images in loader]
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        pixels, _ = images.load_batch(np.arange(start, min(start + batch_size, len(images))))
+        chunks.append(model(pixels.to(device).float().div_(255.0)).float().cpu())
     model.train(was_training)
     return torch.cat(chunks) if chunks else torch.empty(0, 0)
 

@@ -1,0 +1,268 @@
+"""The `evaluate` stage: embed a preprocessed folder, score retrieval on seen and unseen classes, calibrate.
+
+Protocols (per subset, seen and unseen classes separately):
+- test vs train: test images query a gallery of train images (seed 002), keys `<subset>/<metric>`;
+- leave-one-out: every test image queries the other test images ("A Metric Learning Reality Check"),
+  keys `<subset>/loo/<metric>`.
+Micro averages (over queries) carry the plain name, macro averages (over classes) `macro/` before it.
+The precision drop is seen minus unseen precision@1: how much worse the model does on classes it
+never trained on. The clustering threshold is calibrated on the val split and checked on test pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from replearn.atomic import atomic_directory, write_json_atomic, write_text_atomic
+from replearn.config import Config, EvaluateConfig
+from replearn.data.splits import SUBSETS, read_splits
+from replearn.errors import UserError
+from replearn.evaluation.calibration import PairCurve, ThresholdChoice, choose_threshold, count_pairs, score_threshold
+from replearn.evaluation.embedding import embed_files, open_model
+from replearn.evaluation.knn import cluster_kmeans
+from replearn.evaluation.metrics import score_clustering
+from replearn.evaluation.plots import (
+    Neighbor,
+    WorstQuery,
+    plot_embedding_map,
+    plot_similarity_histograms,
+    plot_threshold_curves,
+    plot_worst_queries,
+    project_2d,
+)
+from replearn.evaluation.retrieval import RetrievalScores, score_retrieval
+from replearn.evaluation.threshold import THRESHOLD_FILE, write_threshold
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+PER_CLASS_FILE = "per_class.csv"
+
+
+@dataclass
+class EvaluationResult:
+    out_dir: Path
+    metrics: dict[str, float]
+    threshold: float
+
+
+@dataclass
+class SplitData:
+    """Everything the stage knows about the labelled images, row-aligned with the embeddings."""
+
+    frame: pd.DataFrame  # splits.csv
+    embeddings: np.ndarray  # (N, D) unit rows
+    codes: np.ndarray  # (N,) class index into `classes`
+    classes: np.ndarray  # class names, sorted
+    root: Path
+
+    def rows(self, split: str, subset: str | None = None) -> np.ndarray:
+        chosen = self.frame["split"] == split
+        if subset is not None:
+            chosen &= self.frame["subset"] == subset
+        return np.flatnonzero(chosen.to_numpy())
+
+    def path(self, row: int) -> Path:
+        return self.root / str(self.frame["path"].iloc[row])
+
+
+def sample_rows(rows: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """At most `limit` of `rows`, a seeded sample in the original order, so reruns pick the same ones.
+
+    >>> sample_rows(np.arange(10), 3, seed=0).tolist() == sample_rows(np.arange(10), 3, seed=0).tolist()
+    True
+    """
+    if len(rows) <= limit:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, size=limit, replace=False))
+
+
+def load_split_data(config: Config, model_path: Path, preprocessed_dir: Path) -> SplitData:
+    frame = read_splits(preprocessed_dir)
+    if frame.empty:
+        raise UserError(f"{preprocessed_dir / 'splits.csv'} lists no images")
+    paths = [preprocessed_dir / p for p in frame["path"]]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise UserError(
+            f"{len(missing)} images listed in {preprocessed_dir / 'splits.csv'} are missing, e.g. {missing[0]}; "
+            "rerun `replearn preprocess`"
+        )
+    model = open_model(model_path, config)
+    embeddings = embed_files(model.embedder, paths, config.evaluate.batch_size, f"embedding {preprocessed_dir.name}")
+    classes, codes = np.unique(frame["label"].to_numpy(dtype=str), return_inverse=True)
+    return SplitData(frame, embeddings, codes, classes, preprocessed_dir)
+
+
+def prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}{name}": value for name, value in values.items()}
+
+
+def score_protocol(
+    data: SplitData, queries: np.ndarray, gallery: np.ndarray, leave_one_out: bool, settings: EvaluateConfig, name: str
+) -> RetrievalScores:
+    return score_retrieval(
+        data.embeddings[queries],
+        data.codes[queries],
+        data.embeddings[gallery],
+        data.codes[gallery],
+        leave_one_out=leave_one_out,
+        recall_at=settings.recall_at,
+        knn_k=settings.knn_k,
+        keep_neighbors=settings.worst_neighbors,
+        memory_mb=settings.memory_mb,
+        description=name,
+    )
+
+
+def per_class_rows(data: SplitData, scores: RetrievalScores, subset: str, protocol: str) -> pd.DataFrame:
+    table = scores.per_class()
+    table.insert(0, "protocol", protocol)
+    table.insert(0, "subset", subset)
+    table["class"] = data.classes[table["class"].to_numpy()]
+    return table
+
+
+def find_worst_queries(
+    data: SplitData, scores: RetrievalScores, queries: np.ndarray, gallery: np.ndarray, count: int
+) -> list[WorstQuery]:
+    """The queries with the lowest AP@R (then precision@1), with their nearest gallery images."""
+    counted = np.flatnonzero(~scores.lone)
+    order = np.lexsort((scores.values["precision_at_1"][counted], scores.values["map_at_r"][counted]))
+    rows = []
+    for position in counted[order[:count]]:
+        neighbors = [
+            Neighbor(data.path(gallery[j]), str(data.classes[data.codes[gallery[j]]]), float(similarity))
+            for j, similarity in zip(scores.neighbors[position], scores.similarities[position], strict=True)
+        ]
+        query = queries[position]
+        label = str(data.classes[data.codes[query]])
+        rows.append(WorstQuery(data.path(query), label, float(scores.values["map_at_r"][position]), neighbors))
+    return rows
+
+
+def score_subset(
+    data: SplitData, subset: str, settings: EvaluateConfig
+) -> tuple[dict[str, float], list[pd.DataFrame], list[WorstQuery]]:
+    """Both protocols and the k-means NMI/AMI for one subset's test images."""
+    test, train = data.rows("test", subset), data.rows("train", subset)
+    metrics: dict[str, float] = {"gallery": float(len(train))}
+    tables: list[pd.DataFrame] = []
+    worst: list[WorstQuery] = []
+    if len(train):
+        scores = score_protocol(data, test, train, False, settings, f"{subset}: test vs train")
+        metrics |= scores.summarise()
+        tables.append(per_class_rows(data, scores, subset, "test_vs_train"))
+        worst = find_worst_queries(data, scores, test, train, settings.worst_queries)
+    loo = score_protocol(data, test, test, True, settings, f"{subset}: leave-one-out")
+    metrics |= prefixed("loo/", loo.summarise())
+    tables.append(per_class_rows(data, loo, subset, "leave_one_out"))
+    if not worst:
+        worst = find_worst_queries(data, loo, test, test, settings.worst_queries)
+    test_classes = len(np.unique(data.codes[test]))
+    metrics["classes"] = float(test_classes)
+    cluster_ids = cluster_kmeans(data.embeddings[test], test_classes, seed=settings.seed)
+    metrics |= score_clustering(data.codes[test], cluster_ids)
+    return metrics, tables, worst
+
+
+def calibrate(data: SplitData, settings: EvaluateConfig) -> tuple[str, np.ndarray, PairCurve, ThresholdChoice]:
+    """Count val pairs and choose the threshold; without usable val images, fall back to train with a warning."""
+    for split in ("val", "train"):
+        rows = sample_rows(data.rows(split), settings.calibration_max_images, settings.seed)
+        if len(rows) < 2:
+            continue
+        curve = count_pairs(data.embeddings[rows], data.codes[rows], settings.threshold_bins, settings.memory_mb)
+        if curve.positive_counts.sum() == 0:
+            continue
+        if split != "val":
+            log.warning("the val split has no two images of one class; calibrating the threshold on train (biased)")
+        choice = choose_threshold(curve, settings.threshold_objective, settings.target_precision)
+        return split, rows, curve, choice
+    raise UserError(f"{data.root / 'splits.csv'}: no split has two images of one class to calibrate a threshold on")
+
+
+def score_test_pairs(data: SplitData, subset: str, threshold: float, settings: EvaluateConfig) -> dict[str, float]:
+    """Pairwise precision/recall/F1 of the calibrated threshold on one subset's test images."""
+    rows = sample_rows(data.rows("test", subset), settings.calibration_max_images, settings.seed)
+    curve = count_pairs(data.embeddings[rows], data.codes[rows], settings.threshold_bins, settings.memory_mb)
+    if curve.positive_counts.sum() == 0:
+        return {}
+    scores = score_threshold(curve, threshold)
+    return {"pair_precision": scores.precision, "pair_recall": scores.recall, "pair_f1": scores.f1}
+
+
+def draw_map(data: SplitData, settings: EvaluateConfig, path: Path) -> None:
+    rows = sample_rows(data.rows("test"), settings.map_max_points, settings.seed)
+    if len(rows) == 0:
+        return
+    points = project_2d(data.embeddings[rows], settings.embedding_map, settings.seed)
+    labels = [str(data.classes[c]) for c in data.codes[rows]]
+    subsets = data.frame["subset"].to_numpy(dtype=str)[rows].tolist()
+    method = "t-SNE" if settings.embedding_map == "tsne" else "PCA"
+    plot_embedding_map(points, labels, subsets, path, f"test embeddings ({method}, {len(rows)} images)")
+
+
+def evaluate(
+    config: Config, model_path: Path, preprocessed_dir: Path, out_dir: Path, force: bool = False
+) -> EvaluationResult:
+    """Evaluate `model_path` (checkpoint or ONNX) on `preprocessed_dir`; write metrics, tables, threshold and plots."""
+    settings = config.evaluate
+    model_path, preprocessed_dir = Path(model_path), Path(preprocessed_dir)
+    if out_dir.exists() and not force:
+        raise FileExistsError(f"{out_dir} already exists; pass --force to replace it")
+    data = load_split_data(config, model_path, preprocessed_dir)
+    metrics: dict[str, float] = {}
+    tables: list[pd.DataFrame] = []
+    worst: dict[str, list[WorstQuery]] = {}
+    evaluated = [subset for subset in SUBSETS if len(data.rows("test", subset))]
+    if not evaluated:
+        raise UserError(f"{preprocessed_dir / 'splits.csv'} has no test images to evaluate")
+    for subset in evaluated:
+        subset_metrics, subset_tables, worst[subset] = score_subset(data, subset, settings)
+        metrics |= prefixed(f"{subset}/", subset_metrics)
+        tables += subset_tables
+    for protocol in ("", "loo/"):
+        seen, unseen = (metrics.get(f"{subset}/{protocol}precision_at_1") for subset in SUBSETS)
+        if seen is not None and unseen is not None:
+            metrics[f"{protocol}precision_drop"] = seen - unseen
+
+    calibration_split, calibration_rows, curve, choice = calibrate(data, settings)
+    metrics |= {"threshold": choice.threshold}
+    metrics |= prefixed("threshold/", {"precision": choice.precision, "recall": choice.recall, "f1": choice.f1})
+    for subset in evaluated:
+        metrics |= prefixed(f"{subset}/", score_test_pairs(data, subset, choice.threshold, settings))
+    metrics = {key: float(value) for key, value in sorted(metrics.items()) if math.isfinite(value)}
+    threshold_details = {
+        "objective": settings.threshold_objective,
+        "target_precision": settings.target_precision if settings.threshold_objective == "precision" else None,
+        "precision": choice.precision,
+        "recall": choice.recall,
+        "f1": choice.f1,
+        "split": calibration_split,
+        "images": len(calibration_rows),
+        "positive_pairs": int(curve.positive_counts.sum()),
+        "negative_pairs": int(curve.negative_counts.sum()),
+        "model": str(model_path),
+    }
+
+    with atomic_directory(out_dir, replace=force) as temporary:
+        write_json_atomic(temporary / METRICS_FILE, metrics)
+        write_threshold(temporary / THRESHOLD_FILE, choice.threshold, **threshold_details)
+        write_text_atomic(temporary / PER_CLASS_FILE, pd.concat(tables).to_csv(index=False, float_format="%.6g"))
+        plots = temporary / "plots"
+        split_name = f"{calibration_split} pairs"
+        plot_similarity_histograms(curve, choice.threshold, plots / "similarity_histograms.png", split_name)
+        plot_threshold_curves(curve, choice, plots / "threshold_curves.png", f"threshold on {split_name}")
+        draw_map(data, settings, plots / "embedding_map.png")
+        for subset, rows in worst.items():
+            if rows:
+                plot_worst_queries(rows, plots / f"worst_queries_{subset}.png", f"worst {subset} test queries")
+    log.info("evaluation written to %s (threshold %.4f)", out_dir, choice.threshold)
+    return EvaluationResult(out_dir=out_dir, metrics=metrics, threshold=choice.threshold)
