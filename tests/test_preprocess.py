@@ -170,6 +170,31 @@ def test_an_interrupted_run_leaves_only_complete_files(
     assert not stray.exists()
 
 
+def test_a_failing_thread_stops_the_others_cleanly(
+    few_classes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    real_save = Image.Image.save
+    calls = {"n": 0}
+
+    def failing_save(self: Image.Image, fp: object, *args: object, **kwargs: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("disk full")
+        real_save(self, fp, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    with pytest.raises(RuntimeError, match="disk full"):
+        preprocess(small_config(workers=2), few_classes, out)
+    monkeypatch.undo()
+    written = outputs(out)
+    assert not any(Path(name).name.startswith(".") for name in written)
+    for name in written:
+        with Image.open(out / name) as image:
+            image.load()
+    assert not (out / "splits.csv").exists()
+
+
 def test_refuses_folders_it_does_not_own(few_classes: Path, tmp_path: Path) -> None:
     foreign = tmp_path / "mine"
     foreign.mkdir()

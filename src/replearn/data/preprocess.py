@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -171,15 +172,28 @@ def run_parallel(
     Threads, not processes: hashing, decoding, resizing and zlib all release the GIL, so
     threads use every core on real photos, while they need no start method (fork is unsafe
     once torch has started its thread pools; spawn re-imports the caller's main module).
+    On Ctrl-C the threads finish the image in hand and skip the rest, so no temporary is left.
     """
-    work = partial(process_image, data_dir=data_dir, out_dir=out_dir, settings=settings)
     threads = min(workers or os.cpu_count() or 1, len(items))
     if threads <= 1:
+        work = partial(process_image, data_dir=data_dir, out_dir=out_dir, settings=settings)
         yield from track(map(work, items), len(items), "preprocessing")
         return
-    chunksize = max(1, min(32, len(items) // (threads * 8)))
-    with ThreadPool(threads) as pool:
-        yield from track(pool.imap_unordered(work, items, chunksize=chunksize), len(items), "preprocessing")
+    stop = threading.Event()
+
+    def work_until_stopped(item: tuple[str, str]) -> Outcome:
+        if stop.is_set():
+            return Outcome(*item, error="interrupted")
+        return process_image(item, data_dir, out_dir, settings)
+
+    pool = ThreadPool(threads)
+    try:
+        chunksize = max(1, min(32, len(items) // (threads * 8)))
+        yield from track(pool.imap_unordered(work_until_stopped, items, chunksize), len(items), "preprocessing")
+    finally:
+        stop.set()
+        pool.close()
+        pool.join()
 
 
 def drop_duplicates(table: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
