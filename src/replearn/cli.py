@@ -308,6 +308,90 @@ def compare_command(
         )
 
 
+@app.command("embed")
+def embed(
+    ctx: typer.Context,
+    model: Annotated[Path, typer.Argument(help="ONNX model written by `replearn export`.")],
+    images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively; hidden files skipped).")],
+    out: Annotated[Path, typer.Argument(help="Folder to create: embeddings, path index, failures.csv, embed.json.")],
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch [default: embed.batch_size].")] = None,
+    provider: Annotated[
+        Literal["auto", "cuda", "cpu"] | None, typer.Option(help="onnxruntime provider [default: embed.provider].")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime threads, 0 = auto [default: embed.threads].")] = None,
+    file_format: Annotated[
+        Literal["npy", "parquet"] | None, typer.Option("--format", help="Output format [default: embed.format].")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Embed a folder of images with onnxruntime alone (no torch); unreadable images are skipped and listed."""
+    import time
+
+    from replearn.config import EmbedConfig
+    from replearn.export.embedder import embed_images
+
+    options = {"batch_size": batch_size, "provider": provider, "threads": threads, "format": file_format}
+    given = {key: value for key, value in options.items() if value is not None}
+    cfg = EmbedConfig.model_validate({**state(ctx).config.embed.model_dump(), **given})
+    started = time.perf_counter()
+    result = embed_images(cfg, model, images, out, force=force)
+    seconds = time.perf_counter() - started
+    table = Table(title=f"embeddings in {out}")
+    for column in ("images", "dimension", "skipped", "images/s"):
+        table.add_column(column, justify="right")
+    rate = len(result.paths) / seconds if seconds > 0 else 0.0
+    table.add_row(f"{len(result.paths):,}", str(result.embeddings.shape[1]), str(len(result.failures)), f"{rate:,.1f}")
+    stdout.print(table)
+    if result.failures:
+        stdout.print(f"[yellow]{len(result.failures)} unreadable file(s) skipped[/]: listed in {out / 'failures.csv'}")
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    checkpoint: Annotated[Path, typer.Argument(help="Training checkpoint (best.pt or last.pt).")],
+    out: Annotated[Path, typer.Argument(help="ONNX file to write, e.g. model.onnx.")],
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Images for the parity batch, e.g. the preprocessed folder (its splits.csv: data version)."),
+    ] = None,
+    threshold_file: Annotated[
+        Path | None, typer.Option(help="threshold.json from `replearn evaluate`, stored in the metadata.")
+    ] = None,
+    data_version: Annotated[
+        str | None, typer.Option(help="Data version to record [default: hash of IMAGES/splits.csv].")
+    ] = None,
+    quantize: Annotated[
+        Literal["none", "int8"] | None, typer.Option(help="Also write OUT.int8.onnx [default: export.quantize].")
+    ] = None,
+    fp16: Annotated[bool | None, typer.Option("--fp16/--no-fp16", help="Also write OUT.fp16.onnx (for GPUs).")] = None,
+    exporter: Annotated[
+        Literal["dynamo", "torchscript"] | None, typer.Option(help="ONNX exporter [default: export.exporter].")
+    ] = None,
+) -> None:
+    """Export a checkpoint to ONNX with its metadata; fails unless onnxruntime matches eager PyTorch."""
+    from replearn.config import ExportConfig
+    from replearn.export.onnx_export import export_model
+
+    options = {"quantize": quantize, "fp16": fp16, "exporter": exporter}
+    given = {key: value for key, value in options.items() if value is not None}
+    cfg = ExportConfig.model_validate({**state(ctx).config.export.model_dump(), **given})
+    result = export_model(cfg, checkpoint, out, images, threshold_file, data_version)
+    table = Table(title=f"{result.exporter} export, opset {result.opset}, parity on {result.parity.images} images")
+    for column in ("file", "MB", "max abs diff", "min cosine"):
+        table.add_column(column, justify="right")
+    for path, parity in [(result.path, result.parity), *result.variants.values()]:
+        size = path.stat().st_size / 1e6
+        table.add_row(str(path), f"{size:.1f}", f"{parity.max_abs_diff:.2e}", f"{parity.min_cosine:.6f}")
+    stdout.print(table)
+    threshold = result.metadata.threshold
+    stdout.print(
+        f"embedding dim {result.metadata.embedding_dim}, {len(result.metadata.classes)} classes, "
+        f"threshold {'not set' if threshold is None else f'{threshold:.4f}'}, data {result.metadata.data_version}",
+        highlight=False,
+    )
+
+
 def run() -> None:
     """Console-script entry point: user errors become one readable line and exit code 1."""
     try:

@@ -200,12 +200,27 @@ class EvaluateConfig(StrictModel):
 class ExportConfig(StrictModel):
     """ONNX export and its parity check against eager PyTorch."""
 
-    opset: int = Field(17, ge=17)
-    exporter: Literal["dynamo", "torchscript"] = "torchscript"
+    opset: int = Field(18, ge=17, description="The dynamo exporter emits 18 at least; torchscript can do 17.")
+    exporter: Literal["dynamo", "torchscript"] = Field(
+        "dynamo", description="dynamo: torch.export-based, a leaner graph that also quantises well (see export/)."
+    )
     max_abs_diff: float = Field(1e-4, gt=0.0)
     min_cosine: float = Field(0.9999, gt=0.0, le=1.0)
     quantize: Literal["none", "int8"] = "none"
     fp16: bool = False
+    parity_images: int = Field(32, ge=1, description="Images in the onnxruntime-vs-PyTorch parity batch.")
+
+
+class EmbedConfig(StrictModel):
+    """The torch-free onnxruntime embedder: `replearn embed` and the embedding half of clustering."""
+
+    batch_size: int = Field(64, ge=1)
+    provider: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: CUDA when usable, else CPU.")
+    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime decide.")
+    workers: int = Field(0, ge=0, description="Image decoding threads; 0 means one per core.")
+    format: Literal["npy", "parquet"] = Field(
+        "npy", description="npy: embeddings.npy + index.csv; parquet: embeddings.parquet with a path column."
+    )
 
 
 class ClusterConfig(StrictModel):
@@ -236,6 +251,7 @@ class Config(StrictModel):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     export: ExportConfig = ExportConfig()
+    embed: EmbedConfig = EmbedConfig()
     cluster: ClusterConfig = ClusterConfig()
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)

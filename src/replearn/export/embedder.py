@@ -1,0 +1,254 @@
+"""Embed images with an exported ONNX model: onnxruntime, numpy and Pillow, never torch.
+
+This is the runtime of the `embed` and `cluster` stages, so an inference image stays small and
+starts fast. Images are decoded and resized by `replearn.data.images.load_image`, the same
+function preprocessing uses, with the size and resize mode read from the model's own metadata:
+a model cannot be fed images prepared differently from the ones it was trained on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from replearn.atomic import atomic_directory
+from replearn.config import EmbedConfig
+from replearn.console import make_progress
+from replearn.data.images import DECODE_ERRORS, image_to_array, load_image
+from replearn.errors import UserError
+from replearn.export.metadata import ModelMetadata
+
+log = logging.getLogger(__name__)
+
+Provider = Literal["auto", "cuda", "cpu"]
+ORT_PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+# onnxruntime's own default severity (warning); restored after a quiet CUDA probe.
+ORT_DEFAULT_SEVERITY = 2
+ORT_FATAL_ONLY = 4
+
+
+@dataclass
+class EmbeddingResult:
+    """Row i of `embeddings` belongs to `paths[i]` (relative to the embedded folder, posix)."""
+
+    paths: list[str]
+    embeddings: np.ndarray
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+class OnnxEmbedder:
+    """An onnxruntime session over a replearn model, plus the metadata that says how to feed it.
+
+    provider: "auto" tries CUDA and falls back to the CPU without noise; "cuda" fails when CUDA
+    cannot be used; "cpu" never touches the GPU. threads: intra-op threads, 0 lets onnxruntime decide.
+    """
+
+    def __init__(self, model_path: Path | str, provider: Provider = "auto", threads: int = 0) -> None:
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise UserError(f"model {self.model_path} does not exist")
+        self.metadata = read_metadata(self.model_path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # The NCHWc layout rewrite makes float32 convolutions about 4x faster on CPUs, but it crashes
+        # onnxruntime (segfault while creating the session) on float16 graphs.
+        disabled = ["NchwcTransformer"] if self.metadata.precision == "fp16" else []
+        wanted = self._providers(provider)
+        quiet = provider == "auto" and ORT_PROVIDERS["cuda"] in wanted
+        if quiet:
+            # Without the CUDA libraries onnxruntime logs an error per session before falling back.
+            ort.set_default_logger_severity(ORT_FATAL_ONLY)
+        try:
+            self.session = ort.InferenceSession(
+                str(self.model_path), options, providers=wanted, disabled_optimizers=disabled
+            )
+        except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise UserError(f"{self.model_path} is not a model onnxruntime can load: {error}") from None
+        finally:
+            if quiet:
+                ort.set_default_logger_severity(ORT_DEFAULT_SEVERITY)
+        self.providers: list[str] = self.session.get_providers()
+        if provider == "cuda" and ORT_PROVIDERS["cuda"] not in self.providers:
+            raise UserError(
+                "provider cuda was requested but onnxruntime could not use CUDA "
+                "(no GPU, or CUDA/cuDNN libraries missing); use --provider cpu or auto"
+            )
+        log.debug("onnxruntime providers for %s: %s", self.model_path, self.providers)
+        model_input = self.session.get_inputs()[0]
+        self.input_name: str = model_input.name
+        self.input_dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32
+
+    @staticmethod
+    def _providers(provider: Provider) -> list[str]:
+        if provider == "cpu":
+            return [ORT_PROVIDERS["cpu"]]
+        available = ort.get_available_providers()
+        if provider == "cuda" and ORT_PROVIDERS["cuda"] not in available:
+            raise UserError(f"provider cuda was requested but this onnxruntime build offers only {available}")
+        return [name for name in (ORT_PROVIDERS["cuda"], ORT_PROVIDERS["cpu"]) if name in available]
+
+    def load(self, path: Path) -> np.ndarray:
+        """One image as the model's float32 CHW input, decoded and resized as in preprocessing."""
+        return image_to_array(load_image(path, self.metadata.resize))
+
+    def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, S, S) float32 in [0, 1] -> (N, D) float32 L2-normalised embeddings."""
+        (output,) = self.session.run(None, {self.input_name: batch.astype(self.input_dtype, copy=False)})
+        return np.asarray(output, dtype=np.float32)
+
+
+def read_metadata(model_path: Path) -> ModelMetadata:
+    """The replearn metadata of an ONNX file, read through an unoptimised CPU session (cheap, never crashes)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(str(model_path), options, providers=[ORT_PROVIDERS["cpu"]])
+    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf types
+        raise UserError(f"{model_path} is not a model onnxruntime can load: {error}") from None
+    return ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, source=str(model_path))
+
+
+def list_images(folder: Path) -> list[str]:
+    """Every non-hidden file below `folder`, relative and sorted: each is tried, failures are reported."""
+    if not folder.is_dir():
+        raise UserError(f"image folder {folder} does not exist or is not a folder")
+    found: list[str] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        relative = Path(root).relative_to(folder)
+        found.extend((relative / name).as_posix() for name in files if not name.startswith("."))
+    return sorted(found)
+
+
+def _decode(embedder: OnnxEmbedder, path: Path) -> np.ndarray | str:
+    """The model input for one file, or the reason it could not be read."""
+    try:
+        return embedder.load(path)
+    except DECODE_ERRORS as error:
+        return f"{type(error).__name__}: {error}"
+
+
+def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def embed_folder(
+    model: OnnxEmbedder | Path | str,
+    folder: Path | str,
+    batch_size: int = 64,
+    workers: int = 0,
+) -> EmbeddingResult:
+    """Embed every readable image below `folder`; unreadable ones are skipped and listed in `failures`.
+
+    Decoding runs on a thread pool (Pillow releases the GIL) one batch ahead of inference, so
+    onnxruntime rarely waits for images. `workers` 0 means one thread per core.
+    """
+    embedder = model if isinstance(model, OnnxEmbedder) else OnnxEmbedder(model)
+    folder = Path(folder)
+    names = list_images(folder)
+    paths: list[str] = []
+    chunks: list[np.ndarray] = []
+    failures: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool, make_progress() as progress:
+        task = progress.add_task(f"embedding {folder}", total=len(names), unit="images")
+
+        def submit(batch: Sequence[str]) -> list[tuple[str, Future[np.ndarray | str]]]:
+            return [(name, pool.submit(_decode, embedder, folder / name)) for name in batch]
+
+        batches = _batches(names, batch_size)
+        pending = submit(next(batches, []))
+        while pending:
+            current, pending = pending, submit(next(batches, []))
+            arrays = []
+            for name, future in current:
+                decoded = future.result()
+                if isinstance(decoded, str):
+                    failures.append((name, decoded))
+                    log.warning("skipped %s: %s", folder / name, decoded)
+                else:
+                    paths.append(name)
+                    arrays.append(decoded)
+            if arrays:
+                chunks.append(embedder.embed_arrays(np.stack(arrays)))
+            progress.advance(task, len(current))
+    dim = embedder.metadata.embedding_dim
+    embeddings = np.concatenate(chunks) if chunks else np.zeros((0, dim), dtype=np.float32)
+    return EmbeddingResult(paths=paths, embeddings=embeddings, failures=failures)
+
+
+def write_embeddings(result: EmbeddingResult, out_dir: Path, file_format: Literal["npy", "parquet"]) -> None:
+    """npy: embeddings.npy + index.csv (row i = path i); parquet: embeddings.parquet (path, embedding).
+
+    failures.csv (path, error) is written either way, so a reader sees what was left out.
+    """
+    if file_format == "npy":
+        np.save(out_dir / "embeddings.npy", result.embeddings)
+        _write_csv(out_dir / "index.csv", ["path"], [[path] for path in result.paths])
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        dim = result.embeddings.shape[1]
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(result.embeddings.reshape(-1), pa.float32()), dim)
+        pq.write_table(pa.table({"path": result.paths, "embedding": vectors}), out_dir / "embeddings.parquet")
+    _write_csv(out_dir / "failures.csv", ["path", "error"], [list(item) for item in result.failures])
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def read_embeddings(out_dir: Path | str) -> EmbeddingResult:
+    """Read what `embed_images` wrote, in either format."""
+    out_dir = Path(out_dir)
+    with (out_dir / "failures.csv").open(newline="", encoding="utf-8") as handle:
+        failures = [(row["path"], row["error"]) for row in csv.DictReader(handle)]
+    if (out_dir / "embeddings.parquet").is_file():
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(out_dir / "embeddings.parquet")
+        column = table.column("embedding").combine_chunks()
+        embeddings = column.flatten().to_numpy().reshape(len(table), column.type.list_size)
+        return EmbeddingResult(table.column("path").to_pylist(), embeddings.astype(np.float32), failures)
+    with (out_dir / "index.csv").open(newline="", encoding="utf-8") as handle:
+        paths = [row["path"] for row in csv.DictReader(handle)]
+    return EmbeddingResult(paths, np.load(out_dir / "embeddings.npy"), failures)
+
+
+def embed_images(
+    config: EmbedConfig, model_path: Path, images_dir: Path, out_dir: Path, force: bool = False
+) -> EmbeddingResult:
+    """The `embed` stage: embed a folder of images and write the embeddings, index and failures to `out_dir`."""
+    embedder = OnnxEmbedder(model_path, provider=config.provider, threads=config.threads)
+    if not list_images(images_dir):
+        raise UserError(f"image folder {images_dir} holds no files to embed")
+    with atomic_directory(out_dir, replace=force) as temporary:
+        result = embed_folder(embedder, images_dir, batch_size=config.batch_size, workers=config.workers)
+        write_embeddings(result, temporary, config.format)
+        summary = {
+            "model": str(model_path),
+            "images_dir": str(images_dir),
+            "images": len(result.paths),
+            "failures": len(result.failures),
+            "embedding_dim": embedder.metadata.embedding_dim,
+            "config_hash": embedder.metadata.config_hash,
+            "data_version": embedder.metadata.data_version,
+            "format": config.format,
+        }
+        (temporary / "embed.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return result
