@@ -175,3 +175,25 @@ def test_cli_evaluate_is_deterministic_and_compare_reads_its_threshold(
     assert result.exit_code == 0, result.output
     assert "cosine similarity: 1.0000" in result.output and "same class" in result.output
 
+
+def test_onnx_model_evaluates_like_its_checkpoint_and_carries_the_threshold(
+    config: Config, checkpoint: Path, preprocessed: Path, evaluated: Path, tmp_path: Path
+) -> None:
+    from replearn.export.onnx_export import export_model
+
+    model = tmp_path / "model.onnx"
+    export_model(config.export, checkpoint, model, images_dir=preprocessed, threshold_file=evaluated / "threshold.json")
+    out = tmp_path / "eval_onnx"
+    evaluate(config, model, preprocessed, out)
+    from_onnx = json.loads((out / "metrics.json").read_text())
+    from_checkpoint = json.loads((evaluated / "metrics.json").read_text())
+    assert from_onnx.keys() == from_checkpoint.keys()
+    for key in ("seen/gallery", "seen/queries", "unseen/classes"):
+        assert from_onnx[key] == from_checkpoint[key]
+    # The untrained model's embeddings are nearly collapsed, so float noise may swap a few close neighbours.
+    assert from_onnx["seen/map_at_r"] == pytest.approx(from_checkpoint["seen/map_at_r"], abs=0.1)
+    assert from_onnx["threshold"] == pytest.approx(from_checkpoint["threshold"], abs=0.01)
+    image = next((preprocessed / "images").rglob("*.png"))
+    result = compare_images(config, model, image, image)
+    assert result.threshold == read_threshold(evaluated) and result.threshold_source == f"metadata of {model}"
+    assert result.same_class is True
