@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from replearn.export.onnx_export import ExportResult
 
 _ZENML_HOME = Path(tempfile.mkdtemp(prefix="replearn-tests-zenml-"))
 os.environ["ZENML_ANALYTICS_OPT_IN"] = "false"
@@ -41,3 +45,48 @@ def tiny_preprocessed(chars_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     out = tmp_path_factory.mktemp("preprocessed") / "chars"
     preprocess(load_config(None, ["preprocess.resize.size=32"]), chars_dir, out)
     return out
+
+
+EXPORT_OVERRIDES = [
+    "preprocess.resize.size=32",
+    "train.model.d_model=16",
+    "train.model.heads=2",
+    "train.model.layers=1",
+    "train.model.embedding_dim=8",
+    "export.quantize=int8",
+    "export.fp16=true",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny model (32 px, 8-dim) in the training checkpoint format."""
+    import torch
+
+    from replearn.config import load_config
+    from replearn.training.checkpoint import save_checkpoint
+    from replearn.training.model import build_model
+
+    config = load_config(None, EXPORT_OVERRIDES)
+    torch.manual_seed(0)
+    model = build_model(config.train.model)
+    path = tmp_path_factory.mktemp("checkpoint") / "best.pt"
+    classes = ["digit_0", "upper_A", "lower_a"]
+    save_checkpoint(
+        path, {"model": model.state_dict(), "config": config.model_dump(mode="json", by_alias=True), "classes": classes}
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_export(
+    tiny_checkpoint: Path, tiny_preprocessed: Path, tmp_path_factory: pytest.TempPathFactory
+) -> ExportResult:
+    """`tiny_checkpoint` through the real export stage, with a threshold and the int8 and fp16 variants."""
+    from replearn.config import load_config
+    from replearn.export.onnx_export import export_model
+
+    out = tmp_path_factory.mktemp("onnx")
+    (out / "threshold.json").write_text('{"threshold": 0.42}')
+    config = load_config(None, EXPORT_OVERRIDES).export
+    return export_model(config, tiny_checkpoint, out / "model.onnx", tiny_preprocessed, out / "threshold.json")

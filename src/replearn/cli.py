@@ -377,12 +377,13 @@ def export(
     given = {key: value for key, value in options.items() if value is not None}
     cfg = ExportConfig.model_validate({**state(ctx).config.export.model_dump(), **given})
     result = export_model(cfg, checkpoint, out, images, threshold_file, data_version)
-    table = Table(title=f"{result.exporter} export, opset {result.opset}, parity on {result.parity.images} images")
+    title = f"{result.exporter} export to {out.parent}, opset {result.opset}, parity on {result.parity.images} images"
+    table = Table(title=title)
     for column in ("file", "MB", "max abs diff", "min cosine"):
         table.add_column(column, justify="right")
     for path, parity in [(result.path, result.parity), *result.variants.values()]:
         size = path.stat().st_size / 1e6
-        table.add_row(str(path), f"{size:.1f}", f"{parity.max_abs_diff:.2e}", f"{parity.min_cosine:.6f}")
+        table.add_row(path.name, f"{size:.1f}", f"{parity.max_abs_diff:.2e}", f"{parity.min_cosine:.6f}")
     stdout.print(table)
     threshold = result.metadata.threshold
     stdout.print(

@@ -39,7 +39,8 @@ class ModelMetadata:
     config_hash: str
     data_version: str
     resize_mode: ResizeMode
-    precision: Precision
+    # Not in the contract's key list: files without it are the float32 graph.
+    precision: Precision = "fp32"
 
     @property
     def resize(self) -> ResizeConfig:
@@ -53,7 +54,7 @@ class ModelMetadata:
     @classmethod
     def from_props(cls, props: Mapping[str, str], source: str = "model") -> ModelMetadata:
         """Parse metadata_props back; a missing or malformed key is a UserError naming `source`."""
-        missing = sorted(set(cls.__dataclass_fields__) - set(props))
+        missing = sorted(set(cls.__dataclass_fields__) - set(props) - {"precision"})
         if missing:
             raise UserError(f"{source} lacks replearn metadata {missing}; export it with `replearn export`")
         try:
@@ -66,8 +67,9 @@ class ModelMetadata:
                 raise ValueError("mean and std need three values")
             if resize_mode not in ("crop", "pad", "stretch"):
                 raise ValueError(f"unknown resize_mode {resize_mode!r}")
-            if props["precision"] not in ("fp32", "int8", "fp16"):
-                raise ValueError(f"unknown precision {props['precision']!r}")
+            precision = props.get("precision", "fp32")
+            if precision not in ("fp32", "int8", "fp16"):
+                raise ValueError(f"unknown precision {precision!r}")
             return cls(
                 input_size=int(json.loads(props["input_size"])),
                 channel_order=props["channel_order"],
@@ -80,7 +82,7 @@ class ModelMetadata:
                 config_hash=props["config_hash"],
                 data_version=props["data_version"],
                 resize_mode=cast(ResizeMode, resize_mode),
-                precision=cast(Precision, props["precision"]),
+                precision=cast(Precision, precision),
             )
         except (ValueError, TypeError) as error:
             raise UserError(f"{source} has malformed replearn metadata: {error}") from None

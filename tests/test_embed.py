@@ -1,0 +1,139 @@
+"""The torch-free embedder on a really exported model: no torch import, bad files skipped, outputs readable."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from replearn.cli import app
+from replearn.config import EmbedConfig, ResizeConfig
+from replearn.data.images import image_to_array, load_image
+from replearn.errors import UserError
+from replearn.export.embedder import OnnxEmbedder, embed_folder, embed_images, list_images, read_embeddings
+from replearn.export.onnx_export import ExportResult
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def inbox(chars_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Nine real images in nested folders, a corrupt PNG, a text file, and hidden files that must be ignored."""
+    root = tmp_path_factory.mktemp("inbox") / "images"
+    for class_dir in sorted(chars_dir.iterdir())[:3]:
+        for image in sorted(class_dir.iterdir())[:3]:
+            (root / class_dir.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(image, root / class_dir.name / image.name)
+    (root / "digit_0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (root / "notes.txt").write_text("not an image")
+    (root / ".DS_Store").write_bytes(b"\x00")
+    (root / ".hidden").mkdir()
+    shutil.copy(next((root / "digit_0").glob("*.png")), root / ".hidden" / "skip.png")
+    return root
+
+
+def test_embed_never_imports_torch(tiny_export: ExportResult, inbox: Path, tmp_path: Path) -> None:
+    """The whole `replearn embed` command runs in a fresh interpreter without torch entering sys.modules."""
+    out = tmp_path / "out"
+    code = (
+        "import sys\n"
+        "from replearn.cli import app\n"
+        f"app(['embed', {str(tiny_export.path)!r}, {str(inbox)!r}, {str(out)!r}], standalone_mode=False)\n"
+        "from replearn.export.embedder import embed_folder\n"
+        f"embed_folder({str(tiny_export.path)!r}, {str(inbox)!r}, batch_size=4)\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (out / "embeddings.npy").is_file()
+
+
+def test_corrupt_image_is_skipped_and_reported(tiny_export: ExportResult, inbox: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["embed", str(tiny_export.path), str(inbox), str(out), "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert "2 unreadable file(s) skipped" in result.output
+    failures = (out / "failures.csv").read_text().splitlines()
+    assert failures[0] == "path,error" and len(failures) == 3
+    assert failures[1].startswith("digit_0/broken.png,") and failures[2].startswith("notes.txt,UnidentifiedImageError")
+    index = (out / "index.csv").read_text().splitlines()
+    assert index[0] == "path" and len(index) == 10 and not any("hidden" in line or "broken" in line for line in index)
+    embeddings = np.load(out / "embeddings.npy")
+    assert embeddings.shape == (9, 8) and embeddings.dtype == np.float32
+    summary = json.loads((out / "embed.json").read_text())
+    assert summary["images"] == 9 and summary["failures"] == 2 and summary["embedding_dim"] == 8
+
+
+def test_embeddings_match_the_model_on_the_shared_decoder(tiny_export: ExportResult, inbox: Path) -> None:
+    """Rows follow the sorted paths, and equal the model on `load_image` at the size the metadata names."""
+    embedder = OnnxEmbedder(tiny_export.path, provider="cpu", threads=1)
+    assert embedder.metadata.resize == ResizeConfig(size=32, mode="pad")
+    result = embed_folder(embedder, inbox, batch_size=4, workers=2)
+    assert result.paths == sorted(result.paths) and len(result.paths) == 9
+    direct = embedder.embed_arrays(
+        np.stack([image_to_array(load_image(inbox / p, ResizeConfig(size=32))) for p in result.paths[:5]])
+    )
+    np.testing.assert_allclose(result.embeddings[:5], direct, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(result.embeddings, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("file_format", ["npy", "parquet"])
+def test_outputs_read_back(tiny_export: ExportResult, inbox: Path, tmp_path: Path, file_format: str) -> None:
+    config = EmbedConfig.model_validate({"format": file_format, "provider": "cpu", "batch_size": 5})
+    written = embed_images(config, tiny_export.path, inbox, tmp_path / "out")
+    read = read_embeddings(tmp_path / "out")
+    assert read.paths == written.paths and read.failures == written.failures
+    np.testing.assert_array_equal(read.embeddings, written.embeddings)
+    assert read.embeddings.dtype == np.float32
+    with pytest.raises(FileExistsError, match="--force"):
+        embed_images(config, tiny_export.path, inbox, tmp_path / "out")
+    embed_images(config, tiny_export.path, inbox, tmp_path / "out", force=True)
+
+
+def test_bad_models_and_folders_are_user_errors(tiny_export: ExportResult, inbox: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        OnnxEmbedder(tmp_path / "missing.onnx")
+    (tmp_path / "fake.onnx").write_text("not a model")
+    with pytest.raises(UserError, match="fake.onnx is not a model onnxruntime can load"):
+        OnnxEmbedder(tmp_path / "fake.onnx")
+    with pytest.raises(UserError, match="image folder .* does not exist"):
+        list_images(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no files"):
+        embed_images(EmbedConfig(), tiny_export.path, tmp_path / "empty", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_without_replearn_metadata_is_refused(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["images"], ["embeddings"])],
+        "bare",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["N", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    onnx.save(model, tmp_path / "bare.onnx")
+    with pytest.raises(UserError, match="bare.onnx lacks replearn metadata"):
+        OnnxEmbedder(tmp_path / "bare.onnx")
+
+
+def test_cuda_provider_fails_clearly_without_cuda(tiny_export: ExportResult) -> None:
+    """auto falls back to the CPU; an explicit cuda request either gets CUDA or says why not."""
+    assert OnnxEmbedder(tiny_export.path).providers[-1] == "CPUExecutionProvider"
+    try:
+        embedder = OnnxEmbedder(tiny_export.path, provider="cuda")
+    except UserError as error:
+        assert "cuda" in str(error)
+    else:
+        assert embedder.providers[0] == "CUDAExecutionProvider"
