@@ -101,3 +101,90 @@ def test_evaluation_against_class_folders(inbox: Path, tmp_path: Path) -> None:
     assert metrics["unclustered_fraction"] == pytest.approx(2 / 24)
     assert metrics["pairwise_recall"] < 1.0 and metrics["clusters"] == 3
     assert 'href="metrics.json"' in (result.run_dir / "report.html").read_text()
+
+
+def write_projection_model(path: Path, size: int = 32, dim: int = 16, threshold: float | None = 0.5) -> None:
+    """A tiny stand-in for an exported model (test fixture only): centred pixels, random projection, L2 norm.
+
+    Built with onnx.helper so the end-to-end test needs no torch; it carries replearn's metadata.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from replearn.export.metadata import ModelMetadata
+
+    weights = np.random.default_rng(0).normal(size=(3 * size * size, dim)).astype(np.float32)
+    nodes = [
+        helper.make_node("Sub", ["images", "half"], ["centred"]),
+        helper.make_node("Flatten", ["centred"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "weights"], ["projected"]),
+        helper.make_node("ReduceL2", ["projected"], ["norm"], axes=[1], keepdims=1),
+        helper.make_node("Div", ["projected", "norm"], ["embeddings"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "projection",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["N", dim])],
+        [numpy_helper.from_array(weights, "weights"), numpy_helper.from_array(np.array(0.5, np.float32), "half")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    metadata = ModelMetadata(
+        input_size=size,
+        channel_order="RGB",
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        embedding_dim=dim,
+        threshold=threshold,
+        classes=(),
+        replearn_version="test",
+        config_hash="test",
+        data_version="test",
+        resize_mode="pad",
+    )
+    model.ir_version = 10  # what this onnxruntime reads
+    helper.set_model_props(model, metadata.to_props())
+    onnx.save(model, path)
+
+
+def test_cluster_command_end_to_end(inbox: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from replearn.cli import app
+
+    runner = CliRunner()
+    model, out = tmp_path / "model.onnx", tmp_path / "out"
+    write_projection_model(model)
+    (inbox / "not-an-image.png").write_text("garbage")
+
+    first = runner.invoke(app, ["cluster", str(model), str(inbox), str(out), "--min-size", "2", "--evaluate"])
+    assert first.exit_code == 1 and "class folder" in str(first.exception)  # the loose file is in no class folder
+    assert not (out / "registry").exists()
+    (inbox / "not-an-image.png").rename(inbox / CLASSES[0] / "not-an-image.png")
+
+    first = runner.invoke(app, ["cluster", str(model), str(inbox), str(out), "--min-size", "2", "--evaluate"])
+    assert first.exit_code == 0, first.output
+    assert "pairwise_f1" in first.output
+    run_dir = out / "runs" / "run-000001"
+    assert all((run_dir / link).is_file() for link in links_of(run_dir / "report.html"))
+    failures = (run_dir / "failures.csv").read_text().splitlines()
+    assert len(failures) == 2 and failures[1].startswith("digit_1/not-an-image.png,")
+    assert str(inbox) in failures[1]  # the error names the inbox file, not a temporary link
+    before = (out / "assignments.csv").read_text()
+    assert before.count("\n") == 1 + 24
+
+    again = runner.invoke(app, ["cluster", str(model), str(inbox), str(out)])
+    assert again.exit_code == 0 and "nothing new" in again.output
+    assert not (out / "runs" / "run-000002").exists()
+
+    shutil.copy(inbox / CLASSES[1] / sorted(p.name for p in (inbox / CLASSES[1]).iterdir())[0], inbox / "new.png")
+    grown = runner.invoke(app, ["cluster", str(model), str(inbox), str(out), "--min-size", "2"])
+    assert grown.exit_code == 0, grown.output
+    after = (out / "assignments.csv").read_text().splitlines()
+    assert after[: len(before.splitlines())] == before.splitlines()  # earlier images keep their ids
+    assert after[-1].startswith("new.png,")
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    idle = runner.invoke(app, ["cluster", str(tmp_path / "no-model.onnx"), str(empty), str(out)])
+    assert idle.exit_code == 0 and "nothing new" in idle.output

@@ -393,6 +393,58 @@ def export(
     )
 
 
+@app.command("cluster")
+def cluster(
+    ctx: typer.Context,
+    model: Annotated[Path, typer.Argument(help="ONNX model from `replearn export`; its metadata gives the threshold.")],
+    inbox: Annotated[Path, typer.Argument(help="Folder of images to cluster (recursive; hidden files skipped).")],
+    out: Annotated[
+        Path, typer.Argument(help="Folder of the cluster registry and one runs/run-NNNNNN per run; created if missing.")
+    ],
+    threshold: Annotated[
+        float | None, typer.Option(help="Similarity that links two images [default: the model's calibrated one].")
+    ] = None,
+    min_size: Annotated[int | None, typer.Option(help="Smaller clusters go to 0 [default: cluster.min_size].")] = None,
+    evaluate: Annotated[
+        bool, typer.Option("--evaluate", help="INBOX holds class folders: score the clusters against them.")
+    ] = False,
+) -> None:
+    """Cluster the new images of INBOX into OUT: ids stay stable across runs; a batch seen before changes nothing."""
+    from replearn.clustering.cluster import cluster_images
+    from replearn.config import ClusterConfig
+
+    config = state(ctx).config
+    given = {key: value for key, value in {"threshold": threshold, "min_size": min_size}.items() if value is not None}
+    if given:
+        cluster_config = ClusterConfig.model_validate({**config.cluster.model_dump(), **given})
+        config = config.model_copy(update={"cluster": cluster_config})
+    result = cluster_images(config, model, inbox, out, evaluate=evaluate)
+    if result.run is None:
+        unreadable = f", {len(result.failures)} unreadable" if result.failures else ""
+        stdout.print(f"nothing new in {inbox} ({result.images:,} files{unreadable}): {out} unchanged")
+        return
+    table = Table(title=f"clustering run {result.run} into {out}")
+    for column in ("new images", "joined existing", "new clusters", "unclustered", "unreadable"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        f"{result.new_images:,}",
+        f"{result.assigned_to_existing:,}",
+        f"{result.new_clusters:,}",
+        f"{result.unclustered:,}",
+        f"{len(result.failures):,}",
+    )
+    stdout.print(table)
+    if result.metrics:
+        scores = Table(title="agreement with the class folders")
+        scores.add_column("metric")
+        scores.add_column("value", justify="right")
+        for name, value in result.metrics.items():
+            scores.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+        stdout.print(scores)
+    assert result.run_dir is not None
+    stdout.print(f"report: {result.run_dir / 'report.html'}")
+
+
 def run() -> None:
     """Console-script entry point: user errors become one readable line and exit code 1."""
     try:

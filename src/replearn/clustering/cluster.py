@@ -370,6 +370,8 @@ def cluster_images(config: Config, model_path: Path, inbox: Path, out_dir: Path,
     if not names:
         log.info("inbox %s is empty: nothing to do", inbox)
         return ClusterRun(run=None, run_dir=None, images=0)
+    if evaluate:
+        class_labels(names)  # fail before any work when the inbox is not in class folders
     with registry_lock(out_dir):
         registry = load_registry(out_dir)
         digests = [sha256_file(inbox / name) for name in track(names, len(names), "hashing")]
@@ -388,6 +390,7 @@ def cluster_images(config: Config, model_path: Path, inbox: Path, out_dir: Path,
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to((inbox / names[i]).resolve())
             result = embed_folder(embedder, staging, batch_size=config.embed.batch_size, workers=config.embed.workers)
+            failures = [(path, error.replace(staging, str(inbox))) for path, error in result.failures]
         digest_of = {names[i]: digests[i] for i in new}
         batch = ImageBatch(
             paths=result.paths,
@@ -397,5 +400,7 @@ def cluster_images(config: Config, model_path: Path, inbox: Path, out_dir: Path,
         )
         registry.model_id, registry.embedding_dim = model_id, embedder.metadata.embedding_dim
         if not batch.paths:
-            raise UserError(f"none of the {len(new)} new images in {inbox} could be read, e.g. {result.failures[0]}")
-        return record_batch(registry, batch, threshold, config.cluster, out_dir, evaluate, result.failures, len(names))
+            # Unreadable files are not registered, so they are retried (and skipped) every run without changing OUT.
+            log.warning("none of the %d new files in %s could be read: nothing to do", len(new), inbox)
+            return ClusterRun(run=None, run_dir=None, images=len(names), failures=failures)
+        return record_batch(registry, batch, threshold, config.cluster, out_dir, evaluate, failures, len(names))

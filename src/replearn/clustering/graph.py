@@ -126,14 +126,19 @@ def build_hnsw(embeddings: np.ndarray, ef_search: int) -> Any:
 
 
 def build_ivf(embeddings: np.ndarray, nprobe: int, seed: int) -> Any:
-    """faiss IVF-Flat over inner products, its k-means trained on a seeded sample of up to 64 points per list."""
+    """faiss IVF-Flat over inner products with about 4 sqrt(N) lists.
+
+    Its k-means runs 10 iterations on a seeded sample of 40 points per list (faiss asks for 39): the
+    lists only need to be a rough partition, and k-means is what dominates the build at a million images.
+    """
     import faiss
 
     n, dim = embeddings.shape
-    nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
+    nlist = max(1, min(int(4 * math.sqrt(n)), n // 40))
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = seed
-    sample = embeddings[np.random.default_rng(seed).choice(n, min(n, 64 * nlist), replace=False)]
+    index.cp.niter = 10
+    sample = embeddings[np.random.default_rng(seed).choice(n, min(n, 40 * nlist), replace=False)]
     index.train(sample)
     index.add(embeddings)
     index.nprobe = min(nprobe, nlist)
