@@ -152,6 +152,11 @@ def test_cli_export_and_bad_inputs(
 
     missing = runner.invoke(app, ["export", str(tmp_path / "none.pt"), str(out)])
     assert isinstance(missing.exception, UserError) and "none.pt does not exist" in str(missing.exception)
+    both = runner.invoke(app, [*args, "--threshold", "0.5", "--threshold-file", str(tmp_path / "t.json")])
+    assert isinstance(both.exception, UserError) and "not both" in str(both.exception)
+    given = runner.invoke(app, [*args, "--threshold", "0.61"])
+    assert given.exit_code == 0, given.output
+    assert read_metadata(out).threshold == 0.61
     (tmp_path / "threshold.json").write_text('{"f1": 0.5}')
     bad = runner.invoke(app, [*args, "--threshold-file", str(tmp_path / "threshold.json")])
     assert isinstance(bad.exception, UserError) and "numeric 'threshold'" in str(bad.exception)

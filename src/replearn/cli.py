@@ -358,6 +358,9 @@ def export(
     threshold_file: Annotated[
         Path | None, typer.Option(help="threshold.json from `replearn evaluate`, stored in the metadata.")
     ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="A similarity threshold to store instead of --threshold-file.")
+    ] = None,
     data_version: Annotated[
         str | None, typer.Option(help="Data version to record [default: hash of IMAGES/splits.csv].")
     ] = None,
@@ -376,7 +379,7 @@ def export(
     options = {"quantize": quantize, "fp16": fp16, "exporter": exporter}
     given = {key: value for key, value in options.items() if value is not None}
     cfg = ExportConfig.model_validate({**state(ctx).config.export.model_dump(), **given})
-    result = export_model(cfg, checkpoint, out, images, threshold_file, data_version)
+    result = export_model(cfg, checkpoint, out, images, threshold_file, data_version, threshold)
     title = f"{result.exporter} export to {out.parent}, opset {result.opset}, parity on {result.parity.images} images"
     table = Table(title=title)
     for column in ("file", "MB", "max abs diff", "min cosine"):

@@ -280,18 +280,23 @@ def export_model(
     images_dir: Path | None = None,
     threshold_file: Path | None = None,
     data_version: str | None = None,
+    threshold: float | None = None,
 ) -> ExportResult:
     """The `export` stage: checkpoint -> parity-checked ONNX file with metadata (plus int8/fp16 variants).
 
     images_dir: folder of real images for the parity batch (a preprocessed folder also gives the
-    data version: a hash of its splits.csv). threshold_file: evaluation's threshold.json.
+    data version: a hash of its splits.csv). threshold_file: evaluation's threshold.json; or
+    threshold, the value itself (as a pipeline passes it along), never both.
     All files are renamed into place together, and only when every check passed.
     """
     import torch
 
     from replearn.training.checkpoint import load_model
 
-    threshold = read_threshold(threshold_file) if threshold_file is not None else None
+    if threshold_file is not None:
+        if threshold is not None:
+            raise UserError("give the threshold or a threshold file, not both")
+        threshold = read_threshold(threshold_file)
     model, train_config, classes = load_model(checkpoint, device="cpu")
     batch = load_parity_batch(images_dir, train_config, config.parity_images)
     with torch.no_grad():
