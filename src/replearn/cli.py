@@ -224,6 +224,8 @@ def train_command(
     force: Annotated[bool, typer.Option(help="Start over even if OUT_DIR holds a run.")] = False,
 ) -> None:
     """Train the embedding model (ResNet + transformer, Circle loss, PK batches) on the seen train split."""
+    import os
+
     from replearn.training.loop import train
 
     config = state(ctx).config.model_copy(deep=True)
@@ -232,6 +234,8 @@ def train_command(
         if value is not None:
             setattr(config.train, key, value)
     result = train(config, preprocessed_dir, out_dir, resume=resume, force=force)
+    if os.environ.get("RANK", "0") != "0":
+        return
     summary = result.summary
     table = Table(title=f"training run in {out_dir}")
     for column in ("iterations", "minutes", "images/s", "final loss", "best val P@1", "best at"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -124,7 +125,9 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's `tensor` in rank order; gradients flow back to each rank's own part."""
     if not is_distributed():
         return tensor
-    return torch.cat(dist_nn.all_gather(tensor.contiguous()))
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still the documented autograd path
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(dist_nn.all_gather(tensor.contiguous()))
 
 
 def gather(tensor: torch.Tensor) -> torch.Tensor:
