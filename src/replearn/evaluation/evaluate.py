@@ -30,6 +30,7 @@ from replearn.evaluation.metrics import score_clustering
 from replearn.evaluation.plots import (
     Neighbor,
     WorstQuery,
+    occupied_bins,
     plot_embedding_map,
     plot_similarity_histograms,
     plot_threshold_curves,
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 PER_CLASS_FILE = "per_class.csv"
+THRESHOLD_CURVE_FILE = "threshold_curve.csv"
 
 
 @dataclass
@@ -198,6 +200,17 @@ def score_test_pairs(data: SplitData, subset: str, threshold: float, settings: E
     return {"pair_precision": scores.precision, "pair_recall": scores.recall, "pair_f1": scores.f1}
 
 
+def threshold_curve_frame(curve: PairCurve) -> pd.DataFrame:
+    """Pairwise precision, recall and F1 per candidate threshold, over the similarities pairs occupy.
+
+    The table behind the threshold curve of `dvc plots` (and of any plot of the user's own).
+    """
+    low, high = occupied_bins(curve)
+    shown = slice(max(0, low - 1), min(len(curve.thresholds), high + 1))
+    columns = {"threshold": curve.thresholds, "precision": curve.precision, "recall": curve.recall, "f1": curve.f1}
+    return pd.DataFrame({name: values[shown] for name, values in columns.items()})
+
+
 def draw_map(data: SplitData, settings: EvaluateConfig, path: Path) -> None:
     rows = sample_rows(data.rows("test"), settings.map_max_points, settings.seed)
     if len(rows) == 0:
@@ -256,6 +269,8 @@ def evaluate(
         write_json_atomic(temporary / METRICS_FILE, metrics)
         write_threshold(temporary / THRESHOLD_FILE, choice.threshold, **threshold_details)
         write_text_atomic(temporary / PER_CLASS_FILE, pd.concat(tables).to_csv(index=False, float_format="%.6g"))
+        curve_csv = threshold_curve_frame(curve).to_csv(index=False, float_format="%.6g")
+        write_text_atomic(temporary / THRESHOLD_CURVE_FILE, curve_csv)
         plots = temporary / "plots"
         split_name = f"{calibration_split} pairs"
         plot_similarity_histograms(curve, choice.threshold, plots / "similarity_histograms.png", split_name)
