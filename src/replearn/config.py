@@ -27,6 +27,8 @@ class DataConfig(StrictModel):
     """Where the class folders live and how the bundled demo data is generated."""
 
     raw_dir: Path = Path("data/raw")
+    inbox_dir: Path = Field(Path("data/inbox"), description="New, unlabelled images for the clustering pipeline.")
+    outputs_dir: Path = Field(Path("outputs"), description="Where the pipelines write models, metrics and reports.")
     per_class: int = Field(120, ge=1, description="Images per class for the generated demo data.")
     size: int = Field(64, ge=8, description="Side of the generated square images, in pixels.")
     seed: int = 0
@@ -242,6 +244,12 @@ class ClusterConfig(StrictModel):
     thumbnail_size: int = Field(64, ge=16, description="Side of a montage thumbnail, in pixels.")
 
 
+class ScheduleConfig(StrictModel):
+    """Scheduled batch clustering through the user's crontab (`replearn schedule install`)."""
+
+    cron: str = Field("0 * * * *", description="Crontab expression: five fields or an @-shortcut such as @hourly.")
+
+
 class Config(StrictModel):
     """Every stage's section; the shape of params.yaml."""
 
@@ -253,6 +261,7 @@ class Config(StrictModel):
     export: ExportConfig = ExportConfig()
     embed: EmbedConfig = EmbedConfig()
     cluster: ClusterConfig = ClusterConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 

@@ -1,0 +1,23 @@
+"""The clustering pipeline: the production ONNX model -> cluster the inbox -> report."""
+
+from __future__ import annotations
+
+from zenml import pipeline
+
+from pipelines.inputs import MODEL_NAME, load_run_config
+from steps import cluster, load_production_model, report
+from steps.stage_config import sections
+
+
+@pipeline(enable_cache=False)
+def clustering(params_file: str = "params.yaml", overrides: list[str] | None = None) -> None:
+    """Group the new images of data.inbox_dir with the production model; cluster ids stay stable across runs."""
+    config = load_run_config(params_file, overrides)
+    onnx_model = load_production_model(model_name=MODEL_NAME)
+    cluster_run = cluster(
+        config=sections(config, "cluster", "embed"),
+        onnx_model=onnx_model,
+        inbox_dir=str(config.data.inbox_dir),
+        clusters_dir=str(config.data.outputs_dir / "clusters"),
+    )
+    report(cluster_run=cluster_run)

@@ -1,0 +1,102 @@
+"""What the steps hand each other: artifact names from one enum, small typed references, and model files.
+
+Image folders never travel through the artifact store (copying them would cost more than the
+steps): a `FolderRef` carries the path and a digest of the content, and the digest is what
+ZenML's cache key sees. Checkpoints and ONNX models are real artifacts: `ModelFile`'s
+materializer copies the file into the artifact store, so a model version keeps its files even
+after `outputs/` is cleaned, and a remote orchestrator can load them anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+from zenml.enums import ArtifactType
+from zenml.io import fileio
+from zenml.materializers.base_materializer import BaseMaterializer
+
+from replearn.errors import UserError
+
+
+class ArtifactName(StrEnum):
+    DATASET = "dataset"
+    PREPROCESSED = "preprocessed"
+    CHECKPOINT = "checkpoint"
+    TRAIN_SUMMARY = "train_summary"
+    METRICS = "metrics"
+    THRESHOLD = "threshold"
+    ONNX_MODEL = "onnx_model"
+    PROMOTED = "promoted"
+    PRODUCTION_MODEL = "production_model"
+    CLUSTER_RUN = "cluster_run"
+    CLUSTER_REPORT = "cluster_report"
+
+
+class FolderRef(BaseModel):
+    """A folder outside the artifact store, named by a digest of what it holds."""
+
+    path: str
+    digest: str
+
+    def checked(self) -> Path:
+        """The folder, after making sure it still holds what the digest says (a cache hit may be stale)."""
+        path = Path(self.path)
+        if not path.is_dir():
+            raise UserError(f"{path} is gone; rerun the pipeline with caching disabled (enable_cache: false)")
+        return path
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ModelFile(BaseModel):
+    """A model file (PyTorch checkpoint or ONNX) on the local disk, with its content hash."""
+
+    path: str
+    sha256: str
+
+    @classmethod
+    def of(cls, path: Path) -> ModelFile:
+        return cls(path=str(path), sha256=sha256_of(path))
+
+
+class ModelFileMaterializer(BaseMaterializer):
+    """Copies the file into the artifact store; loading gives a local copy of it."""
+
+    ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (ModelFile,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.MODEL
+
+    def _stored(self, suffix: str) -> str:
+        return os.path.join(self.uri, f"model{suffix}")
+
+    def save(self, data: ModelFile) -> None:
+        source = Path(data.path)
+        fileio.copy(str(source), self._stored(source.suffix), overwrite=True)
+
+    def load(self, data_type: type[Any]) -> ModelFile:
+        stored = next(name for name in fileio.listdir(self.uri) if str(name).startswith("model"))
+        remote = os.path.join(self.uri, str(stored))
+        if os.path.exists(remote):
+            return ModelFile.of(Path(remote))
+        with self.get_temporary_directory(delete_at_exit=False) as folder:
+            local = Path(folder) / str(stored)
+            with fileio.open(remote, "rb") as source, local.open("wb") as target:
+                shutil.copyfileobj(source, target)
+            return ModelFile.of(local)
+
+    def compute_content_hash(self, data: ModelFile) -> str | None:
+        return data.sha256
+
+    def extract_metadata(self, data: ModelFile) -> dict[str, Any]:
+        return {"sha256": data.sha256, "bytes": Path(data.path).stat().st_size}

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from zenml import log_metadata, step
+from zenml.client import Client
+from zenml.enums import ModelStages
+from zenml.types import HTMLString
+
+from replearn.clustering.cluster import cluster_images
+from replearn.errors import UserError
+from steps.artifacts import ArtifactName, ModelFile, ModelFileMaterializer
+from steps.stage_config import rebuild
+
+
+@step(enable_cache=False, output_materializers={ArtifactName.PRODUCTION_MODEL: ModelFileMaterializer})
+def load_production_model(model_name: str) -> Annotated[ModelFile, ArtifactName.PRODUCTION_MODEL]:
+    """The ONNX file of the model version in production: what scheduled clustering runs use."""
+    try:
+        version = Client().get_model_version(model_name, ModelStages.PRODUCTION)
+    except KeyError:
+        raise UserError(
+            f"there is no production version of the model '{model_name}' yet: run `zenml pipeline run training` first"
+        ) from None
+    model_file: ModelFile = version.get_artifact(ArtifactName.ONNX_MODEL).load()
+    return model_file
+
+
+@step(enable_cache=False)
+def cluster(
+    config: dict[str, Any], onnx_model: ModelFile, inbox_dir: str, clusters_dir: str
+) -> Annotated[dict[str, Any], ArtifactName.CLUSTER_RUN]:
+    """Cluster the inbox's new images into the registry; never cached, since the inbox and registry change."""
+    run = cluster_images(rebuild(config), Path(onnx_model.path), Path(inbox_dir), Path(clusters_dir))
+    summary: dict[str, Any] = {
+        "images": run.images,
+        "new_images": run.new_images,
+        "assigned_to_existing": run.assigned_to_existing,
+        "new_clusters": run.new_clusters,
+        "unclustered": run.unclustered,
+        "failures": len(run.failures),
+        "report": str(run.run_dir / "report.html") if run.run_dir else "",
+    }
+    log_metadata(metadata=summary)
+    return summary
+
+
+@step(enable_cache=False)
+def report(cluster_run: dict[str, Any]) -> Annotated[HTMLString, ArtifactName.CLUSTER_REPORT]:
+    """The run's report.html, shown by the ZenML dashboard; an empty inbox gives a one-line page."""
+    path = Path(cluster_run["report"]) if cluster_run["report"] else None
+    if path is None or not path.is_file():
+        return HTMLString(f"<p>Nothing new to cluster: {cluster_run['images']} images, all already clustered.</p>")
+    return HTMLString(path.read_text(encoding="utf-8"))

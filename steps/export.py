@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from zenml import log_metadata, step
+
+from replearn.export.onnx_export import export_model
+from steps.artifacts import ArtifactName, FolderRef, ModelFile, ModelFileMaterializer
+from steps.stage_config import library_cache_policy, rebuild, stage_dir
+
+
+@step(
+    output_materializers={ArtifactName.ONNX_MODEL: ModelFileMaterializer},
+    cache_policy=library_cache_policy("replearn.export.onnx_export", "replearn.export.metadata"),
+)
+def export(
+    config: dict[str, Any], checkpoint: ModelFile, threshold: float, preprocessed: FolderRef, outputs_dir: str
+) -> Annotated[ModelFile, ArtifactName.ONNX_MODEL]:
+    """ONNX with the calibrated threshold in its metadata, parity-checked against PyTorch on real images."""
+    out_dir = stage_dir(outputs_dir, "export", config, checkpoint.sha256, threshold, preprocessed.digest)
+    result = export_model(
+        rebuild(config).export,
+        Path(checkpoint.path),
+        out_dir / "model.onnx",
+        images_dir=preprocessed.checked(),
+        threshold=threshold,
+    )
+    log_metadata(
+        metadata={"exporter": result.exporter, "max_abs_diff": result.parity.max_abs_diff, "path": str(result.path)}
+    )
+    return ModelFile.of(result.path)

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from zenml import log_metadata, step
+
+from replearn.data.preprocess import preprocess as preprocess_images
+from replearn.data.splits import SPLITS_FILE
+from steps.artifacts import ArtifactName, FolderRef, sha256_of
+from steps.stage_config import library_cache_policy, rebuild, stage_dir
+
+
+@step(cache_policy=library_cache_policy("replearn.data.preprocess", "replearn.data.splits", "replearn.data.images"))
+def preprocess(
+    config: dict[str, Any], dataset: FolderRef, outputs_dir: str
+) -> Annotated[FolderRef, ArtifactName.PREPROCESSED]:
+    """Resized copies and splits; the output folder is keyed by the settings, and updated incrementally."""
+    out_dir = stage_dir(outputs_dir, "preprocess", config)
+    result = preprocess_images(rebuild(config), dataset.checked(), out_dir)
+    log_metadata(metadata={"images": result.images, "written": result.written, "removed": result.removed})
+    return FolderRef(path=str(out_dir), digest=sha256_of(out_dir / SPLITS_FILE))

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from zenml import log_metadata, step
+
+from replearn.data.validation import validate_dataset
+from replearn.errors import UserError
+from steps.artifacts import ArtifactName, FolderRef
+from steps.stage_config import library_cache_policy, rebuild, stage_dir
+
+
+@step(cache_policy=library_cache_policy("replearn.data.manifest", "replearn.data.validation"))
+def validate(
+    config: dict[str, Any], data_dir: str, data_version: str, outputs_dir: str
+) -> Annotated[FolderRef, ArtifactName.DATASET]:
+    """Validate the class folders; `data_version` (DVC hash or stat fingerprint) keys the cache on the data."""
+    out_dir = stage_dir(outputs_dir, "validate", config, data_version)
+    result = validate_dataset(rebuild(config), Path(data_dir), out_dir)
+    failed = [check.name for check in result.checks if not check.success]
+    log_metadata(
+        metadata={
+            "valid": result.valid,
+            "files": result.stats.files,
+            "good_files": len(result.good),
+            "failed_checks": ", ".join(failed) or "none",
+            "data_docs": str(out_dir / "data_docs"),
+        }
+    )
+    if not result.valid:
+        raise UserError(f"{data_dir} failed validation ({', '.join(failed)}); see {result.summary_path}")
+    return FolderRef(path=data_dir, digest=data_version)

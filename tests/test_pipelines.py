@@ -1,0 +1,145 @@
+"""Both ZenML pipelines end to end on tiny data, in the throwaway ZenML store that conftest sets up."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+TINY_PARAMS: dict[str, Any] = {
+    "validate": {"workers": 1},
+    "preprocess": {"resize": {"size": 32}, "workers": 1},
+    "train": {
+        "model": {"d_model": 32, "layers": 1, "heads": 2, "embedding_dim": 16},
+        "classes_per_batch": 4,
+        "images_per_class": 2,
+        "iterations": 2,
+        "warmup_iterations": 1,
+        "checkpoint_every": 2,
+        "loader_workers": 0,
+        "augmentations": [],
+    },
+    "evaluate": {"embedding_map": "pca"},
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
+    """Tiny chars data, an inbox of classes, a params file and a run config pointing at them."""
+    from zenml.utils import source_utils
+
+    from replearn.data.chars import generate_chars
+
+    source_utils.set_custom_source_root(str(repo_root))
+    root = tmp_path_factory.mktemp("zenml-project")
+    generate_chars(root / "data" / "raw", per_class=6, size=32, seed=0)
+    inbox = root / "data" / "inbox"
+    for label in ("upper_A", "digit_3"):
+        shutil.copytree(root / "data" / "raw" / label, inbox / label)
+    params = {"data": {"raw_dir": str(root / "data/raw"), "inbox_dir": str(inbox), "outputs_dir": str(root / "out")}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params | TINY_PARAMS))
+    return root
+
+
+def run_pipeline(name: str, project: Path, overrides: list[str] | None = None) -> Any:
+    """Run a pipeline as `zenml pipeline run` does, with this project's params, and return the run."""
+    from zenml.client import Client
+
+    from pipelines import clustering, training
+
+    pipeline = {"training": training, "clustering": clustering}[name]
+    run_config = project / f"{name}-run.yaml"
+    run_config.write_text(
+        yaml.safe_dump({"parameters": {"params_file": str(project / "params.yaml"), "overrides": overrides or []}})
+    )
+    pipeline.with_options(config_path=str(run_config))()
+    return Client().get_pipeline(name).last_run
+
+
+def statuses(run: Any) -> dict[str, str]:
+    return {name: str(step.status.value) for name, step in run.steps.items()}
+
+
+def production_version() -> Any:
+    from zenml.client import Client
+    from zenml.enums import ModelStages
+
+    return Client().get_model_version("replearn", ModelStages.PRODUCTION)
+
+
+def set_production_score(score: float) -> None:
+    from zenml import log_metadata
+
+    from steps.register import GATE_METRIC
+
+    log_metadata(metadata={GATE_METRIC: score}, model_name="replearn", model_version="production")
+
+
+STEPS = ["validate", "preprocess", "train", "evaluate", "export", "register"]
+
+
+def test_training_pipeline_caching_and_promotion(project: Path) -> None:
+    from pipelines.preflight import require_production_model
+    from replearn.config import load_config
+    from replearn.errors import UserError
+
+    with pytest.raises(UserError, match="run `zenml pipeline run training` first"):
+        require_production_model(load_config(project / "params.yaml"))
+
+    first = run_pipeline("training", project)
+    assert statuses(first) == dict.fromkeys(STEPS, "completed")
+    production = production_version()
+    assert production.number == 1
+    assert 0.0 <= float(production.run_metadata["seen/precision_at_1"]) <= 1.0
+    assert -1.0 <= float(production.run_metadata["threshold"]) <= 1.0
+    onnx_file = production.get_artifact("onnx_model").load()
+    assert Path(onnx_file.path).read_bytes()[:2] == b"\x08\x09" or Path(onnx_file.path).stat().st_size > 1000
+
+    again = run_pipeline("training", project)
+    assert statuses(again) == dict.fromkeys(STEPS, "cached")
+
+    set_production_score(2.0)  # nothing can beat this: the next version must not be promoted
+    retrained = run_pipeline("training", project, ["train.iterations=3"])
+    assert statuses(retrained) == {
+        "validate": "cached",
+        "preprocess": "cached",
+        "train": "completed",
+        "evaluate": "completed",
+        "export": "completed",
+        "register": "completed",
+    }
+    assert retrained.steps["register"].outputs["promoted"][0].load() is False
+    assert production_version().number == 1
+
+    set_production_score(-1.0)
+    new_image = project / "data" / "raw" / "upper_A" / "Extra_00000.png"
+    with Image.open(next(new_image.parent.glob("*.png"))) as source:
+        source.rotate(5, fillcolor=255).save(new_image)
+    try:
+        changed = run_pipeline("training", project, ["train.iterations=3"])
+    finally:
+        new_image.unlink()
+    assert statuses(changed) == dict.fromkeys(STEPS, "completed")
+    assert changed.steps["register"].outputs["promoted"][0].load() is True
+    assert production_version().number == 4
+
+
+def test_clustering_pipeline_uses_production_and_is_idempotent(project: Path) -> None:
+    if not (project / "out" / "zenml" / "export").exists():
+        run_pipeline("training", project)
+    first = run_pipeline("clustering", project)
+    assert statuses(first) == dict.fromkeys(["load_production_model", "cluster", "report"], "completed")
+    summary = first.steps["cluster"].outputs["cluster_run"][0].load()
+    assert summary["new_images"] == 12
+    assert Path(summary["report"]).is_file()
+    assert (project / "out" / "clusters" / "assignments.csv").is_file()
+
+    second = run_pipeline("clustering", project)
+    repeat = second.steps["cluster"].outputs["cluster_run"][0].load()
+    assert repeat["new_images"] == 0 and repeat["report"] == ""

@@ -1,0 +1,35 @@
+"""ZenML silently ignores unknown keys in a run configuration (`enable_cahce`), so check them here."""
+
+import inspect
+from pathlib import Path
+
+import yaml
+from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
+from zenml.config.step_configurations import StepConfigurationUpdate
+
+import steps
+from pipelines import clustering, training
+from replearn.config import load_config
+
+
+def run_config(repo_root: Path) -> dict:
+    return yaml.safe_load((repo_root / "zenml_config.yaml").read_text())
+
+
+def test_top_level_and_step_keys_are_real_zenml_settings(repo_root: Path) -> None:
+    config = run_config(repo_root)
+    assert set(config) <= set(PipelineRunConfiguration.model_fields), set(config) - set(
+        PipelineRunConfiguration.model_fields
+    )
+    known_steps = set(steps.__all__)
+    for name, step_config in (config.get("steps") or {}).items():
+        assert name in known_steps, f"zenml_config.yaml configures unknown step {name}"
+        assert set(step_config) <= set(StepConfigurationUpdate.model_fields), step_config
+
+
+def test_parameters_match_both_pipelines_and_the_params_file_is_valid(repo_root: Path) -> None:
+    parameters = run_config(repo_root)["parameters"]
+    for pipeline in (training, clustering):
+        accepted = set(inspect.signature(pipeline.entrypoint).parameters)
+        assert set(parameters) <= accepted, (pipeline.name, set(parameters) - accepted)
+    load_config(repo_root / parameters["params_file"], parameters["overrides"])
