@@ -38,6 +38,7 @@ from replearn.atomic import atomic_path
 from replearn.config import Config, ExportConfig
 from replearn.data.images import DECODE_ERRORS, NORMALIZE_MEAN, NORMALIZE_STD, image_to_array, load_image
 from replearn.errors import UserError
+from replearn.evaluation.threshold import read_threshold
 from replearn.export.embedder import OnnxEmbedder, list_images
 from replearn.export.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata, Precision
 
@@ -103,17 +104,6 @@ def hash_config(config: Config) -> str:
     """A short, stable fingerprint of every setting the model was trained with."""
     text = json.dumps(config.model_dump(mode="json", by_alias=True), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
-
-
-def read_threshold(threshold_file: Path) -> float:
-    """The calibrated similarity threshold from evaluation's threshold.json."""
-    try:
-        value = json.loads(threshold_file.read_text())["threshold"]
-        return float(value)
-    except FileNotFoundError:
-        raise UserError(f"threshold file {threshold_file} does not exist") from None
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{threshold_file} must be JSON with a numeric 'threshold' ({error})") from None
 
 
 def describe_data(images_dir: Path | None, data_version: str | None) -> str:
