@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export ZENML_ANALYTICS_OPT_IN ?= false
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test demo bench lint constraints clean
+.PHONY: install test demo repro bench lint constraints clean
 
 install: $(STAMP)
 
@@ -21,6 +21,13 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/replearn data chars data/raw --force
+
+# dvc repro with the venv's replearn on PATH; folders not yet versioned are `dvc add`ed first.
+repro: $(STAMP)
+	@for folder in data/raw data/inbox; do test -d $$folder || { \
+		echo "$$folder is missing: run 'make demo' first, or put your images there (README: DVC)"; exit 1; }; done
+	@for folder in data/raw data/inbox; do test -f $$folder.dvc || $(BIN)/dvc add $$folder || exit 1; done
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 bench: $(STAMP)
 	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
