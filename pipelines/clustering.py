@@ -18,6 +18,6 @@ def clustering(params_file: str = "params.yaml", overrides: list[str] | None = N
         config=sections(config, "cluster", "embed"),
         onnx_model=onnx_model,
         inbox_dir=str(config.data.inbox_dir),
-        clusters_dir=str(config.data.outputs_dir / "clusters"),
+        clusters_dir=str(config.data.outputs_dir / "zenml" / "clusters"),
     )
     report(cluster_run=cluster_run)

@@ -1,4 +1,8 @@
-"""Thin ZenML steps, one per stage: each calls one replearn library function and returns typed artifacts."""
+"""Thin ZenML steps, one per stage: each calls one replearn library function and returns typed artifacts.
+
+Steps import the library inside their body, so that building a pipeline (and a fully cached run)
+never imports torch, onnx or Great Expectations; the library files are in each step's cache key.
+"""
 
 from steps.cluster import cluster, load_production_model, report
 from steps.evaluate import evaluate

@@ -8,7 +8,6 @@ from zenml.client import Client
 from zenml.enums import ModelStages
 from zenml.types import HTMLString
 
-from replearn.clustering.cluster import cluster_images
 from replearn.errors import UserError
 from steps.artifacts import ArtifactName, ModelFile, ModelFileMaterializer
 from steps.stage_config import rebuild
@@ -31,8 +30,18 @@ def load_production_model(model_name: str) -> Annotated[ModelFile, ArtifactName.
 def cluster(
     config: dict[str, Any], onnx_model: ModelFile, inbox_dir: str, clusters_dir: str
 ) -> Annotated[dict[str, Any], ArtifactName.CLUSTER_RUN]:
-    """Cluster the inbox's new images into the registry; never cached, since the inbox and registry change."""
-    run = cluster_images(rebuild(config), Path(onnx_model.path), Path(inbox_dir), Path(clusters_dir))
+    """Cluster the inbox's new images into the registry of this model; never cached (inbox and registry change).
+
+    Each production model keeps its own registry (ids are only comparable within one embedding
+    space), so promoting a new model starts new cluster ids instead of failing on the old registry.
+    """
+    from replearn.clustering.cluster import cluster_images
+
+    settings = rebuild(config)
+    registry = Path(clusters_dir) / onnx_model.sha256[:12]
+    run = cluster_images(
+        settings, Path(onnx_model.path), Path(inbox_dir), registry, evaluate=settings.cluster.evaluate_labels
+    )
     summary: dict[str, Any] = {
         "images": run.images,
         "new_images": run.new_images,
@@ -41,7 +50,7 @@ def cluster(
         "unclustered": run.unclustered,
         "failures": len(run.failures),
         "report": str(run.run_dir / "report.html") if run.run_dir else "",
-    }
+    } | {f"labels/{key}": value for key, value in run.metrics.items()}
     log_metadata(metadata=summary)
     return summary
 

@@ -5,25 +5,17 @@ from typing import Annotated, Any
 
 from zenml import log_metadata, step
 
-from replearn.evaluation.evaluate import evaluate as evaluate_model
 from steps.artifacts import ArtifactName, FolderRef, ModelFile
 from steps.stage_config import library_cache_policy, rebuild, stage_dir
 
 
-@step(
-    cache_policy=library_cache_policy(
-        "replearn.evaluation.evaluate",
-        "replearn.evaluation.embedding",
-        "replearn.evaluation.retrieval",
-        "replearn.evaluation.metrics",
-        "replearn.evaluation.calibration",
-        "replearn.evaluation.knn",
-    )
-)
+@step(cache_policy=library_cache_policy("src/replearn/config.py", "src/replearn/evaluation"))
 def evaluate(
     config: dict[str, Any], checkpoint: ModelFile, preprocessed: FolderRef, outputs_dir: str
 ) -> tuple[Annotated[dict[str, float], ArtifactName.METRICS], Annotated[float, ArtifactName.THRESHOLD]]:
     """kNN metrics on seen and unseen classes, plots, and the clustering threshold calibrated on val."""
+    from replearn.evaluation.evaluate import evaluate as evaluate_model
+
     out_dir = stage_dir(outputs_dir, "evaluate", config, checkpoint.sha256, preprocessed.digest)
     result = evaluate_model(rebuild(config), Path(checkpoint.path), preprocessed.checked(), out_dir, force=True)
     log_metadata(metadata={"metrics": dict(result.metrics), "report_dir": str(out_dir)})

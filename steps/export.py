@@ -5,19 +5,20 @@ from typing import Annotated, Any
 
 from zenml import log_metadata, step
 
-from replearn.export.onnx_export import export_model
 from steps.artifacts import ArtifactName, FolderRef, ModelFile, ModelFileMaterializer
 from steps.stage_config import library_cache_policy, rebuild, stage_dir
 
 
 @step(
     output_materializers={ArtifactName.ONNX_MODEL: ModelFileMaterializer},
-    cache_policy=library_cache_policy("replearn.export.onnx_export", "replearn.export.metadata"),
+    cache_policy=library_cache_policy("src/replearn/config.py", "src/replearn/export"),
 )
 def export(
     config: dict[str, Any], checkpoint: ModelFile, threshold: float, preprocessed: FolderRef, outputs_dir: str
 ) -> Annotated[ModelFile, ArtifactName.ONNX_MODEL]:
     """ONNX with the calibrated threshold in its metadata, parity-checked against PyTorch on real images."""
+    from replearn.export.onnx_export import export_model
+
     out_dir = stage_dir(outputs_dir, "export", config, checkpoint.sha256, threshold, preprocessed.digest)
     result = export_model(
         rebuild(config).export,

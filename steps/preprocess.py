@@ -4,17 +4,25 @@ from typing import Annotated, Any
 
 from zenml import log_metadata, step
 
-from replearn.data.preprocess import preprocess as preprocess_images
-from replearn.data.splits import SPLITS_FILE
 from steps.artifacts import ArtifactName, FolderRef, sha256_of
 from steps.stage_config import library_cache_policy, rebuild, stage_dir
 
 
-@step(cache_policy=library_cache_policy("replearn.data.preprocess", "replearn.data.splits", "replearn.data.images"))
+@step(
+    cache_policy=library_cache_policy(
+        "src/replearn/config.py",
+        "src/replearn/data/preprocess.py",
+        "src/replearn/data/splits.py",
+        "src/replearn/data/images.py",
+    )
+)
 def preprocess(
     config: dict[str, Any], dataset: FolderRef, outputs_dir: str
 ) -> Annotated[FolderRef, ArtifactName.PREPROCESSED]:
     """Resized copies and splits; the output folder is keyed by the settings, and updated incrementally."""
+    from replearn.data.preprocess import preprocess as preprocess_images
+    from replearn.data.splits import SPLITS_FILE
+
     out_dir = stage_dir(outputs_dir, "preprocess", config)
     result = preprocess_images(rebuild(config), dataset.checked(), out_dir)
     log_metadata(metadata={"images": result.images, "written": result.written, "removed": result.removed})

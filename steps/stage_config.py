@@ -41,6 +41,18 @@ def stage_dir(outputs_dir: str, stage: str, *parts: Any) -> Path:
     return Path(outputs_dir) / "zenml" / stage / digest(*parts)
 
 
-def library_cache_policy(*modules: str) -> CachePolicy:
-    """A cache policy that also keys on the library modules a step calls: ZenML only hashes the step's own code."""
-    return CachePolicy(source_dependencies=list(modules))
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def library_cache_policy(*paths: str) -> CachePolicy:
+    """Also key the cache on the library files a step calls (ZenML hashes only the step's own code).
+
+    File dependencies, not source dependencies: ZenML hashes files without importing them, so a
+    fully cached run never pays for importing torch. Folders are expanded to their .py files.
+    """
+    files: list[str] = []
+    for path in paths:
+        full = SOURCE_ROOT / path
+        found = sorted(full.rglob("*.py")) if full.is_dir() else [full]
+        files.extend(p.relative_to(SOURCE_ROOT).as_posix() for p in found)
+    return CachePolicy(file_dependencies=files)

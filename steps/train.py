@@ -4,27 +4,20 @@ from typing import Annotated, Any
 
 from zenml import log_metadata, step
 
-from replearn.training.loop import train as train_model
 from steps.artifacts import ArtifactName, FolderRef, ModelFile, ModelFileMaterializer
 from steps.stage_config import library_cache_policy, rebuild, stage_dir
 
 
 @step(
     output_materializers={ArtifactName.CHECKPOINT: ModelFileMaterializer},
-    cache_policy=library_cache_policy(
-        "replearn.training.loop",
-        "replearn.training.model",
-        "replearn.training.loss",
-        "replearn.training.sampler",
-        "replearn.training.augment",
-        "replearn.training.data",
-        "replearn.training.distributed",
-    ),
+    cache_policy=library_cache_policy("src/replearn/config.py", "src/replearn/training"),
 )
 def train(
     config: dict[str, Any], preprocessed: FolderRef, outputs_dir: str
 ) -> tuple[Annotated[ModelFile, ArtifactName.CHECKPOINT], Annotated[dict[str, Any], ArtifactName.TRAIN_SUMMARY]]:
     """Train on the seen train split; with train.nproc_per_node > 1 the same call launches DDP workers."""
+    from replearn.training.loop import train as train_model
+
     out_dir = stage_dir(outputs_dir, "train", config, preprocessed.digest)
     result = train_model(rebuild(config), preprocessed.checked(), out_dir, force=True)
     log_metadata(metadata={"iterations": result.iterations, "best_val_precision_at_1": result.best_val_precision_at_1})

@@ -5,17 +5,22 @@ from typing import Annotated, Any
 
 from zenml import log_metadata, step
 
-from replearn.data.validation import validate_dataset
 from replearn.errors import UserError
 from steps.artifacts import ArtifactName, FolderRef
 from steps.stage_config import library_cache_policy, rebuild, stage_dir
 
 
-@step(cache_policy=library_cache_policy("replearn.data.manifest", "replearn.data.validation"))
+@step(
+    cache_policy=library_cache_policy(
+        "src/replearn/config.py", "src/replearn/data/manifest.py", "src/replearn/data/validation.py"
+    )
+)
 def validate(
     config: dict[str, Any], data_dir: str, data_version: str, outputs_dir: str
 ) -> Annotated[FolderRef, ArtifactName.DATASET]:
     """Validate the class folders; `data_version` (DVC hash or stat fingerprint) keys the cache on the data."""
+    from replearn.data.validation import validate_dataset
+
     out_dir = stage_dir(outputs_dir, "validate", config, data_version)
     result = validate_dataset(rebuild(config), Path(data_dir), out_dir)
     failed = [check.name for check in result.checks if not check.success]

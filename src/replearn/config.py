@@ -242,6 +242,9 @@ class ClusterConfig(StrictModel):
     report_clusters: int = Field(100, ge=0, description="Clusters with a montage in report.html; the rest get a row.")
     report_samples: int = Field(8, ge=1, description="Images in each cluster's montage.")
     thumbnail_size: int = Field(64, ge=16, description="Side of a montage thumbnail, in pixels.")
+    evaluate_labels: bool = Field(
+        False, description="The inbox holds class folders: score the clusters against them (pairwise F1, NMI, ...)."
+    )
 
 
 class ScheduleConfig(StrictModel):

@@ -1,0 +1,134 @@
+"""`python -m pipelines.summary`: what the last training and clustering runs did, read back from ZenML.
+
+It prints the results (P@1 seen/unseen, threshold, clusters and their pairwise F1 against the
+true classes), the time each stage took and the paths a newcomer wants to open next. With `--docs DIR` it
+also copies the demo's pictures there for the README: the evaluation plots and a crop of the
+clustering report (the montages of its largest clusters, stacked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+from rich.console import Console
+from rich.table import Table
+from zenml.client import Client
+
+from steps.artifacts import ArtifactName
+
+console = Console()
+REPORT_CROP_CLUSTERS = 4
+
+
+def last_run(pipeline_name: str) -> Any | None:
+    try:
+        return Client().get_pipeline(pipeline_name).last_run
+    except KeyError:
+        return None
+
+
+def output(run: Any, step_name: str, artifact: ArtifactName) -> Any:
+    return run.steps[step_name].outputs[artifact][0]
+
+
+def seconds(step: Any) -> float:
+    if step.start_time is None or step.end_time is None:
+        return 0.0
+    return float((step.end_time - step.start_time).total_seconds())
+
+
+def stage_table(*runs: Any) -> Table:
+    table = Table(title="time per stage")
+    for column in ("pipeline", "step", "seconds", "status"):
+        table.add_column(column, justify="right" if column == "seconds" else "left")
+    for run in runs:
+        for name, step in run.steps.items():
+            table.add_row(run.pipeline.name, name, f"{seconds(step):.1f}", step.status.value)
+    return table
+
+
+def summary_table(training: Any, clustering: Any | None) -> Table:
+    metrics: dict[str, float] = output(training, "evaluate", ArtifactName.METRICS).load()
+    threshold: float = output(training, "evaluate", ArtifactName.THRESHOLD).load()
+    table = Table(title="replearn demo", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    table.add_row("P@1, seen classes (test fonts vs train gallery)", f"{metrics.get('seen/precision_at_1', 0.0):.3f}")
+    table.add_row("P@1, unseen classes", f"{metrics.get('unseen/precision_at_1', 0.0):.3f}")
+    table.add_row("clustering threshold (max F1 on val)", f"{threshold:.3f}")
+    if clustering is not None:
+        run = output(clustering, "cluster", ArtifactName.CLUSTER_RUN).load()
+        table.add_row("inbox images clustered", f"{run['new_images']} new of {run['images']}")
+        table.add_row("clusters found / unclustered", f"{run['new_clusters']} / {run['unclustered']}")
+        if "labels/pairwise_f1" in run:
+            table.add_row("clusters vs true classes: pairwise F1", f"{run['labels/pairwise_f1']:.3f}")
+    return table
+
+
+def paths(training: Any, clustering: Any | None) -> list[tuple[str, str]]:
+    evaluate_dir = Path(str(training.steps["evaluate"].run_metadata.get("report_dir", "")))
+    found = [
+        ("ONNX model", output(training, "export", ArtifactName.ONNX_MODEL).load().path),
+        ("metrics", str(evaluate_dir / "metrics.json")),
+        ("evaluation plots", str(evaluate_dir / "plots")),
+        ("Data Docs", str(Path(str(training.steps["validate"].run_metadata.get("data_docs", ""))) / "index.html")),
+    ]
+    if clustering is not None:
+        report = output(clustering, "cluster", ArtifactName.CLUSTER_RUN).load()["report"]
+        found.append(("clustering report", report or "(nothing new to cluster in the inbox)"))
+    return found
+
+
+def crop_report(report: Path, target: Path) -> None:
+    """The report's largest-cluster montages stacked with their titles: a picture of the report for the README."""
+    montages = sorted((report.parent / "thumbs").glob("cluster-*.jpg"))[:REPORT_CROP_CLUSTERS]
+    if not montages:
+        return
+    images = [Image.open(path).convert("RGB") for path in montages]
+    width = max(image.width for image in images)
+    caption = 18
+    canvas = Image.new("RGB", (width, sum(image.height + caption for image in images)), "white")
+    draw = ImageDraw.Draw(canvas)
+    top = 0
+    for path, image in zip(montages, images, strict=True):
+        draw.text((4, top + 3), f"cluster {int(path.stem.split('-')[1])}", fill="black")
+        canvas.paste(image, (0, top + caption))
+        top += image.height + caption
+    canvas.save(target)
+
+
+def copy_pictures(found: dict[str, str], docs: Path) -> None:
+    docs.mkdir(parents=True, exist_ok=True)
+    plots = Path(found["evaluation plots"])
+    for name in ("similarity_histograms.png", "embedding_map.png", "threshold_curves.png"):
+        if (plots / name).is_file():
+            shutil.copyfile(plots / name, docs / name)
+    report = Path(found.get("clustering report", ""))
+    if report.is_file():
+        crop_report(report, docs / "cluster_report.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=Path, help="Copy the demo's pictures into this folder.")
+    args = parser.parse_args()
+    training = last_run("training")
+    if training is None or training.status.value != "completed":
+        raise SystemExit("error: no completed training run yet: run `zenml pipeline run training` first")
+    clustering = last_run("clustering")
+    clustering = clustering if clustering is not None and clustering.status.value == "completed" else None
+    console.print(summary_table(training, clustering))
+    console.print(stage_table(*(run for run in (training, clustering) if run is not None)))
+    found = paths(training, clustering)
+    for name, path in found:
+        console.print(f"[bold]{name}:[/] {path}", highlight=False, soft_wrap=True)
+    if args.docs:
+        copy_pictures(dict(found), args.docs)
+
+
+if __name__ == "__main__":
+    main()
