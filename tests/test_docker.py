@@ -259,3 +259,76 @@ def test_image_builds_when_a_docker_engine_is_reachable(repo_root: Path, tmp_pat
         assert build.returncode == 0, build.stderr[-3000:]
         version = subprocess.run([docker, "run", "--rm", tag, "--help"], capture_output=True, text=True, timeout=300)
         assert version.returncode == 0 and "Usage" in version.stdout, version.stderr[-2000:]
+
+
+def scaling_yaml(repo_root: Path, first_line: str) -> dict:
+    """The YAML block of the README's "Scaling out" section that starts with `first_line`."""
+    section = (repo_root / "README.md").read_text().split("## Scaling out", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)
+    matches = [block for block in blocks if block.startswith(first_line)]
+    assert len(matches) == 1, f"README: no single yaml block starting with {first_line!r}"
+    loaded: dict = yaml.safe_load(matches[0])
+    return loaded
+
+
+def check_orchestrator_settings(run_config: dict) -> None:
+    """Keys both the Kubernetes and the Kubeflow orchestrator know (their validators need the kubernetes package)."""
+    from zenml.integrations.kubeflow.flavors.kubeflow_orchestrator_flavor import KubeflowOrchestratorSettings
+    from zenml.integrations.kubernetes.flavors.kubernetes_orchestrator_flavor import KubernetesOrchestratorSettings
+    from zenml.integrations.kubernetes.pod_settings import KubernetesPodSettings
+
+    orchestrator = run_config["settings"]["orchestrator"]
+    known = set(KubernetesOrchestratorSettings.model_fields) & set(KubeflowOrchestratorSettings.model_fields)
+    assert set(orchestrator) <= known, set(orchestrator) - known
+    pod = orchestrator["pod_settings"]
+    assert set(pod) <= set(KubernetesPodSettings.model_fields), set(pod) - set(KubernetesPodSettings.model_fields)
+    assert {mount["name"] for mount in pod["volume_mounts"]} <= {volume["name"] for volume in pod["volumes"]}
+
+
+@pytest.mark.slow
+def test_readme_gpu_run_config_gives_the_train_step_gpus_and_keeps_the_image(
+    repo_root: Path, chars_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compiled on the local stack: `-c k8s-gpu.yaml` adds to zenml_config.yaml as the README says."""
+    from pipelines import training
+
+    run_config = scaling_yaml(repo_root, "# k8s-gpu.yaml")
+    check_orchestrator_settings(run_config)
+    overrides = run_config["parameters"]["overrides"]
+    overrides[:] = [f"data.raw_dir={chars_dir}" if o.startswith("data.raw_dir=") else o for o in overrides]
+    overrides += [f"data.outputs_dir={tmp_path / 'outputs'}", f"data.inbox_dir={tmp_path / 'inbox'}"]
+    config_file = tmp_path / "k8s-gpu.yaml"
+    config_file.write_text(yaml.safe_dump(run_config))
+    monkeypatch.chdir(repo_root)
+    pipeline = training.with_options(config_path=str(repo_root / "zenml_config.yaml"))
+    pipeline = pipeline.with_options(config_path=str(config_file))
+    pipeline.prepare()
+    snapshot, _, _ = pipeline._compile(**pipeline._run_args)
+    steps = {name: step.config for name, step in snapshot.step_configurations.items()}
+    assert steps["train"].settings["resources"].gpu_count == 4
+    assert "resources" not in steps["validate"].settings
+    assert steps["train"].parameters["config"]["train"]["nproc_per_node"] == "auto"
+    for config in steps.values():
+        docker = config.settings["docker"].model_dump(exclude_unset=True)
+        assert docker["dockerfile"] == "Dockerfile" and not docker["install_stack_requirements"]
+        build_options = docker["parent_image_build_config"]["build_options"]
+        assert build_options["target"] == "training"
+        assert "kubernetes" in build_options["build_args"]["STACK_REQUIREMENTS"]
+
+
+def test_readme_schedule_and_pytorchjob_are_well_formed(repo_root: Path) -> None:
+    from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
+
+    from replearn.training.__main__ import train_arguments
+
+    hourly = scaling_yaml(repo_root, "# clustering-hourly.yaml")
+    schedule = PipelineRunConfiguration.model_validate(hourly).schedule
+    assert schedule is not None and schedule.cron_expression == "0 * * * *"
+    check_orchestrator_settings(hourly)
+
+    job = scaling_yaml(repo_root, "apiVersion: kubeflow.org/v1")
+    assert job["kind"] == "PyTorchJob"
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        container = replica["template"]["spec"]["containers"][0]
+        assert container["command"] == ["torchrun", "-m", "replearn.training"]
+        assert train_arguments(container["args"])[2] == "train"
