@@ -143,3 +143,20 @@ def test_clustering_pipeline_uses_production_and_is_idempotent(project: Path) ->
     second = run_pipeline("clustering", project)
     repeat = second.steps["cluster"].outputs["cluster_run"][0].load()
     assert repeat["new_images"] == 0 and repeat["report"] == ""
+
+
+def test_summary_reports_the_last_runs_and_copies_the_pictures(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipelines import summary
+
+    if summary.last_run("clustering") is None:
+        run_pipeline("training", project)
+        run_pipeline("clustering", project)
+    monkeypatch.setattr("sys.argv", ["summary", "--docs", str(tmp_path / "docs")])
+    monkeypatch.setattr(summary, "console", summary.Console(width=200))
+    summary.main()
+    printed = capsys.readouterr().out
+    assert "P@1, seen classes" in printed and "time per stage" in printed
+    assert "ONNX model:" in printed and "clustering report:" in printed
+    assert {"similarity_histograms.png", "embedding_map.png"} <= {p.name for p in (tmp_path / "docs").iterdir()}
