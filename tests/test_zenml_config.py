@@ -3,6 +3,7 @@
 import inspect
 from pathlib import Path
 
+import pytest
 import yaml
 from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
 from zenml.config.step_configurations import StepConfigurationUpdate
@@ -11,13 +12,16 @@ import steps
 from pipelines import clustering, training
 from replearn.config import load_config
 
-
-def run_config(repo_root: Path) -> dict:
-    return yaml.safe_load((repo_root / "zenml_config.yaml").read_text())
+RUN_CONFIGS = ["zenml_config.yaml", "zenml_config.demo.yaml"]
 
 
-def test_top_level_and_step_keys_are_real_zenml_settings(repo_root: Path) -> None:
-    config = run_config(repo_root)
+def run_config(repo_root: Path, name: str) -> dict:
+    return yaml.safe_load((repo_root / name).read_text())
+
+
+@pytest.mark.parametrize("name", RUN_CONFIGS)
+def test_top_level_and_step_keys_are_real_zenml_settings(repo_root: Path, name: str) -> None:
+    config = run_config(repo_root, name)
     assert set(config) <= set(PipelineRunConfiguration.model_fields), set(config) - set(
         PipelineRunConfiguration.model_fields
     )
@@ -27,8 +31,9 @@ def test_top_level_and_step_keys_are_real_zenml_settings(repo_root: Path) -> Non
         assert set(step_config) <= set(StepConfigurationUpdate.model_fields), step_config
 
 
-def test_parameters_match_both_pipelines_and_the_params_file_is_valid(repo_root: Path) -> None:
-    parameters = run_config(repo_root)["parameters"]
+@pytest.mark.parametrize("name", RUN_CONFIGS)
+def test_parameters_match_both_pipelines_and_the_params_file_is_valid(repo_root: Path, name: str) -> None:
+    parameters = run_config(repo_root, name)["parameters"]
     for pipeline in (training, clustering):
         accepted = set(inspect.signature(pipeline.entrypoint).parameters)
         assert set(parameters) <= accepted, (pipeline.name, set(parameters) - accepted)
