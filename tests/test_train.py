@@ -101,7 +101,7 @@ def test_resume_after_an_interruption_gives_the_same_weights(
 def test_resume_refuses_a_changed_config(tiny_preprocessed: Path, tmp_path: Path) -> None:
     train(tiny_config("train.iterations=2", "train.augmentations=[]"), tiny_preprocessed, tmp_path / "run")
     changed = tiny_config("train.iterations=4", "train.augmentations=[]", "train.lr=0.1")
-    with pytest.raises(UserError, match=r"config changed \(train\.lr: 0\.05 -> 0\.1\)"):
+    with pytest.raises(UserError, match=r"config changed \(train\.lr: 0\.001 -> 0\.1\)"):
         train(changed, tiny_preprocessed, tmp_path / "run", resume=True)
     with pytest.raises(UserError, match="nothing to resume"):
         train(changed, tiny_preprocessed, tmp_path / "other", resume=True)
@@ -121,3 +121,15 @@ def test_cli_trains_with_options_and_refuses_to_overwrite(tiny_preprocessed: Pat
     again = runner.invoke(app, command)
     assert again.exit_code == 1 and "already holds a training run" in str(again.exception)
     assert runner.invoke(app, [*command, "--force"]).exit_code == 0
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from replearn.training.loop import resolve_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert resolve_precision("auto", cpu) == "bf16"
+    assert resolve_precision("fp32", cpu) == "fp32"

@@ -201,6 +201,16 @@ def train(
     return train_process(config, preprocessed_dir, out_dir, resume, force)
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The autocast precision to use: `precision` itself, or for auto the fastest one the device computes natively."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bf16" if native_bf16 else "fp32"
+
+
 def train_process(
     config: Config, preprocessed_dir: Path, out_dir: Path, resume: bool = False, force: bool = False
 ) -> TrainResult:
@@ -230,7 +240,8 @@ def _run(
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    precision = resolve_precision(cfg.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     # Dropout draws from the global RNG: one stream per rank, restored on resume.
     torch.manual_seed(iteration_seed(cfg.seed, ranks.rank, 0, stream=2))
     state = RunState()
@@ -263,7 +274,7 @@ def _run(
         generator=torch.Generator(),  # its own seed source: creating the loader must not consume the global RNG
     )
     loss_fn = CircleLoss(cfg.loss.margin, cfg.loss.gamma)
-    autocast_dtype = _DTYPES.get(cfg.precision)
+    autocast_dtype = _DTYPES.get(precision)
     global_batch = sampler.batch_size * ranks.world_size
     log_file = MetricsLog(out_dir / METRICS, keep_until=state.start if resume else None, enabled=ranks.is_main)
     if ranks.is_main and not resume:
@@ -297,8 +308,8 @@ def _run(
             checkpoint_due = iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations
             rng_states = gather_objects(rng_state(device)) if checkpoint_due else []
             if checkpoint_due and ranks.is_main:
-                precision = validate(model, data, cfg.batch_size_eval, device)
-                row["val_precision_at_1"] = state.record_validation(precision, iteration)
+                val_p1 = validate(model, data, cfg.batch_size_eval, device)
+                row["val_precision_at_1"] = state.record_validation(val_p1, iteration)
             # The row goes out before the checkpoint, so every iteration a checkpoint covers has its row.
             log_file.write(row)
             if checkpoint_due:
@@ -345,7 +356,7 @@ def _run(
         "best_iteration": state.best_iteration,
         "device": str(device),
         "world_size": ranks.world_size,
-        "precision": cfg.precision,
+        "precision": precision,
         "global_batch_size": global_batch,
         "classes": len(data.classes),
         "train_images": len(data.train),
