@@ -27,6 +27,7 @@ from pytorch_metric_learning.losses import CircleLoss as PmlCircleLoss
 
 from replearn.config import Config
 from replearn.training.augment import build_augmentation
+from replearn.training.loop import resolve_precision
 from replearn.training.loss import circle_loss, circle_loss_per_anchor
 from replearn.training.model import build_model
 
@@ -110,9 +111,10 @@ def bench_training(repeats: int) -> None:
     torch.set_num_threads(1)  # as in a DataLoader worker
     seconds = seconds_per_call(lambda: torch.stack([augment(image) for image in pixels]), repeats)
     torch.set_num_threads(previous)
+    default = resolve_precision(cfg.precision, torch.device("cpu"))
     print(
         f"augmentation ({', '.join(cfg.augmentations)}), one worker thread: {batch / seconds:,.0f} images/s, "
-        f"{batch / seconds / rates['fp32']:.1f}x the fp32 model's rate"
+        f"{batch / seconds / rates[default]:.1f}x the model's rate at the default precision ({default})"
     )
 
 
