@@ -28,7 +28,10 @@ def training(params_file: str = "params.yaml", overrides: list[str] | None = Non
     preprocessed = preprocess(config=sections(config, "preprocess"), dataset=dataset, outputs_dir=outputs)
     checkpoint, _ = train(config=sections(config, "train"), preprocessed=preprocessed, outputs_dir=outputs)
     metrics, threshold = evaluate(
-        config=sections(config, "evaluate"), checkpoint=checkpoint, preprocessed=preprocessed, outputs_dir=outputs
+        config=sections(config, "evaluate", "embed", "train.devices"),
+        checkpoint=checkpoint,
+        preprocessed=preprocessed,
+        outputs_dir=outputs,
     )
     onnx_model = export(
         config=sections(config, "export"),
