@@ -162,3 +162,12 @@ def test_another_model_is_refused(tmp_path: Path) -> None:
     run(tmp_path, make_batch({0: 3}, "day1", seed=0))
     with pytest.raises(UserError, match="another model"):
         run(tmp_path, make_batch({1: 3}, "day2", seed=1), model_id="model-b")
+
+
+def test_a_first_batch_with_no_cluster_at_all_is_recorded_and_can_grow_later(tmp_path: Path) -> None:
+    lonely = run(tmp_path, make_batch({0: 1, 1: 1, 2: 2}, "day1", seed=0))
+    assert lonely.unclustered == 4 and lonely.new_clusters == 0
+    assert set(current(tmp_path).values()) == {0}
+    grown = run(tmp_path, make_batch({2: 1}, "day2", seed=1))
+    assert grown.new_clusters == 1
+    assert current(tmp_path)["day1/b2_0.png"] == current(tmp_path)["day2/b2_0.png"] == 1

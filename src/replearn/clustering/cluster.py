@@ -111,6 +111,8 @@ def nearest_prototypes(
 
 def add_to_clusters(registry: Registry, cluster_ids: np.ndarray, embeddings: np.ndarray) -> None:
     """Add members to existing or new clusters of the registry, updating sums and counts in place."""
+    if len(cluster_ids) == 0:
+        return
     new_ids = np.setdiff1d(np.unique(cluster_ids), registry.cluster_ids)
     if len(new_ids):
         dim = embeddings.shape[1]
