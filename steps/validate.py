@@ -7,7 +7,7 @@ from zenml import log_metadata, step
 
 from replearn.errors import UserError
 from steps.artifacts import ArtifactName, FolderRef
-from steps.stage_config import library_cache_policy, rebuild, stage_dir
+from steps.stage_config import digest, library_cache_policy, rebuild, stage_dir
 
 
 @step(
@@ -18,7 +18,7 @@ from steps.stage_config import library_cache_policy, rebuild, stage_dir
 def validate(
     config: dict[str, Any], data_dir: str, data_version: str, outputs_dir: str
 ) -> Annotated[FolderRef, ArtifactName.DATASET]:
-    """Validate the class folders; `data_version` (DVC hash or stat fingerprint) keys the cache on the data."""
+    """Validate the class folders; `data_version` (DVC hash and stat fingerprint) keys the cache on the data."""
     from replearn.data.validation import validate_dataset
 
     out_dir = stage_dir(outputs_dir, "validate", config, data_version)
@@ -35,4 +35,6 @@ def validate(
     )
     if not result.valid:
         raise UserError(f"{data_dir} failed validation ({', '.join(failed)}); see {result.summary_path}")
-    return FolderRef(path=data_dir, digest=data_version)
+    # Downstream caching follows the content: touching files reruns validation, not training.
+    content = sorted(zip(result.good["path"], result.good["sha256"], strict=True))
+    return FolderRef(path=data_dir, digest=digest(content))

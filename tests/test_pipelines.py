@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,11 @@ def test_training_pipeline_caching_and_promotion(project: Path) -> None:
     again = run_pipeline("training", project)
     assert statuses(again) == dict.fromkeys(STEPS, "cached")
 
+    touched = next((project / "data" / "raw" / "upper_B").glob("*.png"))
+    os.utime(touched, ns=(1, 1))  # same content, new mtime: validation reruns, nothing after it
+    revalidated = run_pipeline("training", project)
+    assert statuses(revalidated) == {"validate": "completed"} | dict.fromkeys(STEPS[1:], "cached")
+
     set_production_score(2.0)  # nothing can beat this: the next version must not be promoted
     retrained = run_pipeline("training", project, ["train.iterations=3"])
     assert statuses(retrained) == {
@@ -127,7 +133,7 @@ def test_training_pipeline_caching_and_promotion(project: Path) -> None:
         new_image.unlink()
     assert statuses(changed) == dict.fromkeys(STEPS, "completed")
     assert changed.steps["register"].outputs["promoted"][0].load() is True
-    assert production_version().number == 4
+    assert production_version().number == 5  # one model version per run: the fifth run is production
 
 
 def test_clustering_pipeline_uses_production_and_is_idempotent(project: Path) -> None:

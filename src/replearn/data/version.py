@@ -1,9 +1,9 @@
 """A short version string for a folder of class folders, so caches and model metadata follow the data's content.
 
-When the folder is tracked by DVC (`data/raw.dvc` beside `data/raw`), its DVC hash is the version:
-it changes exactly when the data does, at no cost. Otherwise the version is a hash of every
-file's relative path, size and modification time, which a walk of the tree gives in about a
-second for 100k files without reading them.
+The version is a hash of every file's relative path, size and modification time, which a walk
+of the tree gives in about a second for 100k files without reading them. When the folder is
+tracked by DVC (`data/raw.dvc` beside `data/raw`), DVC's hash is part of it too, so that the
+version names the dataset; the stat part still catches edits not yet `dvc add`ed.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def stat_fingerprint(data_dir: Path) -> str:
 
 
 def data_version(data_dir: Path) -> str:
-    """DVC's hash when the folder is DVC-tracked, else a stat fingerprint; 'missing' when there is no folder."""
+    """DVC's hash (when DVC-tracked) and a stat fingerprint; 'missing' when there is no folder."""
     if not data_dir.is_dir():
         return "missing"
-    return dvc_version(data_dir) or stat_fingerprint(data_dir)
+    return ",".join(part for part in (dvc_version(data_dir), stat_fingerprint(data_dir)) if part)
