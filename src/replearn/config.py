@@ -196,7 +196,7 @@ class EvaluateConfig(StrictModel):
     knn_k: int = Field(13, ge=1, description="Neighbours for the majority-vote kNN classifier (seed 001).")
     batch_size: int = Field(256, ge=1)
     threshold_objective: Literal["f1", "precision"] = Field(
-        "f1", description="f1: the threshold with the best pairwise F1; precision: the lowest reaching target_precision."
+        "f1", description="f1: the threshold of best pairwise F1; precision: the lowest reaching target_precision."
     )
     target_precision: float = Field(0.95, gt=0.0, le=1.0)
     threshold_bins: int = Field(2000, ge=10, description="Similarity bins over [-1, 1]: candidate thresholds.")
