@@ -45,7 +45,7 @@ class FolderRef(BaseModel):
     digest: str
 
     def checked(self) -> Path:
-        """The folder, after making sure it still holds what the digest says (a cache hit may be stale)."""
+        """The folder, which must still exist: a cache hit can point at a folder deleted since."""
         path = Path(self.path)
         if not path.is_dir():
             raise UserError(f"{path} is gone; rerun the pipeline with caching disabled (enable_cache: false)")
