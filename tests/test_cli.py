@@ -53,3 +53,9 @@ def test_existing_output_exits_1_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "--force" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_command_options_are_validated_like_params(tmp_path: Path) -> None:
+    result = replearn("train", str(tmp_path / "pre"), str(tmp_path / "out"), "--iterations", "0")
+    assert result.returncode == 1
+    assert "train.iterations" in result.stderr and "Traceback" not in result.stderr

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from replearn import __version__
-from replearn.config import Config, ConfigError, default_config_path, load_config
+from replearn.config import Config, ConfigError, default_config_path, load_config, with_values
 from replearn.console import setup_logging
 from replearn.errors import UserError
 
@@ -187,9 +187,7 @@ def preprocess_command(
     """Resize every image to the model's input (incremental) and write the seen/unseen train/val/test splits."""
     from replearn.data.preprocess import preprocess
 
-    config = state(ctx).config.model_copy(deep=True)
-    if workers is not None:
-        config.preprocess.workers = workers
+    config = with_values(state(ctx).config, {"preprocess.workers": workers})
     result = preprocess(config, data_dir, out_dir)
     work = Table(title=f"preprocessed {data_dir} into {out_dir}")
     for column in ("images", "written", "already done", "stale removed", "undecodable", "duplicates"):
@@ -231,11 +229,8 @@ def train_command(
 
     from replearn.training.loop import train
 
-    config = state(ctx).config.model_copy(deep=True)
-    options = {"iterations": iterations, "devices": devices, "nproc_per_node": nproc_per_node}
-    for key, value in options.items():
-        if value is not None:
-            setattr(config.train, key, value)
+    options = {"train.iterations": iterations, "train.devices": devices, "train.nproc_per_node": nproc_per_node}
+    config = with_values(state(ctx).config, options)
     result = train(config, preprocessed_dir, out_dir, resume=resume, force=force)
     if os.environ.get("RANK", "0") != "0":
         return
@@ -334,12 +329,10 @@ def embed(
     """Embed a folder of images with onnxruntime alone (no torch); unreadable images are skipped and listed."""
     import time
 
-    from replearn.config import EmbedConfig
     from replearn.export.embedder import embed_images
 
     options = {"batch_size": batch_size, "provider": provider, "threads": threads, "format": file_format}
-    given = {key: value for key, value in options.items() if value is not None}
-    cfg = EmbedConfig.model_validate({**state(ctx).config.embed.model_dump(), **given})
+    cfg = with_values(state(ctx).config, {f"embed.{key}": value for key, value in options.items()}).embed
     started = time.perf_counter()
     result = embed_images(cfg, model, images, out, force=force)
     seconds = time.perf_counter() - started
@@ -380,12 +373,10 @@ def export(
     ] = None,
 ) -> None:
     """Export a checkpoint to ONNX with its metadata; fails unless onnxruntime matches eager PyTorch."""
-    from replearn.config import ExportConfig
     from replearn.export.onnx_export import export_model
 
-    options = {"quantize": quantize, "fp16": fp16, "exporter": exporter}
-    given = {key: value for key, value in options.items() if value is not None}
-    cfg = ExportConfig.model_validate({**state(ctx).config.export.model_dump(), **given})
+    options = {"export.quantize": quantize, "export.fp16": fp16, "export.exporter": exporter}
+    cfg = with_values(state(ctx).config, options).export
     result = export_model(cfg, checkpoint, out, images, threshold_file, data_version, threshold)
     title = f"{result.exporter} export to {out.parent}, opset {result.opset}, parity on {result.parity.images} images"
     table = Table(title=title)
@@ -421,13 +412,8 @@ def cluster(
 ) -> None:
     """Cluster the new images of INBOX into OUT: ids stay stable across runs; a batch seen before changes nothing."""
     from replearn.clustering.cluster import cluster_images
-    from replearn.config import ClusterConfig
 
-    config = state(ctx).config
-    given = {key: value for key, value in {"threshold": threshold, "min_size": min_size}.items() if value is not None}
-    if given:
-        cluster_config = ClusterConfig.model_validate({**config.cluster.model_dump(), **given})
-        config = config.model_copy(update={"cluster": cluster_config})
+    config = with_values(state(ctx).config, {"cluster.threshold": threshold, "cluster.min_size": min_size})
     result = cluster_images(config, model, inbox, out, evaluate=evaluate)
     if result.run is None:
         unreadable = f", {len(result.failures)} unreadable" if result.failures else ""

@@ -325,18 +325,38 @@ def _parse_override(override: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
 
 
+def _set_dotted(values: dict[str, Any], keys: list[str], value: Any, what: str) -> None:
+    node = values
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{what}: '{key}' is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set `section.key=value` overrides (values parsed as YAML) into a nested mapping."""
     for override in overrides:
         keys, value = _parse_override(override)
-        node = values
-        for key in keys[:-1]:
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override '{override}': '{key}' is a value, not a section")
-            node = child
-        node[keys[-1]] = value
+        _set_dotted(values, keys, value, f"override '{override}'")
     return values
+
+
+def with_values(config: Config, values: dict[str, Any]) -> Config:
+    """`config` with dotted keys set, validated like a params file; a value of None leaves its key alone.
+
+    The CLI's per-command options (`replearn train --iterations 50`) go through here, so they are
+    checked exactly as the same key in params.yaml or `--set` would be.
+
+    >>> with_values(load_config(None), {"train.iterations": 7, "train.lr": None}).train.iterations
+    7
+    """
+    data = config.model_dump(mode="json", by_alias=True)
+    for dotted, value in values.items():
+        if value is not None:
+            _set_dotted(data, dotted.split("."), value, f"option {dotted}")
+    return build_config(data, "command-line options")
 
 
 def build_config(values: dict[str, Any], source: str = "configuration") -> Config:
