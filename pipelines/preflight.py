@@ -23,16 +23,9 @@ def run_parameters(run_config: Path = RUN_CONFIG) -> dict[str, Any]:
 
 
 def require_production_model(config: Config) -> None:
-    from zenml.client import Client
-    from zenml.enums import ModelStages
+    from steps.production import require_production_version
 
-    try:
-        Client().get_model_version(MODEL_NAME, ModelStages.PRODUCTION)
-    except KeyError:
-        raise UserError(
-            f"there is no production version of the model '{MODEL_NAME}' yet: "
-            "run `zenml pipeline run training` first (or `make demo`)"
-        ) from None
+    require_production_version(MODEL_NAME)
 
 
 def require_training_data(config: Config) -> None:

@@ -4,25 +4,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from zenml import log_metadata, step
-from zenml.client import Client
-from zenml.enums import ModelStages
 from zenml.types import HTMLString
 
-from replearn.errors import UserError
 from steps.artifacts import ArtifactName, ModelFile, ModelFileMaterializer
+from steps.production import require_production_version
 from steps.stage_config import rebuild
 
 
 @step(enable_cache=False, output_materializers={ArtifactName.PRODUCTION_MODEL: ModelFileMaterializer})
 def load_production_model(model_name: str) -> Annotated[ModelFile, ArtifactName.PRODUCTION_MODEL]:
     """The ONNX file of the model version in production: what scheduled clustering runs use."""
-    try:
-        version = Client().get_model_version(model_name, ModelStages.PRODUCTION)
-    except KeyError:
-        raise UserError(
-            f"there is no production version of the model '{model_name}' yet: run `zenml pipeline run training` first"
-        ) from None
-    model_file: ModelFile = version.get_artifact(ArtifactName.ONNX_MODEL).load()
+    model_file: ModelFile = require_production_version(model_name).get_artifact(ArtifactName.ONNX_MODEL).load()
     return model_file
 
 

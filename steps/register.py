@@ -4,10 +4,10 @@ import logging
 from typing import Annotated
 
 from zenml import get_step_context, log_metadata, step
-from zenml.client import Client
 from zenml.enums import ModelStages
 
 from steps.artifacts import ArtifactName, ModelFile
+from steps.production import production_version
 
 log = logging.getLogger(__name__)
 GATE_METRIC = "seen/precision_at_1"
@@ -16,11 +16,8 @@ LOGGED_METRICS = (GATE_METRIC, "unseen/precision_at_1", "seen/map_at_r", "unseen
 
 def production_score(model_name: str) -> float | None:
     """P@1 of the current production version, or None when there is none."""
-    try:
-        version = Client().get_model_version(model_name, ModelStages.PRODUCTION)
-    except KeyError:
-        return None
-    score = version.run_metadata.get(GATE_METRIC)
+    version = production_version(model_name)
+    score = version.run_metadata.get(GATE_METRIC) if version is not None else None
     return float(score) if isinstance(score, (int, float)) else None
 
 

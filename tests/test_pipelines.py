@@ -68,10 +68,9 @@ def statuses(run: Any) -> dict[str, str]:
 
 
 def production_version() -> Any:
-    from zenml.client import Client
-    from zenml.enums import ModelStages
+    from steps.production import require_production_version
 
-    return Client().get_model_version("replearn", ModelStages.PRODUCTION)
+    return require_production_version("replearn")
 
 
 def set_production_score(score: float) -> None:
