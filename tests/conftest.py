@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +15,8 @@ if TYPE_CHECKING:
     from replearn.export.onnx_export import ExportResult
 
 _ZENML_HOME = Path(tempfile.mkdtemp(prefix="replearn-tests-zenml-"))
+# The store fills with model artifacts (hundreds of MB per run): leaving it behind fills the disk over repeated runs.
+atexit.register(shutil.rmtree, _ZENML_HOME, ignore_errors=True)
 os.environ["ZENML_ANALYTICS_OPT_IN"] = "false"
 os.environ["ZENML_CONFIG_PATH"] = str(_ZENML_HOME / "config")
 os.environ["ZENML_REPOSITORY_PATH"] = str(_ZENML_HOME)
