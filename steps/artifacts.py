@@ -39,10 +39,14 @@ class ArtifactName(StrEnum):
 
 
 class FolderRef(BaseModel):
-    """A folder outside the artifact store, named by a digest of what it holds."""
+    """A folder outside the artifact store, named by a digest of what it holds.
+
+    `file_list` names the files of the folder to use (validation's good_files.csv) when not all are.
+    """
 
     path: str
     digest: str
+    file_list: str | None = None
 
     def checked(self) -> Path:
         """The folder, which must still exist: a cache hit can point at a folder deleted since."""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 from zenml import log_metadata, step
@@ -19,11 +20,19 @@ from steps.stage_config import library_cache_policy, rebuild, stage_dir
 def preprocess(
     config: dict[str, Any], dataset: FolderRef, outputs_dir: str
 ) -> Annotated[FolderRef, ArtifactName.PREPROCESSED]:
-    """Resized copies and splits; the output folder is keyed by the settings, and updated incrementally."""
+    """Resized copies and splits of the files validation kept, in a folder keyed by the settings (incremental)."""
     from replearn.data.preprocess import preprocess as preprocess_images
     from replearn.data.splits import SPLITS_FILE
 
     out_dir = stage_dir(outputs_dir, "preprocess", config)
-    result = preprocess_images(rebuild(config), dataset.checked(), out_dir)
-    log_metadata(metadata={"images": result.images, "written": result.written, "removed": result.removed})
+    only = Path(dataset.file_list) if dataset.file_list else None
+    result = preprocess_images(rebuild(config), dataset.checked(), out_dir, only)
+    log_metadata(
+        metadata={
+            "images": result.images,
+            "written": result.written,
+            "removed": result.removed,
+            "left_out": result.left_out,
+        }
+    )
     return FolderRef(path=str(out_dir), digest=sha256_of(out_dir / SPLITS_FILE))

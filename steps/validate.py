@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Annotated, Any
 
 from zenml import log_metadata, step
 
+from replearn.atomic import atomic_path
 from replearn.errors import UserError
 from steps.artifacts import ArtifactName, FolderRef
 from steps.stage_config import digest, library_cache_policy, rebuild, stage_dir
@@ -35,6 +37,10 @@ def validate(
     )
     if not result.valid:
         raise UserError(f"{data_dir} failed validation ({', '.join(failed)}); see {result.summary_path}")
-    # Downstream caching follows the content: touching files reruns validation, not training.
-    content = sorted(zip(result.good["path"], result.good["sha256"], strict=True))
-    return FolderRef(path=data_dir, digest=digest(content))
+    # Downstream caching follows the content: touching files reruns validation, not training. So the
+    # list of good files that preprocessing reads is copied to a folder named by that content too.
+    content = digest(sorted(zip(result.good["path"], result.good["sha256"], strict=True)))
+    file_list = stage_dir(outputs_dir, "good_files", content) / result.good_files_path.name
+    with atomic_path(file_list) as temporary:
+        shutil.copyfile(result.good_files_path, temporary)
+    return FolderRef(path=data_dir, digest=content, file_list=str(file_list))

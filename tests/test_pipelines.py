@@ -109,6 +109,14 @@ def test_training_pipeline_caching_and_promotion(project: Path) -> None:
     revalidated = run_pipeline("training", project)
     assert statuses(revalidated) == {"validate": "completed"} | dict.fromkeys(STEPS[1:], "cached")
 
+    tiny = touched.parent / "tiny.png"
+    Image.new("L", (4, 4), 255).save(tiny)  # below validate.min_width: quarantined, so nothing after it changes
+    try:
+        quarantined = run_pipeline("training", project, ["validate.on_error=quarantine"])
+    finally:
+        tiny.unlink()
+    assert statuses(quarantined) == {"validate": "completed"} | dict.fromkeys(STEPS[1:], "cached")
+
     set_production_score(2.0)  # nothing can beat this: the next version must not be promoted
     retrained = run_pipeline("training", project, ["train.iterations=3"])
     assert statuses(retrained) == {

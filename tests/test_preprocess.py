@@ -230,6 +230,48 @@ def test_cli_preprocess(few_classes: Path, tmp_path: Path) -> None:
     assert isinstance(missing.exception, UserError)
 
 
+def test_only_the_listed_files_are_used(few_classes: Path, tmp_path: Path) -> None:
+    sources = sorted(f"{p.parent.name}/{p.name}" for p in few_classes.glob("*/*"))
+    left_out = [source for source in sources if source.startswith("upper_A/")][:2]
+    listed = tmp_path / "good_files.csv"
+    pd.DataFrame({"path": [s for s in sources if s not in left_out], "class": "x"}).to_csv(listed, index=False)
+    out = tmp_path / "out"
+    result = preprocess(small_config(), few_classes, out, only=listed)
+    assert (result.images, result.left_out) == (22, 2)
+    assert sorted(read_splits(out)["source"]) == [s for s in sources if s not in left_out]
+    summary = json.loads((out / "preprocess.json").read_text())
+    assert (summary["file_list"], summary["left_out"]) == (str(listed), 2)
+
+
+def test_an_unusable_file_list_is_refused(few_classes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="does not exist"):
+        preprocess(small_config(), few_classes, out, only=tmp_path / "missing.csv")
+    (tmp_path / "no_path.csv").write_text("file,class\nupper_A/x.png,upper_A\n")
+    with pytest.raises(UserError, match="needs a `path` column"):
+        preprocess(small_config(), few_classes, out, only=tmp_path / "no_path.csv")
+    (tmp_path / "other.csv").write_text("path\nsomewhere/else.png\n")
+    with pytest.raises(UserError, match="none of the 24 files"):
+        preprocess(small_config(), few_classes, out, only=tmp_path / "other.csv")
+    assert not out.exists()
+
+
+def test_quarantined_files_stay_out_of_preprocessing(few_classes: Path, tmp_path: Path) -> None:
+    """validate --on-error quarantine then preprocess --only, as dvc.yaml chains them: the 4 px image is left out."""
+    Image.new("RGB", (4, 4), "white").save(few_classes / "upper_A" / "tiny.png")
+    settings = ["--set", "train.classes_per_batch=2", "--set", "preprocess.resize.size=16"]
+    report, out = tmp_path / "report", tmp_path / "out"
+    quarantine = ["--on-error", "quarantine"]
+    validated = CliRunner().invoke(app, [*settings, "validate", str(few_classes), str(report), *quarantine])
+    assert validated.exit_code == 0, validated.output
+    only = ["--only", str(report / "good_files.csv")]
+    result = CliRunner().invoke(app, [*settings, "preprocess", str(few_classes), str(out), *only])
+    assert result.exit_code == 0, result.output
+    assert "left out" in result.output
+    sources = set(read_splits(out)["source"])
+    assert len(sources) == 24 and "upper_A/tiny.png" not in sources
+
+
 def test_loader_serves_items_and_batches(preprocessed: Path) -> None:
     table = read_splits(preprocessed)
     rows = table[(table["subset"] == "seen") & (table["split"] == "train")]

@@ -183,17 +183,24 @@ def preprocess_command(
     workers: Annotated[
         int | None, typer.Option(help="Threads, 0 = one per core [default: preprocess.workers].")
     ] = None,
+    only: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV with a `path` column (relative to DATA_DIR), e.g. validate's good_files.csv: "
+            "files it does not list are left out [default: every file]."
+        ),
+    ] = None,
 ) -> None:
     """Resize every image to the model's input (incremental) and write the seen/unseen train/val/test splits."""
     from replearn.data.preprocess import preprocess
 
     config = with_values(state(ctx).config, {"preprocess.workers": workers})
-    result = preprocess(config, data_dir, out_dir)
+    result = preprocess(config, data_dir, out_dir, only)
     work = Table(title=f"preprocessed {data_dir} into {out_dir}")
-    for column in ("images", "written", "already done", "stale removed", "undecodable", "duplicates"):
+    for column in ("images", "written", "already done", "stale removed", "left out", "undecodable", "duplicates"):
         work.add_column(column, justify="right")
     work.add_row(
-        *(f"{n:,}" for n in (result.images, result.written, result.skipped, result.removed)),
+        *(f"{n:,}" for n in (result.images, result.written, result.skipped, result.removed, result.left_out)),
         f"{len(result.failures):,}",
         f"{len(result.duplicates):,}",
     )

@@ -11,6 +11,9 @@ OUT/
   images/<class>/<sha256[:16]>_<settings[:8]>.png   resized RGB copies
   splits.csv                                        path, label, split, subset, group, source, sha256
   preprocess.json                                   settings, counts per subset and split, classes, failures
+
+With `only` (a CSV with a `path` column, such as validation's good_files.csv) the files it does not
+list are left out, which is how quarantined files stay out of training.
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ class PreprocessResult:
     written: int
     skipped: int
     removed: int
+    left_out: int = 0  # files in DATA_DIR that the `only` list does not name
     failures: list[tuple[str, str]] = field(default_factory=list)
     duplicates: list[tuple[str, str]] = field(default_factory=list)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -122,6 +126,29 @@ def list_images(data_dir: Path) -> list[tuple[str, str]]:
     if not items:
         raise UserError(f"{data_dir} holds no images; expected DATA_DIR/<class>/<image>")
     return items
+
+
+def read_file_list(path: Path) -> set[str]:
+    """The `path` column of a CSV such as validation's good_files.csv: paths relative to DATA_DIR."""
+    try:
+        listed = pd.read_csv(path, usecols=["path"], dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise UserError(f"the file list {path} does not exist; `replearn validate` writes good_files.csv") from None
+    except ValueError as error:
+        raise UserError(f"{path} is not a file list: it needs a `path` column ({error})") from None
+    return set(listed["path"])
+
+
+def keep_listed(items: list[tuple[str, str]], only: Path) -> list[tuple[str, str]]:
+    """The items whose source `only` names (validation fails non-UTF-8 names, so they are never listed)."""
+    listed = read_file_list(only)
+    kept = [item for item in items if item[1] in listed]
+    if not kept:
+        raise UserError(f"none of the {len(items)} files in the data folder is listed in {only}")
+    if len(kept) < len(items):
+        left_out = len(items) - len(kept)
+        log.info("%s lists %d of the %d files; the other %d are left out", only, len(kept), len(items), left_out)
+    return kept
 
 
 def check_folders(data_dir: Path, out_dir: Path) -> None:
@@ -228,7 +255,7 @@ def count_splits(table: pd.DataFrame) -> dict[str, dict[str, int]]:
     }
 
 
-def preprocess(full_config: Config, data_dir: Path, out_dir: Path) -> PreprocessResult:
+def preprocess(full_config: Config, data_dir: Path, out_dir: Path, only: Path | None = None) -> PreprocessResult:
     """Write resized copies and splits.csv for DATA_DIR/<class>/<image> into out_dir, incrementally.
 
     Only the `preprocess` section of the config matters; the whole config is taken, as by every stage.
@@ -241,7 +268,8 @@ def preprocess(full_config: Config, data_dir: Path, out_dir: Path) -> Preprocess
     config = full_config.preprocess
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     check_folders(data_dir, out_dir)
-    items = list_images(data_dir)
+    found = list_images(data_dir)
+    items = found if only is None else keep_listed(found, only)
     settings = OutputSettings.from_config(config)
     log.info("preprocessing %d images from %s into %s", len(items), data_dir, out_dir)
     outcomes = sorted(run_parallel(items, data_dir, out_dir, settings, config.workers), key=lambda o: o.source)
@@ -272,6 +300,8 @@ def preprocess(full_config: Config, data_dir: Path, out_dir: Path) -> Preprocess
             "jpeg_quality": config.jpeg_quality,
             "split": config.split.model_dump(mode="json"),
             "images": len(table),
+            "file_list": None if only is None else str(only),
+            "left_out": len(found) - len(items),
             "counts": counts,
             "classes": classes,
             "failures": [{"source": source, "error": error} for source, error in failures],
@@ -287,6 +317,7 @@ def preprocess(full_config: Config, data_dir: Path, out_dir: Path) -> Preprocess
         written=written,
         skipped=len(done) - written,
         removed=removed,
+        left_out=len(found) - len(items),
         failures=failures,
         duplicates=duplicates,
         counts=counts,

@@ -6,8 +6,9 @@ browsable report of what was checked. Two suites run on an ephemeral context: on
 then one on the classes built from the files that passed, because "at least K images per class"
 only makes sense after bad files are set aside.
 
-`validate_dataset` is the stage function; preprocessing calls it to get `result.good`, the files
-it may use. Nothing in DATA_DIR is ever moved, changed or deleted: quarantine is a list of files.
+`validate_dataset` is the stage function. It writes good_files.csv, the files preprocessing may use
+(`replearn preprocess --only`), and bad_files.csv, the ones set aside and why. Nothing in DATA_DIR is
+ever moved, changed or deleted: quarantine is a list of files.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.parquet"
 SUMMARY_NAME = "validation.json"
 BAD_FILES_NAME = "bad_files.csv"
+GOOD_FILES_NAME = "good_files.csv"
 DATA_DOCS_NAME = "data_docs"
 EXAMPLES = 10  # offending files kept per check in the summary; bad_files.csv lists them all
 BAD_COLUMNS = ["path", "class", "check", "detail"]
@@ -72,6 +74,10 @@ class ValidationResult:
     @property
     def bad_files_path(self) -> Path:
         return self.out_dir / BAD_FILES_NAME
+
+    @property
+    def good_files_path(self) -> Path:
+        return self.out_dir / GOOD_FILES_NAME
 
     @property
     def data_docs_path(self) -> Path:
@@ -344,6 +350,7 @@ def _summary(result: ValidationResult, config: Config, data_dir: Path) -> dict[s
         "outputs": {
             "manifest": MANIFEST_NAME,
             "bad_files": BAD_FILES_NAME,
+            "good_files": GOOD_FILES_NAME,
             "data_docs": f"{DATA_DOCS_NAME}/index.html",
         },
     }
@@ -412,6 +419,8 @@ def validate_dataset(
     result = ValidationResult(valid, mode, checks, good, bad, list(dropped_classes), stats, out_dir)
     with atomic_path(result.bad_files_path) as temporary:
         bad.to_csv(temporary, index=False)
+    with atomic_path(result.good_files_path) as temporary:
+        good[["path", "class"]].to_csv(temporary, index=False)
     write_json_atomic(result.summary_path, _summary(result, config, data_dir))
     return result
 
