@@ -140,7 +140,7 @@ def test_training_pipeline_caching_and_promotion(project: Path) -> None:
         new_image.unlink()
     assert statuses(changed) == dict.fromkeys(STEPS, "completed")
     assert changed.steps["register"].outputs["promoted"][0].load() is True
-    assert production_version().number == 5  # one model version per run: the fifth run is production
+    assert production_version().number == 6  # one model version per run: the sixth run is production
 
 
 def test_clustering_pipeline_uses_production_and_is_idempotent(project: Path) -> None:
