@@ -85,6 +85,22 @@ def test_items_without_a_group_are_their_own_group() -> None:
     assert set(frame["split"]) == {"train", "test"}
 
 
+@pytest.mark.parametrize("prefix", ["IMG_", "cat_", "DSC_"])
+def test_a_class_with_fewer_than_three_groups_is_split_file_by_file(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The default pattern finds one group, "IMG", in camera names: group by group, all would be train.
+    frame = assign_splits(items([f"c{i}" for i in range(5)], [f"{prefix}{n:04d}.jpg" for n in range(40)]), SplitConfig())
+    assert (frame.groupby("label")["split"].nunique() == 3).all()
+    assert "5 classes have files in fewer than 3 groups" in caplog.text
+
+
+def test_a_class_with_three_groups_keeps_them_whole() -> None:
+    frame = assign_splits(items(["a"], [f"{font}_{n}.png" for font in "xyz" for n in range(10)]), SplitConfig())
+    assert (frame.groupby("group")["split"].nunique() == 1).all()
+    assert set(frame["split"]) == {"train", "val", "test"}
+
+
 def test_unseen_fraction_is_about_right_and_class_disjoint() -> None:
     classes = [f"class{i}" for i in range(1000)]
     unseen = select_unseen_classes(classes, SplitConfig(unseen_fraction=0.2))

@@ -9,11 +9,16 @@ least one train, one val and one test group (the evaluation needs queries and a 
 class); when the thresholds leave a split empty, the group whose number lies nearest to that
 split's interval is moved into it. Only such a class can see that group move back once new
 groups arrive and fill the split on their own.
+
+A class whose files fall into fewer than three groups cannot have all three splits group by group
+(typically camera names such as IMG_0001.jpg, where the pattern finds one group), so it is split
+file by file, with a warning. Once it has three groups it is split by group again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,6 +32,9 @@ SPLITS_FILE = "splits.csv"
 COLUMNS = ["path", "label", "split", "subset", "group", "source", "sha256"]
 SPLITS = ("train", "val", "test")
 SUBSETS = ("seen", "unseen")
+MIN_GROUPS = len(SPLITS)
+
+log = logging.getLogger(__name__)
 
 
 def stable_unit(*parts: object) -> float:
@@ -130,7 +138,7 @@ def assign_splits(items: pd.DataFrame, config: SplitConfig) -> pd.DataFrame:
     Items whose file name matches group_pattern are split by group, so a group (a font, a
     camera session) never straddles train and test; the group number depends on the group
     name alone, so the same font lands on the same side in every class. Other items are
-    their own group.
+    their own group, and so is every item of a class with fewer than three groups.
     """
     pattern = compile_group_pattern(config)
     frame = items.copy()
@@ -142,9 +150,23 @@ def assign_splits(items: pd.DataFrame, config: SplitConfig) -> pd.DataFrame:
     unseen = select_unseen_classes(frame["label"], config)
     frame["subset"] = ["unseen" if label in unseen else "seen" for label in frame["label"]]
     splits = pd.Series("", index=frame.index, dtype=object)
-    for _, members in frame.groupby("label", sort=True):
-        assigned = split_groups(members["_key"], config)
-        splits[members.index] = [assigned[key] for key in members["_key"]]
+    ungrouped = []
+    for label, members in frame.groupby("label", sort=True):
+        keys = members["_key"]
+        if keys.nunique() < MIN_GROUPS <= len(members):
+            ungrouped.append(str(label))
+            keys = "item:" + members["source"]
+        assigned = split_groups(keys, config)
+        splits[members.index] = [assigned[key] for key in keys]
+    if ungrouped:
+        log.warning(
+            "%d classes have files in fewer than %d groups of preprocess.split.group_pattern %r and are "
+            "split file by file, so near-duplicates may straddle train and test: %s",
+            len(ungrouped),
+            MIN_GROUPS,
+            config.group_pattern,
+            ", ".join(ungrouped[:5]) + (", ..." if len(ungrouped) > 5 else ""),
+        )
     frame["split"] = splits
     return frame.drop(columns="_key")
 
