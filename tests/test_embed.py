@@ -16,6 +16,7 @@ from replearn.cli import app
 from replearn.config import EmbedConfig, ResizeConfig
 from replearn.data.images import image_to_array, load_image
 from replearn.errors import UserError
+from replearn.export import embedder as embedder_module
 from replearn.export.embedder import OnnxEmbedder, embed_folder, embed_images, list_images, read_embeddings
 from replearn.export.onnx_export import ExportResult
 
@@ -137,3 +138,45 @@ def test_cuda_provider_fails_clearly_without_cuda(tiny_export: ExportResult) -> 
         assert "cuda" in str(error)
     else:
         assert embedder.providers[0] == "CUDAExecutionProvider"
+
+
+@pytest.fixture
+def failing_cuda(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """onnxruntime as on a GPU host whose CUDA session fails to start (no device, driver mismatch); records each call."""
+    calls: list[dict] = []
+    real_session = embedder_module.ort.InferenceSession
+
+    def session(path: str, options: object = None, providers: list[str] | None = None, **kwargs: object) -> object:
+        calls.append({"providers": providers, **kwargs})
+        if providers and "CUDAExecutionProvider" in providers:
+            raise RuntimeError("CUDA failure 100: no CUDA-capable device is detected")
+        return real_session(path, options, providers=providers, **kwargs)
+
+    available = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(embedder_module.ort, "get_available_providers", lambda: available)
+    monkeypatch.setattr(embedder_module.ort, "InferenceSession", session)
+    monkeypatch.setattr(embedder_module, "load_cuda_libraries", lambda: calls.append({"preloaded": True}))
+    return calls
+
+
+def test_a_failing_cuda_session_falls_back_to_the_cpu_with_the_same_options(
+    tiny_export: ExportResult, failing_cuda: list[dict]
+) -> None:
+    """replearn's own fallback, not onnxruntime's, which prints a banner and drops disabled_optimizers."""
+    assert OnnxEmbedder(tiny_export.path, provider="auto").providers == ["CPUExecutionProvider"]
+    metadata_read, preload, cuda_try, cpu_try = failing_cuda
+    assert metadata_read["providers"] == ["CPUExecutionProvider"]
+    assert preload == {"preloaded": True}
+    assert cuda_try["providers"][0] == "CUDAExecutionProvider" and cuda_try["enable_fallback"] == 0
+    assert cpu_try["providers"] == ["CPUExecutionProvider"] and cpu_try["enable_fallback"] == 0
+    assert cpu_try["disabled_optimizers"] == cuda_try["disabled_optimizers"]
+
+
+def test_a_failing_cuda_session_is_an_error_when_cuda_was_asked_for(
+    tiny_export: ExportResult, failing_cuda: list[dict]
+) -> None:
+    with pytest.raises(UserError, match="could not open .* with CUDAExecutionProvider.*no CUDA-capable device"):
+        OnnxEmbedder(tiny_export.path, provider="cuda")
+    failing_cuda.clear()
+    OnnxEmbedder(tiny_export.path, provider="cpu")
+    assert [call.get("providers") for call in failing_cuda] == [["CPUExecutionProvider"]] * 2  # metadata, session

@@ -15,7 +15,7 @@ TINY = {"d_model": 32, "heads": 2, "layers": 1, "embedding_dim": 16}
     ("size", "overrides"),
     [
         (32, {}),
-        (48, {"pooling": "mean"}),
+        (48, {"pooling": "cls"}),
         (64, {"backbone": {"output_stride": 16}}),
         (96, {"layers": 2}),
     ],

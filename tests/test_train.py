@@ -1,6 +1,7 @@
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -133,3 +134,20 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch: pyte
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     assert resolve_precision("auto", cpu) == "bf16"
     assert resolve_precision("fp32", cpu) == "fp32"
+
+
+@pytest.mark.parametrize(("major", "expected"), [(7, "fp16"), (8, "bf16"), (9, "bf16")])
+def test_auto_precision_on_gpus_takes_bf16_only_where_it_is_native(
+    monkeypatch: pytest.MonkeyPatch, major: int, expected: str
+) -> None:
+    """A V100 or T4 (7.x) emulates bf16, which is slower than fp16 with a scaler; the device asked about counts."""
+    asked = []
+
+    def properties(device: torch.device) -> SimpleNamespace:
+        asked.append(device)
+        return SimpleNamespace(major=major)
+
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+    assert loop.resolve_precision("auto", torch.device("cuda", 1)) == expected
+    assert asked == [torch.device("cuda", 1)]

@@ -8,7 +8,10 @@ a model cannot be fed images prepared differently from the ones it was trained o
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
+import io
 import json
 import logging
 import os
@@ -65,19 +68,15 @@ class OnnxEmbedder:
         # onnxruntime (segfault while creating the session) on float16 graphs.
         disabled = ["NchwcTransformer"] if self.metadata.precision == "fp16" else []
         wanted = self._providers(provider)
-        quiet = provider == "auto" and ORT_PROVIDERS["cuda"] in wanted
-        if quiet:
-            # Without the CUDA libraries onnxruntime logs an error per session before falling back.
-            ort.set_default_logger_severity(ORT_FATAL_ONLY)
+        if ORT_PROVIDERS["cuda"] in wanted:
+            load_cuda_libraries()
         try:
-            self.session = ort.InferenceSession(
-                str(self.model_path), options, providers=wanted, disabled_optimizers=disabled
-            )
-        except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            raise UserError(f"{self.model_path} is not a model onnxruntime can load: {error}") from None
-        finally:
-            if quiet:
-                ort.set_default_logger_severity(ORT_DEFAULT_SEVERITY)
+            self.session = self._session(wanted, options, disabled, quiet=provider == "auto")
+        except UserError:
+            if provider != "auto" or len(wanted) == 1:
+                raise
+            log.info("onnxruntime could not start CUDA for %s; using the CPU", self.model_path)
+            self.session = self._session([ORT_PROVIDERS["cpu"]], options, disabled, quiet=False)
         self.providers: list[str] = self.session.get_providers()
         if provider == "cuda" and ORT_PROVIDERS["cuda"] not in self.providers:
             raise UserError(
@@ -88,6 +87,27 @@ class OnnxEmbedder:
         model_input = self.session.get_inputs()[0]
         self.input_name: str = model_input.name
         self.input_dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32
+
+    def _session(
+        self, providers: list[str], options: ort.SessionOptions, disabled: list[str], quiet: bool
+    ) -> ort.InferenceSession:
+        """A session on exactly these providers.
+
+        onnxruntime's own fallback is off: it prints a banner, drops disabled_optimizers on its CPU
+        retry (which crashes fp16 models) and would switch a failing GPU run to the CPU mid-way.
+        quiet: without the CUDA libraries onnxruntime logs an error per session before skipping CUDA.
+        """
+        if quiet:
+            ort.set_default_logger_severity(ORT_FATAL_ONLY)
+        try:
+            return ort.InferenceSession(
+                str(self.model_path), options, providers=providers, disabled_optimizers=disabled, enable_fallback=0
+            )
+        except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise UserError(f"onnxruntime could not open {self.model_path} with {', '.join(providers)}: {error}") from None
+        finally:
+            if quiet:
+                ort.set_default_logger_severity(ORT_DEFAULT_SEVERITY)
 
     @staticmethod
     def _providers(provider: Provider) -> list[str]:
@@ -106,6 +126,21 @@ class OnnxEmbedder:
         """(N, 3, S, S) float32 in [0, 1] -> (N, D) float32 L2-normalised embeddings."""
         (output,) = self.session.run(None, {self.input_name: batch.astype(self.input_dtype, copy=False)})
         return np.asarray(output, dtype=np.float32)
+
+
+@functools.cache
+def load_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries that pip installed with onnxruntime-gpu (or torch).
+
+    onnxruntime's CUDA provider does not look for them in site-packages: importing torch loads them,
+    but this runtime never imports torch, so without this step CUDA is never used. What cannot be
+    loaded is logged; the session then runs on the CPU (auto) or says that CUDA is unusable (cuda).
+    """
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        ort.preload_dlls()
+    if printed.getvalue().strip():
+        log.debug("onnxruntime.preload_dlls: %s", printed.getvalue().strip())
 
 
 def read_metadata(model_path: Path) -> ModelMetadata:

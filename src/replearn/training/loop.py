@@ -5,7 +5,7 @@ clipping, optional autocast. Every `checkpoint_every` iterations rank 0 validate
 seen val queries against the seen train gallery), writes last.pt atomically and keeps best.pt.
 A checkpoint holds everything the next step depends on (weights, optimizer, scheduler, scaler, RNG
 states, iteration), and batches are pure functions of (seed, rank, iteration), so `resume=True`
-continues bit-exactly. Outputs in OUT_DIR: last.pt, best.pt, metrics.csv, train_summary.json.
+continues bit-exactly on the CPU (GPU kernels are not all deterministic). Outputs in OUT_DIR: last.pt, best.pt, metrics.csv, train_summary.json.
 """
 
 from __future__ import annotations
@@ -206,7 +206,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        # Before Ampere (compute capability 8), bf16 is emulated and slower than fp16 with a gradient scaler.
+        native_bf16 = bool(torch.version.hip) or torch.cuda.get_device_properties(device).major >= 8
+        return "bf16" if native_bf16 else "fp16"
     native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return "bf16" if native_bf16 else "fp32"
 
@@ -251,7 +253,8 @@ def _run(
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
+        if saved["scaler"]:  # empty when the run so far had no fp16 (precision auto resolves per device)
+            scaler.load_state_dict(saved["scaler"])
         state = RunState.from_checkpoint(saved)
         restore_rng(saved["rng"], ranks.rank, device, iteration_seed(cfg.seed, ranks.rank, state.start, stream=2))
         if ranks.is_main:
