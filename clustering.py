@@ -6,12 +6,10 @@ On remote orchestrators the clustering steps run in the Dockerfile's small `infe
 
 import sys
 
-from pipelines.clustering import clustering
-from pipelines.preflight import RUN_CONFIG, preflight, require_production_model
+from pipelines.clustering import INFERENCE_IMAGE, clustering
+from pipelines.preflight import apply_run_config, preflight, require_production_model
 from pipelines.run_lock import hold_run_lock
-
-INFERENCE_IMAGE = {"docker": {"parent_image_build_config": {"build_options": {"target": "inference"}}}}
 
 preflight(require_production_model)
 hold_run_lock()
-sys.modules[__name__] = clustering.with_options(config_path=str(RUN_CONFIG), settings=INFERENCE_IMAGE)
+sys.modules[__name__] = apply_run_config(clustering, settings=INFERENCE_IMAGE)

@@ -8,6 +8,10 @@ from pipelines.inputs import MODEL_NAME, load_run_config
 from steps import cluster, load_production_model, report
 from steps.stage_config import sections
 
+# On remote orchestrators the clustering steps run in the Dockerfile's small `inference` target
+# (onnxruntime, no torch) instead of the `training` image that zenml_config.yaml names for both.
+INFERENCE_IMAGE = {"docker": {"parent_image_build_config": {"build_options": {"target": "inference"}}}}
+
 
 @pipeline(enable_cache=False)
 def clustering(params_file: str = "params.yaml", overrides: list[str] | None = None) -> None:

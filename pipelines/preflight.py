@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from zenml.pipelines.pipeline_definition import Pipeline
+from zenml.utils import dict_utils
 
 from pipelines.inputs import MODEL_NAME, load_run_config, require_data
 from replearn.config import Config
@@ -17,9 +19,36 @@ from replearn.errors import UserError
 RUN_CONFIG = Path(__file__).resolve().parents[1] / "zenml_config.yaml"
 
 
-def run_parameters(run_config: Path = RUN_CONFIG) -> dict[str, Any]:
-    parameters: dict[str, Any] = (yaml.safe_load(run_config.read_text()) or {}).get("parameters") or {}
-    return parameters
+def run_config_argument(argv: list[str]) -> Path | None:
+    """The file given to `zenml pipeline run NAME -c FILE`, which ZenML applies only after importing NAME."""
+    for index, argument in enumerate(argv):
+        if argument in ("-c", "--config") and index + 1 < len(argv):
+            return Path(argv[index + 1])
+        if argument.startswith("--config="):
+            return Path(argument.split("=", 1)[1])
+    return None
+
+
+def run_parameters(argv: list[str]) -> dict[str, Any]:
+    """The pipeline parameters the run will get: the -c file's when it has any (they replace ours), else ours."""
+    for path in (run_config_argument(argv), RUN_CONFIG):
+        if path is not None and path.is_file():
+            parameters: dict[str, Any] = (yaml.safe_load(path.read_text()) or {}).get("parameters") or {}
+            if parameters:
+                return parameters
+    return {}
+
+
+def apply_run_config(pipeline: Pipeline, settings: dict[str, Any] | None = None) -> Pipeline:
+    """The pipeline configured with zenml_config.yaml, plus `settings` on top.
+
+    The file's values are applied as configuration, not as a config_path: ZenML reads a
+    config_path again when it compiles the run, which would undo `settings` given here.
+    """
+    run_config: dict[str, Any] = yaml.safe_load(RUN_CONFIG.read_text()) or {}
+    if settings:
+        run_config["settings"] = dict_utils.recursive_update(run_config.get("settings") or {}, settings)
+    return pipeline.with_options(**run_config)
 
 
 def require_production_model(config: Config) -> None:
@@ -34,7 +63,7 @@ def require_training_data(config: Config) -> None:
 
 def preflight(check: Callable[[Config], None]) -> None:
     """Load the run's params and run `check`; on a user error print it and exit 1."""
-    parameters = run_parameters()
+    parameters = run_parameters(sys.argv)
     try:
         check(load_run_config(parameters.get("params_file", "params.yaml"), parameters.get("overrides")))
     except UserError as error:

@@ -16,6 +16,7 @@ import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -291,6 +292,7 @@ def test_readme_gpu_run_config_gives_the_train_step_gpus_and_keeps_the_image(
 ) -> None:
     """Compiled on the local stack: `-c k8s-gpu.yaml` adds to zenml_config.yaml as the README says."""
     from pipelines import training
+    from pipelines.preflight import apply_run_config
 
     run_config = scaling_yaml(repo_root, "# k8s-gpu.yaml")
     check_orchestrator_settings(run_config)
@@ -300,8 +302,7 @@ def test_readme_gpu_run_config_gives_the_train_step_gpus_and_keeps_the_image(
     config_file = tmp_path / "k8s-gpu.yaml"
     config_file.write_text(yaml.safe_dump(run_config))
     monkeypatch.chdir(repo_root)
-    pipeline = training.with_options(config_path=str(repo_root / "zenml_config.yaml"))
-    pipeline = pipeline.with_options(config_path=str(config_file))
+    pipeline = apply_run_config(training).with_options(config_path=str(config_file))  # as `zenml pipeline run`
     pipeline.prepare()
     snapshot, _, _ = pipeline._compile(**pipeline._run_args)
     steps = {name: step.config for name, step in snapshot.step_configurations.items()}
@@ -314,6 +315,48 @@ def test_readme_gpu_run_config_gives_the_train_step_gpus_and_keeps_the_image(
         build_options = docker["parent_image_build_config"]["build_options"]
         assert build_options["target"] == "training"
         assert "kubernetes" in build_options["build_args"]["STACK_REQUIREMENTS"]
+
+
+def compiled_docker_targets(pipeline: Any) -> set[str]:
+    """The Dockerfile target of every step, as ZenML compiles the run."""
+    pipeline.prepare()
+    snapshot, _, _ = pipeline._compile(**pipeline._run_args)
+    return {
+        step.config.settings["docker"].model_dump()["parent_image_build_config"]["build_options"]["target"]
+        for step in snapshot.step_configurations.values()
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run_config", [None, "zenml_config.demo.yaml"])
+def test_clustering_steps_get_the_inference_image(
+    repo_root: Path, monkeypatch: pytest.MonkeyPatch, run_config: str | None
+) -> None:
+    """What `zenml pipeline run clustering [-c FILE]` compiles: ZenML rereads its config files at compile time."""
+    from pipelines.clustering import INFERENCE_IMAGE, clustering
+    from pipelines.preflight import apply_run_config
+
+    monkeypatch.chdir(repo_root)
+    pipeline = apply_run_config(clustering, settings=INFERENCE_IMAGE)
+    if run_config:
+        pipeline = pipeline.with_options(config_path=str(repo_root / run_config))
+    assert compiled_docker_targets(pipeline) == {"inference"}
+
+
+def test_preflight_reads_the_parameters_of_the_run_config_given_with_c(tmp_path: Path) -> None:
+    from pipelines.preflight import RUN_CONFIG, run_config_argument, run_parameters
+
+    remote = tmp_path / "k8s.yaml"
+    remote.write_text(yaml.safe_dump({"parameters": {"params_file": "p.yaml", "overrides": ["data.raw_dir=/mnt/raw"]}}))
+    settings_only = tmp_path / "settings.yaml"
+    settings_only.write_text(yaml.safe_dump({"settings": {"docker": {"dockerfile": "Dockerfile"}}}))
+    ours = yaml.safe_load(RUN_CONFIG.read_text())["parameters"]
+    assert run_config_argument(["zenml", "pipeline", "run", "training", "--config=a.yaml"]) == Path("a.yaml")
+    assert run_parameters(["zenml", "pipeline", "run", "training", "-c", str(remote)])["overrides"] == [
+        "data.raw_dir=/mnt/raw"
+    ]
+    assert run_parameters(["zenml", "pipeline", "run", "training", "-c", str(settings_only)]) == ours
+    assert run_parameters(["zenml", "pipeline", "run", "training"]) == ours
 
 
 def test_readme_schedule_and_pytorchjob_are_well_formed(repo_root: Path) -> None:

@@ -142,7 +142,7 @@ def test_cuda_provider_fails_clearly_without_cuda(tiny_export: ExportResult) -> 
 
 @pytest.fixture
 def failing_cuda(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
-    """onnxruntime as on a GPU host whose CUDA session fails to start (no device, driver mismatch); records each call."""
+    """onnxruntime as on a GPU host whose CUDA session fails to start (no device, bad driver); records each call."""
     calls: list[dict] = []
     real_session = embedder_module.ort.InferenceSession
 

@@ -90,7 +90,8 @@ def test_a_class_with_fewer_than_three_groups_is_split_file_by_file(
     prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The default pattern finds one group, "IMG", in camera names: group by group, all would be train.
-    frame = assign_splits(items([f"c{i}" for i in range(5)], [f"{prefix}{n:04d}.jpg" for n in range(40)]), SplitConfig())
+    camera_names = [f"{prefix}{n:04d}.jpg" for n in range(40)]
+    frame = assign_splits(items([f"c{i}" for i in range(5)], camera_names), SplitConfig())
     assert (frame.groupby("label")["split"].nunique() == 3).all()
     assert "5 classes have files in fewer than 3 groups" in caplog.text
 

@@ -2,7 +2,8 @@
 
 The entry runs `zenml pipeline run clustering` from the repository root under `flock -n`, so a
 run that is still going makes the next one skip instead of piling up. Remote orchestrators
-(Kubeflow, Kubernetes, ...) use the cron schedule in zenml_config.yaml instead.
+(Kubeflow, Kubernetes, ...) take a run configuration with a `schedule:` block instead, as the
+comment at the end of zenml_config.yaml shows.
 """
 
 from __future__ import annotations

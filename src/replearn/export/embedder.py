@@ -104,7 +104,8 @@ class OnnxEmbedder:
                 str(self.model_path), options, providers=providers, disabled_optimizers=disabled, enable_fallback=0
             )
         except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            raise UserError(f"onnxruntime could not open {self.model_path} with {', '.join(providers)}: {error}") from None
+            names = ", ".join(providers)
+            raise UserError(f"onnxruntime could not open {self.model_path} with {names}: {error}") from None
         finally:
             if quiet:
                 ort.set_default_logger_severity(ORT_DEFAULT_SEVERITY)

@@ -30,5 +30,6 @@ class PKBatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         pixels, labels = self.images.load_batch(self.sampler.batch(iteration))
         with torch.random.fork_rng(devices=[]):
             # The CPU generator alone: torch.manual_seed would also reseed the GPUs' dropout streams.
-            torch.default_generator.manual_seed(iteration_seed(self.sampler.seed, self.sampler.rank, iteration, stream=1))
+            seed = iteration_seed(self.sampler.seed, self.sampler.rank, iteration, stream=1)
+            torch.default_generator.manual_seed(seed)
             return torch.stack([self.augment(image) for image in pixels]), labels

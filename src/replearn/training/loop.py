@@ -5,7 +5,8 @@ clipping, optional autocast. Every `checkpoint_every` iterations rank 0 validate
 seen val queries against the seen train gallery), writes last.pt atomically and keeps best.pt.
 A checkpoint holds everything the next step depends on (weights, optimizer, scheduler, scaler, RNG
 states, iteration), and batches are pure functions of (seed, rank, iteration), so `resume=True`
-continues bit-exactly on the CPU (GPU kernels are not all deterministic). Outputs in OUT_DIR: last.pt, best.pt, metrics.csv, train_summary.json.
+continues bit-exactly on the CPU (GPU kernels are not all deterministic).
+Outputs in OUT_DIR: last.pt, best.pt, metrics.csv, train_summary.json.
 """
 
 from __future__ import annotations
