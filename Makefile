@@ -28,13 +28,13 @@ data/inbox: | $(STAMP)
 	$(BIN)/replearn --set data.seed=1 data chars data/inbox --per-class 4
 
 # Both pipelines with the quick demo profile (zenml_config.demo.yaml), then a summary of the results.
-demo: data/raw data/inbox
+demo: $(STAMP) data/raw data/inbox
 	$(BIN)/zenml pipeline run training -c zenml_config.demo.yaml
 	$(BIN)/zenml pipeline run clustering -c zenml_config.demo.yaml
 	$(BIN)/python -m pipelines.summary
 
 # The training pipeline with the full default config of params.yaml (the quality target).
-train: data/raw
+train: $(STAMP) data/raw
 	$(BIN)/zenml pipeline run training
 
 # The README's pictures, from the last demo run.

@@ -2,6 +2,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from replearn import __version__
@@ -59,3 +60,12 @@ def test_command_options_are_validated_like_params(tmp_path: Path) -> None:
     result = replearn("train", str(tmp_path / "pre"), str(tmp_path / "out"), "--iterations", "0")
     assert result.returncode == 1
     assert "train.iterations" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("option", "key"), [("--per-class", "data.per_class"), ("--size", "data.size")])
+def test_demo_data_options_are_validated_like_params(tmp_path: Path, option: str, key: str) -> None:
+    """--per-class 0 used to fall back to the default silently, and a negative count wrote empty classes."""
+    result = replearn("data", "chars", str(tmp_path / "chars"), option, "0")
+    assert result.returncode == 1
+    assert key in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "chars").exists()

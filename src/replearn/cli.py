@@ -117,12 +117,12 @@ def data_chars(
     """Render the 62 alphanumeric classes (digit_0.., upper_A.., lower_a..) from installed fonts."""
     from replearn.data.chars import generate_chars
 
-    cfg = state(ctx).config.data
+    cfg = with_values(state(ctx).config, {"data.per_class": per_class, "data.size": size, "data.seed": seed}).data
     counts = generate_chars(
         out,
-        per_class=per_class or cfg.per_class,
-        size=size or cfg.size,
-        seed=cfg.seed if seed is None else seed,
+        per_class=cfg.per_class,
+        size=cfg.size,
+        seed=cfg.seed,
         fonts=fonts,
         replace_fonts=only_given_fonts,
         force=force,
@@ -140,7 +140,8 @@ def data_digits(
     """Write scikit-learn's 1,797 handwritten digit scans (10 classes), upscaled, as PNG class folders."""
     from replearn.data.digits import generate_digits
 
-    counts = generate_digits(out, size=size or state(ctx).config.data.size, force=force)
+    cfg = with_values(state(ctx).config, {"data.size": size}).data
+    counts = generate_digits(out, size=cfg.size, force=force)
     print_class_folder_summary(out, counts)
 
 
