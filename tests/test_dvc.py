@@ -138,7 +138,7 @@ def dvc_repo(tmp_path_factory: pytest.TempPathFactory) -> DvcRepo:
 def test_repro_without_data_names_the_missing_folder(dvc_repo: DvcRepo) -> None:
     result = dvc_repo.repro_without_data
     assert result.returncode != 0
-    assert "data/raw" in result.stdout + result.stderr
+    assert "missing data 'source': data/raw" in result.stdout + result.stderr  # the README quotes this
 
 
 def test_repro_runs_every_stage(dvc_repo: DvcRepo) -> None:
