@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from zenml.client import Client
 
+from pipelines.inputs import MODEL_NAME
 from steps.artifacts import ArtifactName
 
 console = Console()
@@ -51,6 +52,20 @@ def stage_table(*runs: Any) -> Table:
     return table
 
 
+def clustering_model_note(training: Any) -> str:
+    """Which model version clusters: production, which need not be the last training run's (the gate)."""
+    from steps.production import production_version
+
+    production = production_version(MODEL_NAME)
+    trained = training.model_version
+    if production is None:
+        return "none in production"
+    if trained is not None and production.id == trained.id:
+        return f"version {production.number}, from this training run"
+    scores = "" if trained is None else f"; this run's version {trained.number} did not beat it"
+    return f"production version {production.number}{scores}, so the P@1 above is not the clustering model's"
+
+
 def summary_table(training: Any, clustering: Any | None) -> Table:
     metrics: dict[str, float] = output(training, "evaluate", ArtifactName.METRICS).load()
     threshold: float = output(training, "evaluate", ArtifactName.THRESHOLD).load()
@@ -62,11 +77,24 @@ def summary_table(training: Any, clustering: Any | None) -> Table:
     table.add_row("clustering threshold (max F1 on val)", f"{threshold:.3f}")
     if clustering is not None:
         run = output(clustering, "cluster", ArtifactName.CLUSTER_RUN).load()
-        table.add_row("inbox images clustered", f"{run['new_images']} new of {run['images']}")
-        table.add_row("clusters found / unclustered", f"{run['new_clusters']} / {run['unclustered']}")
+        table.add_row("model used for clustering", clustering_model_note(training))
+        if run["new_images"] == 0 and run["images"] > 0:
+            table.add_row("inbox images clustered", f"0 new of {run['images']}: all clustered by earlier runs")
+        else:
+            table.add_row("inbox images clustered", f"{run['new_images']} new of {run['images']}")
+            table.add_row("clusters found / unclustered", f"{run['new_clusters']} / {run['unclustered']}")
         if "labels/pairwise_f1" in run:
             table.add_row("clusters vs true classes: pairwise F1", f"{run['labels/pairwise_f1']:.3f}")
     return table
+
+
+def latest_report(cluster_run: dict[str, Any]) -> str:
+    """This run's report, or when it had nothing new, the newest one in its registry ("" if none)."""
+    if cluster_run["report"]:
+        return str(cluster_run["report"])
+    registry = cluster_run.get("registry")
+    reports = sorted(Path(registry).glob("runs/run-*/report.html")) if registry else []
+    return str(reports[-1]) if reports else ""
 
 
 def paths(training: Any, clustering: Any | None) -> list[tuple[str, str]]:
@@ -78,8 +106,8 @@ def paths(training: Any, clustering: Any | None) -> list[tuple[str, str]]:
         ("Data Docs", str(Path(str(training.steps["validate"].run_metadata.get("data_docs", ""))) / "index.html")),
     ]
     if clustering is not None:
-        report = output(clustering, "cluster", ArtifactName.CLUSTER_RUN).load()["report"]
-        found.append(("clustering report", report or "(nothing new to cluster in the inbox)"))
+        report = latest_report(output(clustering, "cluster", ArtifactName.CLUSTER_RUN).load())
+        found.append(("clustering report", report or "(nothing clustered yet: the inbox is empty)"))
     return found
 
 

@@ -42,6 +42,7 @@ def cluster(
         "unclustered": run.unclustered,
         "failures": len(run.failures),
         "report": str(run.run_dir / "report.html") if run.run_dir else "",
+        "registry": str(registry),
     } | {f"labels/{key}": value for key, value in run.metrics.items()}
     log_metadata(metadata=summary)
     return summary

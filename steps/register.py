@@ -21,13 +21,14 @@ def production_score(model_name: str) -> float | None:
     return float(score) if isinstance(score, (int, float)) else None
 
 
-@step
+@step(enable_cache=False)
 def register(
     metrics: dict[str, float], threshold: float, onnx_model: ModelFile
 ) -> Annotated[bool, ArtifactName.PROMOTED]:
     """Record the metrics on this run's model version; promote it only when it beats production on P@1.
 
-    Cached like every other step: a rerun with nothing changed makes no new decision.
+    Never cached, because every run creates a model version and each must carry its metrics. A rerun
+    with nothing changed scores exactly what production scores, so it is not promoted.
     """
     model = get_step_context().model
     metadata = {key: metrics[key] for key in LOGGED_METRICS if key in metrics} | {"threshold": threshold}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,15 @@ def set_production_score(score: float) -> None:
 
 
 STEPS = ["validate", "preprocess", "train", "evaluate", "export", "register"]
+# register is never cached: every run's model version gets the metrics.
+CACHED_AFTER_VALIDATE = dict.fromkeys(STEPS[1:-1], "cached") | {"register": "completed"}
+
+
+def latest_version() -> Any:
+    from zenml.client import Client
+    from zenml.enums import ModelStages
+
+    return Client().get_model_version("replearn", ModelStages.LATEST)
 
 
 def test_training_pipeline_caching_and_promotion(project: Path) -> None:
@@ -102,12 +112,14 @@ def test_training_pipeline_caching_and_promotion(project: Path) -> None:
     assert Path(onnx_file.path).read_bytes()[:2] == b"\x08\x09" or Path(onnx_file.path).stat().st_size > 1000
 
     again = run_pipeline("training", project)
-    assert statuses(again) == dict.fromkeys(STEPS, "cached")
+    assert statuses(again) == {"validate": "cached"} | CACHED_AFTER_VALIDATE
+    assert latest_version().number == 2 and "seen/precision_at_1" in latest_version().run_metadata
+    assert production_version().number == 1  # the same scores do not beat production
 
     touched = next((project / "data" / "raw" / "upper_B").glob("*.png"))
     os.utime(touched, ns=(1, 1))  # same content, new mtime: validation reruns, nothing after it
     revalidated = run_pipeline("training", project)
-    assert statuses(revalidated) == {"validate": "completed"} | dict.fromkeys(STEPS[1:], "cached")
+    assert statuses(revalidated) == {"validate": "completed"} | CACHED_AFTER_VALIDATE
 
     tiny = touched.parent / "tiny.png"
     Image.new("L", (4, 4), 255).save(tiny)  # below validate.min_width: quarantined, so nothing after it changes
@@ -115,7 +127,7 @@ def test_training_pipeline_caching_and_promotion(project: Path) -> None:
         quarantined = run_pipeline("training", project, ["validate.on_error=quarantine"])
     finally:
         tiny.unlink()
-    assert statuses(quarantined) == {"validate": "completed"} | dict.fromkeys(STEPS[1:], "cached")
+    assert statuses(quarantined) == {"validate": "completed"} | CACHED_AFTER_VALIDATE
 
     set_production_score(2.0)  # nothing can beat this: the next version must not be promoted
     retrained = run_pipeline("training", project, ["train.iterations=3"])
@@ -166,10 +178,30 @@ def test_summary_reports_the_last_runs_and_copies_the_pictures(
     if summary.last_run("clustering") is None:
         run_pipeline("training", project)
         run_pipeline("clustering", project)
+    run_pipeline("clustering", project)  # nothing new: what a second `make demo` shows
     monkeypatch.setattr("sys.argv", ["summary", "--docs", str(tmp_path / "docs")])
     monkeypatch.setattr(summary, "console", summary.Console(width=200))
     summary.main()
     printed = capsys.readouterr().out
     assert "P@1, seen classes" in printed and "time per stage" in printed
-    assert "ONNX model:" in printed and "clustering report:" in printed
+    assert "0 new of 12: all clustered by earlier runs" in printed and "from this training run" in printed
+    assert "ONNX model:" in printed
+    report = re.search(r"clustering report: (\S+)", printed)
+    assert report is not None and report.group(1).endswith("report.html") and Path(report.group(1)).is_file()
+    # cluster_report.png too when the report has clusters to show: the tiny model may leave all unclustered.
     assert {"similarity_histograms.png", "embedding_map.png"} <= {p.name for p in (tmp_path / "docs").iterdir()}
+
+
+def test_summary_says_when_production_is_not_the_last_trained_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The promotion gate can keep an older model in production: the P@1 shown is then not the clustering model's."""
+    from types import SimpleNamespace
+
+    import steps.production
+    from pipelines import summary
+
+    production = SimpleNamespace(id=1, number=3)
+    monkeypatch.setattr(steps.production, "production_version", lambda name: production)
+    trained_now = SimpleNamespace(model_version=SimpleNamespace(id=2, number=4))
+    assert summary.clustering_model_note(trained_now).startswith("production version 3; this run's version 4 did not")
+    trained_production = SimpleNamespace(model_version=production)
+    assert summary.clustering_model_note(trained_production) == "version 3, from this training run"
