@@ -12,6 +12,24 @@ from steps.artifacts import ArtifactName, FolderRef
 from steps.stage_config import digest, library_cache_policy, rebuild, stage_dir
 
 
+def seed_manifest_cache(out_dir: Path) -> None:
+    """Start a new report folder with the newest earlier manifest, the cache of unchanged files.
+
+    Every data version gets a folder of its own, so without this each added image would have every
+    file read and hashed again. The manifest cache itself decides which rows still hold (same path,
+    size and mtime, same max_pixels).
+    """
+    from replearn.data.validation import MANIFEST_NAME
+
+    if (out_dir / MANIFEST_NAME).exists():
+        return
+    earlier = sorted(out_dir.parent.glob(f"*/{MANIFEST_NAME}"), key=lambda path: path.stat().st_mtime)
+    if earlier:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out_dir / MANIFEST_NAME) as temporary:
+            shutil.copyfile(earlier[-1], temporary)
+
+
 @step(
     cache_policy=library_cache_policy(
         "src/replearn/config.py", "src/replearn/data/manifest.py", "src/replearn/data/validation.py"
@@ -24,12 +42,14 @@ def validate(
     from replearn.data.validation import validate_dataset
 
     out_dir = stage_dir(outputs_dir, "validate", config, data_version)
+    seed_manifest_cache(out_dir)
     result = validate_dataset(rebuild(config), Path(data_dir), out_dir)
     failed = [check.name for check in result.checks if not check.success]
     log_metadata(
         metadata={
             "valid": result.valid,
             "files": result.stats.files,
+            "cached_files": result.stats.cached,
             "good_files": len(result.good),
             "failed_checks": ", ".join(failed) or "none",
             "data_docs": str(out_dir / "data_docs"),

@@ -151,6 +151,8 @@ def test_training_pipeline_caching_and_promotion(project: Path) -> None:
     finally:
         new_image.unlink()
     assert statuses(changed) == dict.fromkeys(STEPS, "completed")
+    validated = changed.steps["validate"].run_metadata
+    assert validated["cached_files"] == validated["files"] - 1  # only the new image was read
     assert changed.steps["register"].outputs["promoted"][0].load() is True
     assert production_version().number == 6  # one model version per run: the sixth run is production
 
