@@ -137,6 +137,28 @@ def test_hidden_undecodable_and_duplicate_files_are_skipped_and_reported(few_cla
     assert not read_splits(out)["source"].str.contains("DS_Store|broken|zz_copy").any()
 
 
+def test_preprocess_walks_data_dir_as_validation_does(few_classes: Path, tmp_path: Path) -> None:
+    """One walk for both stages, so a class that passes validation's size check keeps its images here."""
+    from replearn.data.validation import validate_dataset
+
+    (few_classes / "upper_A" / "Thumbs.db").write_bytes(b"\x00\x01")
+    session = few_classes / "lower_b" / "session2"
+    session.mkdir()
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(session / "extra.png")
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (40, 40), (30, 200, 30)).save(outside)
+    (few_classes / "upper_A" / "escapes.png").symlink_to(outside)
+    shutil.copyfile(session / "extra.png", few_classes / "loose.png")
+    out = tmp_path / "out"
+    preprocess(small_config(), few_classes, out)
+    sources = set(read_splits(out)["source"])
+    assert "lower_b/session2/extra.png" in sources
+    assert not {"upper_A/Thumbs.db", "upper_A/escapes.png", "loose.png"} & sources
+    config = build_config({"validate": {"on_error": "quarantine", "min_width": 8, "min_height": 8}})
+    validated = validate_dataset(config, few_classes, tmp_path / "report")
+    assert set(validated.good["path"]) == sources
+
+
 def test_an_interrupted_run_leaves_only_complete_files(
     few_classes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -37,6 +37,7 @@ from replearn.atomic import atomic_path, write_json_atomic, write_text_atomic
 from replearn.config import Config, PreprocessConfig, ResizeConfig
 from replearn.console import track
 from replearn.data.images import DECODE_ERRORS, load_image
+from replearn.data.manifest import ScanTotals, display_path, scan_data_dir
 from replearn.data.splits import COLUMNS, SPLITS, SPLITS_FILE, SUBSETS, assign_splits
 from replearn.errors import UserError
 
@@ -109,20 +110,24 @@ class PreprocessResult:
 
 
 def list_images(data_dir: Path) -> list[tuple[str, str]]:
-    """(class, source relative to data_dir) for every file in a class folder; hidden entries are ignored."""
+    """(class, source relative to data_dir) for every file below a class folder.
+
+    The files come from validation's walk of DATA_DIR (`manifest.scan_data_dir`), so both stages see
+    the same ones: hidden and system files (Thumbs.db) skipped, files in sub-folders counted in their
+    top-level class folder, symlinks followed only while they stay inside DATA_DIR. What the walk
+    cannot use (a broken or escaping symlink, an unreadable folder) is logged and left out.
+    """
     if not data_dir.is_dir():
         raise UserError(f"{data_dir} is not a folder; expected DATA_DIR/<class>/<image>")
     items: list[tuple[str, str]] = []
-    for class_dir in sorted(data_dir.iterdir()):
-        if class_dir.name.startswith(".") or not class_dir.is_dir():
-            continue
-        for path in sorted(class_dir.iterdir()):
-            if path.name.startswith("."):
-                continue
-            if path.is_dir():
-                log.warning("ignoring the nested folder %s: images must sit directly in their class folder", path)
-                continue
-            items.append((class_dir.name, f"{class_dir.name}/{path.name}"))
+    for entry in scan_data_dir(data_dir, ScanTotals()):
+        shown = display_path(entry.os_path)
+        if entry.problem is not None:
+            log.warning("skipped %s: %s", shown, entry.problem)
+        elif "/" not in entry.os_path:
+            log.warning("skipped %s: files must sit in a class folder, DATA_DIR/<class>/<image>", shown)
+        else:
+            items.append((entry.os_path.split("/", 1)[0], entry.os_path))
     if not items:
         raise UserError(f"{data_dir} holds no images; expected DATA_DIR/<class>/<image>")
     return items
