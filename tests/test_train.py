@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -151,3 +152,23 @@ def test_auto_precision_on_gpus_takes_bf16_only_where_it_is_native(
     monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
     assert loop.resolve_precision("auto", torch.device("cuda", 1)) == expected
     assert asked == [torch.device("cuda", 1)]
+
+
+def test_validation_p1_in_query_blocks_equals_the_full_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from replearn.training import validation
+
+    generator = torch.Generator().manual_seed(0)
+    queries, gallery = torch.randn(50, 8, generator=generator), torch.randn(30, 8, generator=generator)
+    query_labels, gallery_labels = np.arange(50) % 4, np.arange(30) % 4
+    nearest = (queries @ gallery.T).argmax(dim=1).numpy()
+    expected = float(np.mean(gallery_labels[nearest] == query_labels))
+    monkeypatch.setattr(validation, "QUERY_BLOCK", 7)
+    assert validation.precision_at_1(queries, query_labels, gallery, gallery_labels) == expected
+
+
+def test_validation_rows_are_capped_evenly_and_never_repeat() -> None:
+    from replearn.training.validation import capped_rows
+
+    assert capped_rows(5, 20_000).tolist() == [0, 1, 2, 3, 4]
+    rows = capped_rows(100_003, 20_000)
+    assert len(rows) == len(set(rows.tolist())) == 20_000 and rows[0] == 0 and rows[-1] == 100_002

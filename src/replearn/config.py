@@ -182,6 +182,12 @@ class TrainConfig(StrictModel):
     )
     checkpoint_every: int = Field(250, ge=1, description="Iterations between checkpoints and validations.")
     batch_size_eval: int = Field(256, ge=1)
+    val_max_images: int = Field(
+        20_000,
+        ge=1,
+        description="At most this many train (gallery) and val (query) images each in the validation every "
+        "checkpoint_every iterations, evenly spaced over the split table: it runs while other ranks wait.",
+    )
     loader_workers: int = Field(
         1, ge=0, description="Processes that augment batches beside training; 0: the training process itself."
     )

@@ -52,7 +52,7 @@ from replearn.training.distributed import (
 from replearn.training.loss import CircleLoss
 from replearn.training.model import build_model
 from replearn.training.sampler import PKSampler, iteration_seed
-from replearn.training.validation import embed_images, precision_at_1
+from replearn.training.validation import capped_rows, embed_images, precision_at_1
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ RESUMABLE_CHANGES = {
     "nproc_per_node",
     "loader_workers",
     "batch_size_eval",
+    "val_max_images",
     "in_memory",
     "timeout_minutes",
 }
@@ -312,7 +313,7 @@ def _run(
             checkpoint_due = iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations
             rng_states = gather_objects(rng_state(device)) if checkpoint_due else []
             if checkpoint_due and ranks.is_main:
-                val_p1 = validate(model, data, cfg.batch_size_eval, device)
+                val_p1 = validate(model, data, cfg, device)
                 row["val_precision_at_1"] = state.record_validation(val_p1, iteration)
             # The row goes out before the checkpoint, so every iteration a checkpoint covers has its row.
             log_file.write(row)
@@ -485,10 +486,16 @@ def batch_loss(
     return loss_fn(gather_with_grad(embeddings.float()), gather(labels.to(device, non_blocking=True)))
 
 
-def validate(model: nn.Module, data: TrainingData, batch_size: int, device: torch.device) -> float:
-    """Precision@1 of the seen val images against the seen train gallery (nan when there is no val split)."""
+def validate(model: nn.Module, data: TrainingData, cfg: TrainConfig, device: torch.device) -> float:
+    """Precision@1 of the seen val images against the seen train gallery (nan when there is no val split).
+
+    At most `val_max_images` of each: the other DDP ranks wait at a barrier meanwhile, so on a large
+    dataset the whole gallery would cost minutes every checkpoint and could trip train.timeout_minutes.
+    """
     if len(data.val) == 0:
         return float("nan")
-    gallery = embed_images(model, data.train, batch_size, device)
-    queries = embed_images(model, data.val, batch_size, device)
-    return precision_at_1(queries, data.val.labels, gallery, data.train.labels)
+    gallery_rows = capped_rows(len(data.train), cfg.val_max_images)
+    query_rows = capped_rows(len(data.val), cfg.val_max_images)
+    gallery = embed_images(model, data.train, cfg.batch_size_eval, device, gallery_rows)
+    queries = embed_images(model, data.val, cfg.batch_size_eval, device, query_rows)
+    return precision_at_1(queries, data.val.labels[query_rows], gallery, data.train.labels[gallery_rows])

@@ -11,15 +11,30 @@ from torch import nn
 
 from replearn.training.data import PreprocessedImages
 
+QUERY_BLOCK = 1024  # query rows per similarity block: 1024 x a 20k gallery is 80 MB
+
+
+def capped_rows(count: int, cap: int) -> np.ndarray:
+    """Every row index, or `cap` evenly spaced ones: the same rows at every validation, so scores compare.
+
+    >>> capped_rows(10, 4).tolist()
+    [0, 3, 6, 9]
+    """
+    if count <= cap:
+        return np.arange(count)
+    return np.linspace(0, count - 1, cap).round().astype(np.int64)
+
 
 @torch.no_grad()
-def embed_images(model: nn.Module, images: PreprocessedImages, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Embeddings (N, D), float32 on the CPU, of every image in order; the model runs in eval mode."""
+def embed_images(
+    model: nn.Module, images: PreprocessedImages, batch_size: int, device: torch.device, rows: np.ndarray
+) -> torch.Tensor:
+    """Embeddings (len(rows), D), float32 on the CPU, of the given rows in order; the model runs in eval mode."""
     was_training = model.training
     model.eval()
     chunks = []
-    for start in range(0, len(images), batch_size):
-        pixels, _ = images.load_batch(np.arange(start, min(start + batch_size, len(images))))
+    for start in range(0, len(rows), batch_size):
+        pixels, _ = images.load_batch(rows[start : start + batch_size])
         chunks.append(model(pixels.to(device).float().div_(255.0)).float().cpu())
     model.train(was_training)
     return torch.cat(chunks) if chunks else torch.empty(0, 0)
@@ -37,5 +52,6 @@ def precision_at_1(
     """
     if len(queries) == 0 or len(gallery) == 0:
         return float("nan")
-    nearest = (queries @ gallery.T).argmax(dim=1).numpy()
+    blocks = torch.split(queries, QUERY_BLOCK)
+    nearest = torch.cat([(block @ gallery.T).argmax(dim=1) for block in blocks]).numpy()
     return float(np.mean(np.asarray(gallery_labels)[nearest] == np.asarray(query_labels)))
