@@ -136,3 +136,21 @@ def test_leave_one_out_equals_pytorch_metric_learning() -> None:
     for name, pml_name in PML_METRICS.items():
         assert ours[name] == pytest.approx(micro[pml_name], abs=1e-6), name
         assert ours[f"macro/{name}"] == pytest.approx(macro[pml_name], abs=1e-6), name
+
+
+def test_nmi_and_ami_equal_pytorch_metric_learning_given_the_same_clustering() -> None:
+    """PML clusters with its own k-means; handed ours (kmeans_func), its NMI/AMI must equal ours."""
+    from replearn.evaluation.knn import cluster_kmeans
+
+    embeddings, labels = clustered_embeddings(3, classes=5, per_class=12)
+    cluster_ids = cluster_kmeans(embeddings, 5, seed=0)
+    calculator = AccuracyCalculator(
+        include=("NMI", "AMI"),
+        kmeans_func=lambda x, n: torch.from_numpy(cluster_kmeans(x.numpy(), n, seed=0)),
+        device=torch.device("cpu"),
+    )
+    pml = calculator.get_accuracy(torch.from_numpy(embeddings), torch.from_numpy(labels))
+    ours = score_clustering(labels, cluster_ids)
+    assert 0.0 < ours["nmi"] < 1.0  # a real, imperfect clustering
+    assert ours["nmi"] == pytest.approx(pml["NMI"], abs=1e-12)
+    assert ours["ami"] == pytest.approx(pml["AMI"], abs=1e-12)
