@@ -9,7 +9,7 @@ from steps.artifacts import ArtifactName, FolderRef, ModelFile
 from steps.stage_config import library_cache_policy, rebuild, stage_dir
 
 
-@step(cache_policy=library_cache_policy("src/replearn/config.py", "src/replearn/evaluation"))
+@step(cache_policy=library_cache_policy("evaluate"))
 def evaluate(
     config: dict[str, Any], checkpoint: ModelFile, preprocessed: FolderRef, outputs_dir: str
 ) -> tuple[Annotated[dict[str, float], ArtifactName.METRICS], Annotated[float, ArtifactName.THRESHOLD]]:

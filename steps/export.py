@@ -11,7 +11,7 @@ from steps.stage_config import library_cache_policy, rebuild, stage_dir
 
 @step(
     output_materializers={ArtifactName.ONNX_MODEL: ModelFileMaterializer},
-    cache_policy=library_cache_policy("src/replearn/config.py", "src/replearn/export"),
+    cache_policy=library_cache_policy("export"),
 )
 def export(
     config: dict[str, Any], checkpoint: ModelFile, threshold: float, preprocessed: FolderRef, outputs_dir: str

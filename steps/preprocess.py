@@ -10,12 +10,7 @@ from steps.stage_config import library_cache_policy, rebuild, stage_dir
 
 
 @step(
-    cache_policy=library_cache_policy(
-        "src/replearn/config.py",
-        "src/replearn/data/preprocess.py",
-        "src/replearn/data/splits.py",
-        "src/replearn/data/images.py",
-    )
+    cache_policy=library_cache_policy("preprocess"),
 )
 def preprocess(
     config: dict[str, Any], dataset: FolderRef, outputs_dir: str

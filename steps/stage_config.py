@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
 from zenml.config import CachePolicy
 
 from replearn.config import Config
@@ -44,14 +45,17 @@ def stage_dir(outputs_dir: str, stage: str, *parts: Any) -> Path:
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
 
-def library_cache_policy(*paths: str) -> CachePolicy:
-    """Also key the cache on the library files a step calls (ZenML hashes only the step's own code).
+def library_cache_policy(stage: str) -> CachePolicy:
+    """Also key the cache on the library files the stage runs (ZenML hashes only the step's own code).
 
+    The files are the stage's code deps in dvc.yaml, so both orchestrators rerun a stage on the
+    same edits, and tests/test_dvc.py checks that list against the modules the stage imports.
     File dependencies, not source dependencies: ZenML hashes files without importing them, so a
     fully cached run never pays for importing torch. Folders are expanded to their .py files.
     """
+    deps = yaml.safe_load((SOURCE_ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]
     files: list[str] = []
-    for path in paths:
+    for path in (dep for dep in deps if dep.startswith("src/")):
         full = SOURCE_ROOT / path
         found = sorted(full.rglob("*.py")) if full.is_dir() else [full]
         files.extend(p.relative_to(SOURCE_ROOT).as_posix() for p in found)

@@ -10,7 +10,7 @@ from steps.stage_config import library_cache_policy, rebuild, stage_dir
 
 @step(
     output_materializers={ArtifactName.CHECKPOINT: ModelFileMaterializer},
-    cache_policy=library_cache_policy("src/replearn/config.py", "src/replearn/training"),
+    cache_policy=library_cache_policy("train"),
 )
 def train(
     config: dict[str, Any], preprocessed: FolderRef, outputs_dir: str
@@ -20,5 +20,7 @@ def train(
 
     out_dir = stage_dir(outputs_dir, "train", config, preprocessed.digest)
     result = train_model(rebuild(config), preprocessed.checked(), out_dir, force=True)
-    log_metadata(metadata={"iterations": result.iterations, "best_val_precision_at_1": result.best_val_precision_at_1})
+    # The summary (time, images/s, final loss, best val P@1, device, precision) as searchable metadata;
+    # the per-iteration curve stays in metrics.csv beside the checkpoint.
+    log_metadata(metadata={key: value for key, value in result.summary.items() if value is not None})
     return ModelFile.of(result.best_checkpoint), result.summary

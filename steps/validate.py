@@ -31,9 +31,7 @@ def seed_manifest_cache(out_dir: Path) -> None:
 
 
 @step(
-    cache_policy=library_cache_policy(
-        "src/replearn/config.py", "src/replearn/data/manifest.py", "src/replearn/data/validation.py"
-    )
+    cache_policy=library_cache_policy("validate"),
 )
 def validate(
     config: dict[str, Any], data_dir: str, data_version: str, outputs_dir: str

@@ -104,6 +104,8 @@ def test_training_pipeline_caching_and_promotion(project: Path) -> None:
 
     first = run_pipeline("training", project)
     assert statuses(first) == dict.fromkeys(STEPS, "completed")
+    trained = first.steps["train"].run_metadata
+    assert trained["iterations"] == 2 and trained["images_per_second"] > 0 and trained["precision"] in ("fp32", "bf16")
     production = production_version()
     assert production.number == 1
     assert 0.0 <= float(production.run_metadata["seen/precision_at_1"]) <= 1.0

@@ -38,3 +38,14 @@ def test_parameters_match_both_pipelines_and_the_params_file_is_valid(repo_root:
         accepted = set(inspect.signature(pipeline.entrypoint).parameters)
         assert set(parameters) <= accepted, (pipeline.name, set(parameters) - accepted)
     load_config(repo_root / parameters["params_file"], parameters["overrides"])
+
+
+@pytest.mark.parametrize("stage", ["validate", "preprocess", "train", "evaluate", "export"])
+def test_step_cache_keys_hold_the_code_deps_dvc_yaml_lists(repo_root: Path, stage: str) -> None:
+    """One list of code deps for both orchestrators (dvc.yaml), so both rerun a stage on the same edits."""
+    deps = [dep for dep in run_config(repo_root, "dvc.yaml")["stages"][stage]["deps"] if dep.startswith("src/")]
+    files = getattr(steps, stage).configuration.cache_policy.file_dependencies
+    assert all((repo_root / name).is_file() for name in files)
+    assert {dep for dep in deps if dep.endswith(".py")} <= set(files)
+    for folder in (dep for dep in deps if not dep.endswith(".py")):
+        assert {p.relative_to(repo_root).as_posix() for p in (repo_root / folder).rglob("*.py")} <= set(files)
