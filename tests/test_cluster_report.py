@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into, sha256_file
+from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into
+from replearn.clustering.inbox import sha256_file
 from replearn.config import ClusterConfig
 
 CLASSES = ["digit_1", "upper_A", "lower_q"]
@@ -188,3 +189,33 @@ def test_cluster_command_end_to_end(inbox: Path, tmp_path: Path) -> None:
     empty.mkdir()
     idle = runner.invoke(app, ["cluster", str(tmp_path / "no-model.onnx"), str(empty), str(out)])
     assert idle.exit_code == 0 and "nothing new" in idle.output
+
+
+def test_scheduled_runs_read_only_new_files_and_survive_unreadable_ones(
+    inbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from replearn.clustering import inbox as inbox_hashing
+    from replearn.clustering.cluster import cluster_images
+    from replearn.config import build_config
+
+    model, out = tmp_path / "model.onnx", tmp_path / "out"
+    write_projection_model(model)
+    (inbox / CLASSES[0] / "gone.png").symlink_to(tmp_path / "deleted.png")  # a broken link: unreadable
+    config = build_config({"cluster": {"min_size": 2}, "embed": {"provider": "cpu"}})
+    first = cluster_images(config, model, inbox, out)
+    assert first.new_images == 24
+    assert [path for path, _ in first.failures] == [f"{CLASSES[0]}/gone.png"]
+    assert "FileNotFoundError" in first.failures[0][1]
+
+    read: list[Path] = []
+    real_sha256 = inbox_hashing.sha256_file
+    monkeypatch.setattr(inbox_hashing, "sha256_file", lambda path: read.append(path) or real_sha256(path))
+    shutil.copy(next((inbox / CLASSES[1]).iterdir()), inbox / CLASSES[1] / "new.png")
+    second = cluster_images(config, model, inbox, out)
+    assert read == [inbox / CLASSES[1] / "new.png"]  # the 24 known files were not read again
+    assert second.new_images == 1
+
+    (out / inbox_hashing.HASH_CACHE_NAME).write_bytes(b"damaged")  # the cache only saves reading
+    read.clear()
+    assert cluster_images(config, model, inbox, out).run is None
+    assert len(read) == 25

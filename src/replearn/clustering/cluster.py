@@ -16,7 +16,6 @@ A run, under OUT's lock:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -30,10 +29,10 @@ import pandas as pd
 from replearn.atomic import atomic_directory, atomic_path, write_json_atomic
 from replearn.clustering.components import UNCLUSTERED, cluster_embeddings
 from replearn.clustering.graph import as_embeddings, block_rows_for
+from replearn.clustering.inbox import HASH_CACHE_NAME, hash_inbox, sha256_file
 from replearn.clustering.registry import MEMBER_COLUMNS, Registry, commit_registry, load_registry, registry_lock
 from replearn.clustering.report import write_report
 from replearn.config import ClusterConfig, Config
-from replearn.console import track
 from replearn.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -346,12 +345,6 @@ def cluster_embeddings_into(
         return record_batch(registry, subset, threshold, config, out_dir, evaluate, images=len(batch.paths))
 
 
-def sha256_file(path: Path) -> str:
-    """Content hash of a file, read in chunks."""
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def resolve_threshold(config: ClusterConfig, model_threshold: float | None, model_path: Path) -> float:
     """cluster.threshold when set, else the threshold calibrated at evaluation and stored in the model."""
     if config.threshold is not None:
@@ -376,11 +369,13 @@ def cluster_images(config: Config, model_path: Path, inbox: Path, out_dir: Path,
         class_labels(names)  # fail before any work when the inbox is not in class folders
     with registry_lock(out_dir):
         registry = load_registry(out_dir)
-        digests = [sha256_file(inbox / name) for name in track(names, len(names), "hashing")]
-        new = select_new(registry, names, digests)
+        hashes = hash_inbox(inbox, names, out_dir / HASH_CACHE_NAME)
+        for path, error in hashes.failures:
+            log.warning("skipped %s: %s", inbox / path, error)
+        new = select_new(registry, hashes.paths, hashes.sha256)
         if not new:
-            log.info("all %d images of %s are already in the registry: nothing to do", len(names), inbox)
-            return ClusterRun(run=None, run_dir=None, images=len(names))
+            log.info("all readable images of %s are already in the registry: nothing to do", inbox)
+            return ClusterRun(run=None, run_dir=None, images=len(names), failures=hashes.failures)
         embedder = OnnxEmbedder(model_path, provider=config.embed.provider, threads=config.embed.threads)
         model_id = f"sha256:{sha256_file(model_path)}"
         check_compatible(registry, model_id, embedder.metadata.embedding_dim)
@@ -388,12 +383,12 @@ def cluster_images(config: Config, model_path: Path, inbox: Path, out_dir: Path,
         with tempfile.TemporaryDirectory(prefix="replearn-cluster-") as staging:
             # The embedder takes a folder: give it one that links to the new images only.
             for i in new:
-                link = Path(staging) / names[i]
+                link = Path(staging) / hashes.paths[i]
                 link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to((inbox / names[i]).resolve())
+                link.symlink_to((inbox / hashes.paths[i]).resolve())
             result = embed_folder(embedder, staging, batch_size=config.embed.batch_size, workers=config.embed.workers)
-            failures = [(path, error.replace(staging, str(inbox))) for path, error in result.failures]
-        digest_of = {names[i]: digests[i] for i in new}
+            failures = hashes.failures + [(path, error.replace(staging, str(inbox))) for path, error in result.failures]
+        digest_of = {hashes.paths[i]: hashes.sha256[i] for i in new}
         batch = ImageBatch(
             paths=result.paths,
             sha256=[digest_of[path] for path in result.paths],
