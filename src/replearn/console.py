@@ -1,13 +1,16 @@
-"""Logging and progress bars: one look for every stage, silent where nobody is watching.
+"""Logging and progress bars: one look for every stage.
 
-Progress goes to stderr so that stdout stays clean for tables and machine-readable output.
+Progress goes to stderr so that stdout stays clean for tables and machine-readable output. Where
+no terminal shows a bar (DVC, ZenML, cron and their log files), long work logs a line a minute.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from datetime import timedelta
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -17,6 +20,7 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -26,6 +30,8 @@ from rich.text import Text
 T = TypeVar("T")
 
 console = Console(stderr=True)
+log = logging.getLogger(__name__)
+PROGRESS_LOG_SECONDS = 60.0
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -50,9 +56,50 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:,.1f} {unit}/s" if speed else f"- {unit}/s", style="progress.data.speed")
 
 
-def make_progress(*extra_columns: ProgressColumn) -> Progress:
-    """A progress display with count, rate, elapsed time and ETA; hidden when stderr is not a terminal."""
-    return Progress(
+class LoggedProgress(Progress):
+    """A rich Progress that, when its bar is hidden, logs each task's state every `interval` seconds."""
+
+    def __init__(self, *columns: ProgressColumn, interval: float, log_lines: bool, **kwargs: Any) -> None:
+        super().__init__(*columns, **kwargs)
+        self.interval = interval
+        self.log_lines = log_lines
+        self._last_line: dict[TaskID, float] = {}
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._log_now_and_then(task_id)
+
+    def update(self, task_id: TaskID, **kwargs: Any) -> None:
+        super().update(task_id, **kwargs)
+        self._log_now_and_then(task_id)
+
+    def _log_now_and_then(self, task_id: TaskID) -> None:
+        if not self.log_lines:
+            return
+        now = time.monotonic()
+        if now - self._last_line.setdefault(task_id, now) < self.interval:
+            return
+        self._last_line[task_id] = now
+        log.info("%s", describe_task(next(task for task in self.tasks if task.id == task_id)))
+
+
+def describe_task(task: Task) -> str:
+    """'training: 300/1,000 (30%), 2.1 it/s, about 0:05:33 left, loss 5.210'."""
+    unit = task.fields.get("unit", "it")
+    parts = [f"{task.description}: {task.completed:,.0f}" + (f"/{task.total:,.0f}" if task.total else "")]
+    if task.total:
+        parts[0] += f" ({task.percentage:.0f}%)"
+    if task.speed:
+        parts.append(f"{task.speed:,.1f} {unit}/s")
+    if task.time_remaining is not None:
+        parts.append(f"about {timedelta(seconds=round(task.time_remaining))} left")
+    parts.extend(f"{name} {value:.4g}" for name, value in task.fields.items() if isinstance(value, float))
+    return ", ".join(parts)
+
+
+def make_progress(*extra_columns: ProgressColumn, show: bool = True) -> LoggedProgress:
+    """Count, rate, elapsed time and ETA: a bar on a terminal, else a log line a minute; nothing if not `show`."""
+    return LoggedProgress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -61,7 +108,9 @@ def make_progress(*extra_columns: ProgressColumn) -> Progress:
         TimeRemainingColumn(),
         *extra_columns,
         console=console,
-        disable=not console.is_terminal,
+        disable=not (show and console.is_terminal),
+        interval=PROGRESS_LOG_SECONDS,
+        log_lines=show and not console.is_terminal,
     )
 
 

@@ -284,8 +284,7 @@ def _run(
     log_file = MetricsLog(out_dir / METRICS, keep_until=state.start if resume else None, enabled=ranks.is_main)
     if ranks.is_main and not resume:
         (out_dir / BEST).unlink(missing_ok=True)
-    progress = make_progress(TextColumn("loss {task.fields[loss]:.3f}  lr {task.fields[lr]:.2e}"))
-    progress.disable = progress.disable or not ranks.is_main
+    progress = make_progress(TextColumn("loss {task.fields[loss]:.3f}  lr {task.fields[lr]:.2e}"), show=ranks.is_main)
     started = time.perf_counter()
     with progress, log_file:
         task = progress.add_task("training", total=cfg.iterations, completed=state.start, unit="it", loss=0.0, lr=0.0)
