@@ -71,10 +71,11 @@ def rgba_half_transparent() -> Image.Image:
         (Image.new("CMYK", (8, 8), (0, 255, 255, 0)), RED, RED),
         (Image.new("YCbCr", (8, 8), (76, 85, 255)), RED, RED),
         (Image.new("I;16", (8, 8), 65535), WHITE, WHITE),
+        (Image.new("I;16", (8, 8), 200), (1, 1, 1), (1, 1, 1)),  # a dark 16-bit scan stays dark
         (Image.new("I", (8, 8), 128), (128, 128, 128), (128, 128, 128)),
         (Image.new("F", (8, 8), 64.0), (64, 64, 64), (64, 64, 64)),
     ],
-    ids=["RGBA", "LA", "L", "1", "CMYK", "YCbCr", "I;16", "I", "F"],
+    ids=["RGBA", "LA", "L", "1", "CMYK", "YCbCr", "I;16", "I;16 dark", "I", "F"],
 )
 def test_every_mode_becomes_rgb_with_alpha_on_white(image: Image.Image, left: tuple, right: tuple) -> None:
     out = to_rgb(image)

@@ -30,8 +30,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
+        # 16-bit modes always span 0..65535, so a dark scan stays dark. "I" and "F" carry no range:
+        # values above 255 are taken as 16-bit, others as 8-bit values stored wide.
         high = values.max() if values.size else 0.0
-        scale = 255.0 / 65535.0 if high > 255 else 1.0
+        scale = 255.0 / 65535.0 if image.mode.startswith("I;16") or high > 255 else 1.0
         return Image.fromarray(np.clip(values * scale, 0, 255).astype(np.uint8), mode="L").convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
