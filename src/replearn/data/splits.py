@@ -4,15 +4,18 @@ Every decision is a threshold on a number drawn from the sha256 of a name and th
 rank or a position in a sorted list. So adding classes or images never moves an existing item:
 its number, and therefore its side of the threshold, does not depend on what else is there.
 
-The one exception is the small-class guarantee. A class with three or more groups must get at
-least one train, one val and one test group (the evaluation needs queries and a gallery in every
-class); when the thresholds leave a split empty, the group whose number lies nearest to that
-split's interval is moved into it. Only such a class can see that group move back once new
-groups arrive and fill the split on their own.
+Three exceptions keep small datasets usable:
 
-A class whose files fall into fewer than three groups cannot have all three splits group by group
-(typically camera names such as IMG_0001.jpg, where the pattern finds one group), so it is split
-file by file, with a warning. Once it has three groups it is split by group again.
+- When no class's number falls below unseen_fraction, the nearest class is made unseen anyway
+  (and one is kept seen when all fall below). It returns to its own side, and into training,
+  once added classes fill the unseen side on their own.
+- A class with three or more groups gets at least one train, one val and one test group (the
+  evaluation needs queries and a gallery in every class): when the thresholds leave a split
+  empty, the group whose number lies nearest to that split's interval moves into it, and may
+  move back once new groups fill the split on their own.
+- A class whose files fall into fewer than three groups (camera names such as IMG_0001.jpg, where
+  the pattern finds one group) is split file by file, with a warning; with three groups it is
+  split by group again.
 """
 
 from __future__ import annotations
