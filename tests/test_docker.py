@@ -368,6 +368,8 @@ def test_readme_schedule_and_pytorchjob_are_well_formed(repo_root: Path) -> None
     schedule = PipelineRunConfiguration.model_validate(hourly).schedule
     assert schedule is not None and schedule.cron_expression == "0 * * * *"
     check_orchestrator_settings(hourly)
+    # Its pods need the stack's packages (Kubernetes entrypoint, S3 artifact store) as the GPU run's do.
+    assert hourly["settings"]["docker"] == scaling_yaml(repo_root, "# k8s-gpu.yaml")["settings"]["docker"]
 
     job = scaling_yaml(repo_root, "apiVersion: kubeflow.org/v1")
     assert job["kind"] == "PyTorchJob"
