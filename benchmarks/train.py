@@ -27,7 +27,7 @@ from pytorch_metric_learning.losses import CircleLoss as PmlCircleLoss
 
 from replearn.config import Config
 from replearn.training.augment import build_augmentation
-from replearn.training.loop import resolve_precision
+from replearn.training.loop import build_optimizer, resolve_precision
 from replearn.training.loss import circle_loss, circle_loss_per_anchor
 from replearn.training.model import build_model
 
@@ -84,7 +84,7 @@ def bench_training(repeats: int) -> None:
     batch = cfg.classes_per_batch * cfg.images_per_class
     torch.manual_seed(0)
     model = build_model(cfg.model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(model, cfg)
     images = torch.rand(batch, 3, size, size)
     labels = torch.arange(cfg.classes_per_batch).repeat_interleave(cfg.images_per_class)
     print(f"\n## training step at the default config: {cfg.model.backbone.name}, {size} px, batch {batch}")
