@@ -20,6 +20,7 @@ from zenml.client import Client
 
 from pipelines.inputs import MODEL_NAME
 from steps.artifacts import ArtifactName
+from steps.production import production_version
 
 console = Console()
 REPORT_CROP_CLUSTERS = 4
@@ -52,18 +53,16 @@ def stage_table(*runs: Any) -> Table:
     return table
 
 
-def clustering_model_note(training: Any) -> str:
-    """Which model version clusters: production, which need not be the last training run's (the gate)."""
-    from steps.production import production_version
-
-    production = production_version(MODEL_NAME)
-    trained = training.model_version
+def clustering_model_note(production: Any | None, trained_onnx_sha256: str) -> str:
+    """Which model clusters: the production version, which need not hold this run's model (the gate)."""
     if production is None:
         return "none in production"
-    if trained is not None and production.id == trained.id:
-        return f"version {production.number}, from this training run"
-    scores = "" if trained is None else f"; this run's version {trained.number} did not beat it"
-    return f"production version {production.number}{scores}, so the P@1 above is not the clustering model's"
+    if production.run_metadata.get("onnx_sha256") == trained_onnx_sha256:
+        return f"production version {production.number}, the model of this training run"
+    return (
+        f"production version {production.number}, not this run's model (it did not beat production), "
+        "so the P@1 above is not the clustering model's"
+    )
 
 
 def summary_table(training: Any, clustering: Any | None) -> Table:
@@ -77,7 +76,9 @@ def summary_table(training: Any, clustering: Any | None) -> Table:
     table.add_row("clustering threshold (max F1 on val)", f"{threshold:.3f}")
     if clustering is not None:
         run = output(clustering, "cluster", ArtifactName.CLUSTER_RUN).load()
-        table.add_row("model used for clustering", clustering_model_note(training))
+        trained_sha256 = output(training, "export", ArtifactName.ONNX_MODEL).load().sha256
+        note = clustering_model_note(production_version(MODEL_NAME), trained_sha256)
+        table.add_row("model used for clustering", note)
         if run["new_images"] == 0 and run["images"] > 0:
             table.add_row("inbox images clustered", f"0 new of {run['images']}: all clustered by earlier runs")
         else:

@@ -286,6 +286,18 @@ def check_orchestrator_settings(run_config: dict) -> None:
     assert {mount["name"] for mount in pod["volume_mounts"]} <= {volume["name"] for volume in pod["volumes"]}
 
 
+def compiled_steps(pipeline: Any) -> dict[str, Any]:
+    """Every step's configuration, as ZenML compiles the run."""
+    pipeline.prepare()
+    snapshot, _, _ = pipeline._compile(**pipeline._run_args)
+    return {name: step.config for name, step in snapshot.step_configurations.items()}
+
+
+def docker_target(step_config: Any) -> str:
+    target: str = step_config.settings["docker"].model_dump()["parent_image_build_config"]["build_options"]["target"]
+    return target
+
+
 @pytest.mark.slow
 def test_readme_gpu_run_config_gives_the_train_step_gpus_and_keeps_the_image(
     repo_root: Path, chars_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -303,28 +315,17 @@ def test_readme_gpu_run_config_gives_the_train_step_gpus_and_keeps_the_image(
     config_file.write_text(yaml.safe_dump(run_config))
     monkeypatch.chdir(repo_root)
     pipeline = apply_run_config(training).with_options(config_path=str(config_file))  # as `zenml pipeline run`
-    pipeline.prepare()
-    snapshot, _, _ = pipeline._compile(**pipeline._run_args)
-    steps = {name: step.config for name, step in snapshot.step_configurations.items()}
+    steps = compiled_steps(pipeline)
     assert steps["train"].settings["resources"].gpu_count == 4
     assert "resources" not in steps["validate"].settings
     assert steps["train"].parameters["config"]["train"]["nproc_per_node"] == "auto"
+    assert steps["train"].enable_cache is not False and steps["register"].enable_cache is False  # metrics every run
     for config in steps.values():
         docker = config.settings["docker"].model_dump(exclude_unset=True)
         assert docker["dockerfile"] == "Dockerfile" and not docker["install_stack_requirements"]
         build_options = docker["parent_image_build_config"]["build_options"]
         assert build_options["target"] == "training"
         assert "kubernetes" in build_options["build_args"]["STACK_REQUIREMENTS"]
-
-
-def compiled_docker_targets(pipeline: Any) -> set[str]:
-    """The Dockerfile target of every step, as ZenML compiles the run."""
-    pipeline.prepare()
-    snapshot, _, _ = pipeline._compile(**pipeline._run_args)
-    return {
-        step.config.settings["docker"].model_dump()["parent_image_build_config"]["build_options"]["target"]
-        for step in snapshot.step_configurations.values()
-    }
 
 
 @pytest.mark.slow
@@ -340,7 +341,10 @@ def test_clustering_steps_get_the_inference_image(
     pipeline = apply_run_config(clustering, settings=INFERENCE_IMAGE)
     if run_config:
         pipeline = pipeline.with_options(config_path=str(repo_root / run_config))
-    assert compiled_docker_targets(pipeline) == {"inference"}
+    steps = compiled_steps(pipeline)
+    assert {docker_target(config) for config in steps.values()} == {"inference"}
+    # Never cached, whatever the run config says: a cached run would not see the inbox's new images.
+    assert not any(config.enable_cache for config in steps.values())
 
 
 def test_preflight_reads_the_parameters_of_the_run_config_given_with_c(tmp_path: Path) -> None:

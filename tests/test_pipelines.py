@@ -188,7 +188,7 @@ def test_summary_reports_the_last_runs_and_copies_the_pictures(
     summary.main()
     printed = capsys.readouterr().out
     assert "P@1, seen classes" in printed and "time per stage" in printed
-    assert "0 new of 12: all clustered by earlier runs" in printed and "from this training run" in printed
+    assert "0 new of 12: all clustered by earlier runs" in printed and "the model of this training run" in printed
     assert "ONNX model:" in printed
     report = re.search(r"clustering report: (\S+)", printed)
     assert report is not None and report.group(1).endswith("report.html") and Path(report.group(1)).is_file()
@@ -196,16 +196,13 @@ def test_summary_reports_the_last_runs_and_copies_the_pictures(
     assert {"similarity_histograms.png", "embedding_map.png"} <= {p.name for p in (tmp_path / "docs").iterdir()}
 
 
-def test_summary_says_when_production_is_not_the_last_trained_model(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_summary_says_when_production_is_not_the_last_trained_model() -> None:
     """The promotion gate can keep an older model in production: the P@1 shown is then not the clustering model's."""
     from types import SimpleNamespace
 
-    import steps.production
-    from pipelines import summary
+    from pipelines.summary import clustering_model_note
 
-    production = SimpleNamespace(id=1, number=3)
-    monkeypatch.setattr(steps.production, "production_version", lambda name: production)
-    trained_now = SimpleNamespace(model_version=SimpleNamespace(id=2, number=4))
-    assert summary.clustering_model_note(trained_now).startswith("production version 3; this run's version 4 did not")
-    trained_production = SimpleNamespace(model_version=production)
-    assert summary.clustering_model_note(trained_production) == "version 3, from this training run"
+    production = SimpleNamespace(number=3, run_metadata={"onnx_sha256": "aaa"})
+    assert clustering_model_note(production, "aaa") == "production version 3, the model of this training run"
+    assert clustering_model_note(production, "bbb").startswith("production version 3, not this run's model")
+    assert clustering_model_note(None, "aaa") == "none in production"

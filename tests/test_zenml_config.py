@@ -32,6 +32,12 @@ def test_top_level_and_step_keys_are_real_zenml_settings(repo_root: Path, name: 
 
 
 @pytest.mark.parametrize("name", RUN_CONFIGS)
+def test_run_configs_leave_caching_to_the_steps(repo_root: Path, name: str) -> None:
+    """A run-level enable_cache overrides every step's: clustering would be cached and miss new images."""
+    assert "enable_cache" not in run_config(repo_root, name)
+
+
+@pytest.mark.parametrize("name", RUN_CONFIGS)
 def test_parameters_match_both_pipelines_and_the_params_file_is_valid(repo_root: Path, name: str) -> None:
     parameters = run_config(repo_root, name)["parameters"]
     for pipeline in (training, clustering):
