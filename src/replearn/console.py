@@ -84,7 +84,7 @@ class LoggedProgress(Progress):
 
 
 def describe_task(task: Task) -> str:
-    """'training: 300/1,000 (30%), 2.1 it/s, about 0:05:33 left, loss 5.210'."""
+    """'training: 300/1,000 (30%), 2.1 it/s, about 0:05:33 left, loss 5.21, lr 0.0009'."""
     unit = task.fields.get("unit", "it")
     parts = [f"{task.description}: {task.completed:,.0f}" + (f"/{task.total:,.0f}" if task.total else "")]
     if task.total:
