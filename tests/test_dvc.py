@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from repo_copy import copy_repository
+
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -76,23 +78,6 @@ def stages_run(output: str) -> set[str]:
 
 def read_tree(root: Path) -> dict[str, bytes]:
     return {path.relative_to(root).as_posix(): path.read_bytes() for path in root.rglob("*") if path.is_file()}
-
-
-def copy_repository(destination: Path) -> None:
-    """The files git knows, plus untracked ones not ignored (work in progress such as a new dvc.yaml)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    for name in filter(None, listed.split("\0")):
-        source = REPO_ROOT / name
-        if source.is_file():
-            target = destination / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
 
 
 def isolated_env(tmp: Path) -> dict[str, str]:

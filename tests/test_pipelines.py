@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from PIL import Image
+
+from repo_copy import copy_repository
 
 pytestmark = pytest.mark.slow
 
@@ -206,3 +210,40 @@ def test_summary_says_when_production_is_not_the_last_trained_model() -> None:
     assert clustering_model_note(production, "aaa") == "production version 3, the model of this training run"
     assert clustering_model_note(production, "bbb").startswith("production version 3, not this run's model")
     assert clustering_model_note(None, "aaa") == "none in production"
+
+
+def test_the_literal_zenml_commands_in_a_copy_of_the_repository(tmp_path: Path) -> None:
+    """`zenml pipeline run training|clustering` as the README gives them, from the root of a fresh copy."""
+    from replearn.data.chars import generate_chars
+
+    root = tmp_path / "repo"
+    copy_repository(root)
+    generate_chars(root / "data" / "raw", per_class=6, size=32, seed=0)
+    shutil.copytree(root / "data" / "raw" / "upper_A", root / "data" / "inbox" / "upper_A")
+    (root / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    bin_dir = Path(sys.executable).parent
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ZENML_")} | {
+        "ZENML_CONFIG_PATH": str(tmp_path / "zenml"),  # its own store; the copy's .zen is the repository
+        "ZENML_ANALYTICS_OPT_IN": "false",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+
+    too_early = run("zenml", "pipeline", "run", "clustering")
+    assert too_early.returncode == 1 and "no production version" in too_early.stderr
+    trained = run("zenml", "pipeline", "run", "training")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    clustered = run("zenml", "pipeline", "run", "clustering")
+    assert clustered.returncode == 0, clustered.stderr[-3000:]
+    (assignments,) = (root / "outputs" / "zenml" / "clusters").glob("*/assignments.csv")
+    assert len(assignments.read_text().splitlines()) == 1 + 6
+
+    # A scheduled run must see what is new: its steps are never cached.
+    shutil.copy(next((root / "data" / "raw" / "lower_b").iterdir()), root / "data" / "inbox" / "upper_A" / "new.png")
+    again = run("zenml", "pipeline", "run", "clustering")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(assignments.read_text().splitlines()) == 1 + 7
+    summary = run(str(bin_dir / "python"), "-m", "pipelines.summary")
+    assert summary.returncode == 0 and "1 new of 7" in summary.stdout
