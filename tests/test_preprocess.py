@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -293,6 +294,13 @@ def test_quarantined_files_stay_out_of_preprocessing(few_classes: Path, tmp_path
     sources = set(read_splits(out)["source"])
     assert len(sources) == 24 and "upper_A/tiny.png" not in sources
 
+    # Validation's hashes spare a rerun from reading: only a file whose mtime changed is opened again.
+    config = build_config({"preprocess": {"resize": {"size": 16}}})
+    assert preprocess(config, few_classes, out, only=report / "good_files.csv").unread == 24
+    os.utime(few_classes / sorted(sources)[0], ns=(1, 1))
+    again = preprocess(config, few_classes, out, only=report / "good_files.csv")
+    assert again.unread == 23 and again.written == 0 and set(read_splits(out)["source"]) == sources
+
 
 def test_loader_serves_items_and_batches(preprocessed: Path) -> None:
     table = read_splits(preprocessed)
@@ -335,5 +343,5 @@ def test_loader_rejects_mixed_sizes(preprocessed: Path, tmp_path: Path) -> None:
 
 def test_process_image_reports_unreadable_sources(few_classes: Path, tmp_path: Path) -> None:
     settings = preprocess_module.OutputSettings.from_config(small_config().preprocess)
-    outcome = preprocess_module.process_image(("upper_A", "upper_A/gone.png"), few_classes, tmp_path, settings)
+    outcome = preprocess_module.process_image(("upper_A", "upper_A/gone.png"), few_classes, tmp_path, settings, {})
     assert outcome.error.startswith("cannot read")

@@ -90,6 +90,7 @@ class Outcome:
     sha256: str = ""
     path: str = ""
     written: bool = False
+    read: bool = True  # False: its hash came from validation and its output existed, so it was not opened
     error: str = ""
 
 
@@ -103,6 +104,7 @@ class PreprocessResult:
     skipped: int
     removed: int
     left_out: int = 0  # files in DATA_DIR that the `only` list does not name
+    unread: int = 0  # done without opening the source: validation's hash named an existing output
     failures: list[tuple[str, str]] = field(default_factory=list)
     duplicates: list[tuple[str, str]] = field(default_factory=list)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -133,27 +135,58 @@ def list_images(data_dir: Path) -> list[tuple[str, str]]:
     return items
 
 
-def read_file_list(path: Path) -> set[str]:
-    """The `path` column of a CSV such as validation's good_files.csv: paths relative to DATA_DIR."""
+# What validation knew of a file when it hashed it: (bytes, mtime_ns, sha256).
+KnownDigests = dict[str, tuple[int, int, str]]
+DIGEST_COLUMNS = ["sha256", "bytes", "mtime_ns"]
+
+
+def read_file_list(path: Path) -> pd.DataFrame:
+    """A CSV such as validation's good_files.csv: a `path` column relative to DATA_DIR, maybe more."""
     try:
-        listed = pd.read_csv(path, usecols=["path"], dtype=str, keep_default_na=False)
+        listed = pd.read_csv(path, dtype=str, keep_default_na=False)
     except FileNotFoundError:
         raise UserError(f"the file list {path} does not exist; `replearn validate` writes good_files.csv") from None
-    except ValueError as error:
-        raise UserError(f"{path} is not a file list: it needs a `path` column ({error})") from None
-    return set(listed["path"])
+    except (ValueError, pd.errors.ParserError) as error:
+        raise UserError(f"{path} is not a file list: {error}") from None
+    if "path" not in listed.columns:
+        raise UserError(f"{path} is not a file list: it needs a `path` column")
+    return listed
 
 
-def keep_listed(items: list[tuple[str, str]], only: Path) -> list[tuple[str, str]]:
-    """The items whose source `only` names (validation fails non-UTF-8 names, so they are never listed)."""
+def known_digests(listed: pd.DataFrame) -> KnownDigests:
+    """The sha256 each listed file had when validation read it, with its size and mtime then."""
+    if not set(DIGEST_COLUMNS) <= set(listed.columns):
+        return {}
+    rows = listed[listed["sha256"] != ""]
+    return {
+        path: (int(size), int(mtime), digest)
+        for path, digest, size, mtime in zip(rows["path"], rows["sha256"], rows["bytes"], rows["mtime_ns"], strict=True)
+    }
+
+
+def keep_listed(items: list[tuple[str, str]], only: Path) -> tuple[list[tuple[str, str]], KnownDigests]:
+    """The items whose source `only` names (validation fails non-UTF-8 names, so they are never listed),
+    and the hashes the list carries for them."""
     listed = read_file_list(only)
-    kept = [item for item in items if item[1] in listed]
+    names = set(listed["path"])
+    kept = [item for item in items if item[1] in names]
     if not kept:
         raise UserError(f"none of the {len(items)} files in the data folder is listed in {only}")
     if len(kept) < len(items):
         left_out = len(items) - len(kept)
         log.info("%s lists %d of the %d files; the other %d are left out", only, len(kept), len(items), left_out)
-    return kept
+    return kept, known_digests(listed)
+
+
+def unchanged_digest(path: Path, known: tuple[int, int, str] | None) -> str | None:
+    """The hash validation recorded for `path`, if the file still has the size and mtime it had then."""
+    if known is None:
+        return None
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return known[2] if (info.st_size, info.st_mtime_ns) == known[:2] else None
 
 
 def check_folders(data_dir: Path, out_dir: Path) -> None:
@@ -172,9 +205,20 @@ def check_folders(data_dir: Path, out_dir: Path) -> None:
         raise UserError(f"{out_dir} exists and is not a folder")
 
 
-def process_image(item: tuple[str, str], data_dir: Path, out_dir: Path, settings: OutputSettings) -> Outcome:
-    """Hash one source and, unless its output exists, decode, resize and write it atomically."""
+def process_image(
+    item: tuple[str, str], data_dir: Path, out_dir: Path, settings: OutputSettings, known: KnownDigests
+) -> Outcome:
+    """Hash one source and, unless its output exists, decode, resize and write it atomically.
+
+    A source whose hash validation recorded (and whose size and mtime have not changed since) is
+    not even opened when its output exists: a rerun over an unchanged folder reads no image.
+    """
     label, source = item
+    digest = unchanged_digest(data_dir / source, known.get(source))
+    if digest is not None:
+        relative = f"{IMAGES_DIR}/{label}/{settings.output_name(digest)}"
+        if (out_dir / relative).exists():
+            return Outcome(label, source, digest, relative, read=False)
     try:
         data = (data_dir / source).read_bytes()
     except OSError as error:
@@ -197,7 +241,12 @@ def process_image(item: tuple[str, str], data_dir: Path, out_dir: Path, settings
 
 
 def run_parallel(
-    items: list[tuple[str, str]], data_dir: Path, out_dir: Path, settings: OutputSettings, workers: int
+    items: list[tuple[str, str]],
+    data_dir: Path,
+    out_dir: Path,
+    settings: OutputSettings,
+    workers: int,
+    known: KnownDigests,
 ) -> Iterator[Outcome]:
     """process_image over all items on a pool of threads, with a progress bar in images/s.
 
@@ -208,7 +257,7 @@ def run_parallel(
     """
     threads = min(workers or os.cpu_count() or 1, len(items))
     if threads <= 1:
-        work = partial(process_image, data_dir=data_dir, out_dir=out_dir, settings=settings)
+        work = partial(process_image, data_dir=data_dir, out_dir=out_dir, settings=settings, known=known)
         yield from track(map(work, items), len(items), "preprocessing")
         return
     stop = threading.Event()
@@ -216,7 +265,7 @@ def run_parallel(
     def work_until_stopped(item: tuple[str, str]) -> Outcome:
         if stop.is_set():
             return Outcome(*item, error="interrupted")
-        return process_image(item, data_dir, out_dir, settings)
+        return process_image(item, data_dir, out_dir, settings, known)
 
     pool = ThreadPool(threads)
     try:
@@ -274,10 +323,10 @@ def preprocess(full_config: Config, data_dir: Path, out_dir: Path, only: Path | 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     check_folders(data_dir, out_dir)
     found = list_images(data_dir)
-    items = found if only is None else keep_listed(found, only)
+    items, known = (found, {}) if only is None else keep_listed(found, only)
     settings = OutputSettings.from_config(config)
     log.info("preprocessing %d images from %s into %s", len(items), data_dir, out_dir)
-    outcomes = sorted(run_parallel(items, data_dir, out_dir, settings, config.workers), key=lambda o: o.source)
+    outcomes = sorted(run_parallel(items, data_dir, out_dir, settings, config.workers, known), key=lambda o: o.source)
 
     failures = [(o.source, o.error) for o in outcomes if o.error]
     for source, error in failures:
@@ -323,16 +372,19 @@ def preprocess(full_config: Config, data_dir: Path, out_dir: Path, only: Path | 
         skipped=len(done) - written,
         removed=removed,
         left_out=len(found) - len(items),
+        unread=sum(not o.read for o in done),
         failures=failures,
         duplicates=duplicates,
         counts=counts,
         classes=classes,
     )
     log.info(
-        "%d images: %d written, %d already done, %d stale removed, %d undecodable, %d duplicates",
+        "%d images: %d written, %d already done (%d of them not even read), %d stale removed, "
+        "%d undecodable, %d duplicates",
         result.images,
         result.written,
         result.skipped,
+        result.unread,
         result.removed,
         len(failures),
         len(duplicates),

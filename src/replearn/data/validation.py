@@ -420,7 +420,7 @@ def validate_dataset(
     with atomic_path(result.bad_files_path) as temporary:
         bad.to_csv(temporary, index=False)
     with atomic_path(result.good_files_path) as temporary:
-        good[["path", "class"]].to_csv(temporary, index=False)
+        good[["path", "class", "sha256", "bytes", "mtime_ns"]].to_csv(temporary, index=False)
     write_json_atomic(result.summary_path, _summary(result, config, data_dir))
     return result
 
