@@ -2,7 +2,8 @@
 
 1. The preprocess stage (hash, decode, EXIF, RGB, resize, PNG, on threads) vs a plain serial
    Pillow loop (open, convert, resize, save) over the same files: on the chars demo data
-   (small PNGs) and on synthetic 640x480 JPEG photos, plus a rerun with nothing to do.
+   (small PNGs) and on synthetic 640x480 JPEG photos, plus a rerun with nothing to do, with and
+   without validation's hashes (good_files.csv, which spares reading unchanged sources).
 2. The training loader (PreprocessedImages.load_batch of P x K images from memory) vs the
    model's forward + backward pass at the default settings: the loader must not be the
    bottleneck. Also shown: decoding every batch from disk with load_image, for contrast.
@@ -29,7 +30,9 @@ from replearn.data.chars import generate_chars
 from replearn.data.images import load_image
 from replearn.data.preprocess import list_images, preprocess
 from replearn.data.splits import read_splits
+from replearn.data.validation import GOOD_FILES_NAME, validate_dataset
 from replearn.training.data import PreprocessedImages
+from replearn.training.model import build_model
 
 
 def rate(count: int, work: Callable[[], object], repeats: int = 1) -> float:
@@ -70,20 +73,14 @@ def bench_stage(name: str, data_dir: Path, work_dir: Path, config: Config) -> No
     out = work_dir / f"{name}-stage"
     stage = rate(count, lambda: preprocess(config, data_dir, out))
     rerun = rate(count, lambda: preprocess(config, data_dir, out))
+    report = work_dir / f"{name}-report"
+    validate_dataset(config, data_dir, report, on_error="quarantine")
+    listed = rate(count, lambda: preprocess(config, data_dir, out, only=report / GOOD_FILES_NAME))
     print(f"{name}: {count} images -> {size}px, {config.preprocess.workers or 'all'} workers")
     print(f"  plain serial Pillow loop   {baseline:9,.0f} images/s")
     print(f"  preprocess stage           {stage:9,.0f} images/s   {stage / baseline:5.2f}x the Pillow loop")
     print(f"  rerun, nothing to do       {rerun:9,.0f} images/s   {rerun / baseline:5.2f}x the Pillow loop")
-
-
-def build_default_model(config: Config) -> tuple[torch.nn.Module, str]:
-    try:
-        from replearn.training.model import build_model
-    except ImportError:
-        from torchvision.models import resnet18
-
-        return resnet18(num_classes=config.train.model.embedding_dim), "torchvision resnet18 (build_model missing)"
-    return build_model(config.train.model), "replearn build_model (default config)"
+    print(f"  same, --only good_files    {listed:9,.0f} images/s   {listed / baseline:5.2f}x the Pillow loop")
 
 
 def bench_loader(preprocessed: Path, config: Config, batches: int) -> None:
@@ -114,7 +111,7 @@ def bench_loader(preprocessed: Path, config: Config, batches: int) -> None:
     loader_float = rate(batch * batches, gather_float, repeats=3)
     from_disk = rate(batch * max(1, batches // 10), decode_each_batch)
 
-    model, model_name = build_default_model(config)
+    model, model_name = build_model(config.train.model), "replearn build_model (default config)"
     model.train()
     size = config.preprocess.resize.size
     images = torch.rand(batch, 3, size, size)
