@@ -98,6 +98,10 @@ def test_metrics_have_flat_keys_for_both_subsets_and_protocols(evaluated: Path, 
         assert metrics[f"{subset}/recall_at_1"] <= metrics[f"{subset}/recall_at_2"] <= metrics[f"{subset}/recall_at_8"]
         assert 0.0 <= metrics[f"{subset}/nmi"] <= 1.0
     assert metrics["precision_drop"] == pytest.approx(metrics["seen/precision_at_1"] - metrics["unseen/precision_at_1"])
+    for subset in ("seen", "unseen"):
+        # More gallery images from other classes can only take a query's top match away, never give one.
+        assert 0.0 <= metrics[f"{subset}/all_gallery/precision_at_1"] <= metrics[f"{subset}/precision_at_1"]
+        assert 0.0 <= metrics[f"{subset}/all_gallery/map_at_r"] <= 1.0
     splits = pd.read_csv(preprocessed / "splits.csv")
     for subset in ("seen", "unseen"):
         in_subset = splits[splits["subset"] == subset]

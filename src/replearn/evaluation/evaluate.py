@@ -149,6 +149,9 @@ def find_worst_queries(
     return rows
 
 
+WIDE_METRICS = ("precision_at_1", "map_at_r")
+
+
 def score_subset(
     data: SplitData, subset: str, settings: EvaluateConfig
 ) -> tuple[dict[str, float], list[pd.DataFrame], list[WorstQuery]]:
@@ -162,6 +165,11 @@ def score_subset(
         metrics |= scores.summarise()
         tables.append(per_class_rows(data, scores, subset, "test_vs_train"))
         worst = find_worst_queries(data, scores, test, train, settings.worst_queries)
+    every_train = data.rows("train")
+    if len(train) and len(every_train) > len(train):
+        # Stricter: the other subset's classes compete too, as they do when new images are clustered.
+        wide = score_protocol(data, test, every_train, False, settings, f"{subset}: test vs every train image")
+        metrics |= {f"all_gallery/{key}": value for key, value in wide.summarise().items() if key in WIDE_METRICS}
     loo = score_protocol(data, test, test, True, settings, f"{subset}: leave-one-out")
     metrics |= prefixed("loo/", loo.summarise())
     tables.append(per_class_rows(data, loo, subset, "leave_one_out"))
