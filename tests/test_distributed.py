@@ -3,12 +3,14 @@
 import json
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.nn.parallel import DistributedDataParallel
 from typer.testing import CliRunner
@@ -62,12 +64,15 @@ def one_step(values: dict[str, Any], preprocessed: Path) -> tuple[float, dict[st
         return loss.item(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def test_two_gloo_processes_equal_one_process_on_the_concatenated_batch(tiny_preprocessed: Path) -> None:
+def test_two_gloo_processes_equal_one_process_on_the_concatenated_batch(
+    tiny_preprocessed: Path, tmp_path: Path
+) -> None:
     config = load_config(None, TINY)
     launch = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
         nproc_per_node=2,
+        logs_specs=DefaultLogsSpecs(log_dir=str(tmp_path)),
         run_id=f"test-{uuid.uuid4().hex[:8]}",
         rdzv_backend="c10d",
         rdzv_endpoint="localhost:0",
@@ -100,8 +105,10 @@ def test_cli_launches_two_processes_and_the_checkpoint_loads_in_one(tiny_preproc
     out = tmp_path / "ddp"
     args = [arg for override in TINY for arg in ("--set", override)]
     command = [*args, "--set", "train.iterations=3", "train", str(tiny_preprocessed), str(out), "--nproc-per-node", "2"]
+    agent_dirs_before = set(Path(tempfile.gettempdir()).glob("torchelastic_*"))
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
+    assert set(Path(tempfile.gettempdir()).glob("torchelastic_*")) == agent_dirs_before  # nothing left in /tmp
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_batch_size"] == 32
     assert len(read_checkpoint(out / "last.pt")["rng"]["torch"]) == 2

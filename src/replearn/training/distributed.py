@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -169,23 +170,28 @@ def launch_training(config: Config, preprocessed_dir: Path, out_dir: Path, nproc
 
     No shell script and no torchrun needed; for several machines use `torchrun -m replearn.training`.
     When one rank dies the agent stops the others (max_restarts=0), so nothing is left hanging.
+    The agent's per-run folder (workers' error files) lives in a temporary folder removed afterwards:
+    left to itself, torch leaves a /tmp/torchelastic_* folder behind on every run.
     """
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    launch_config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=nproc,
-        run_id=f"replearn-{uuid.uuid4().hex[:8]}",
-        rdzv_backend="c10d",
-        rdzv_endpoint="localhost:0",
-        max_restarts=0,
-        monitor_interval=1,
-    )
     values = config.model_dump(mode="json", by_alias=True)
     log.info("launching %d training processes", nproc)
-    try:
-        results = elastic_launch(launch_config, _train_worker)(values, preprocessed_dir, out_dir, resume, force)
-    except Exception as error:
-        raise UserError(f"distributed training failed: {str(error).strip()[:2000]}") from None
+    with tempfile.TemporaryDirectory(prefix="replearn-elastic-") as agent_dir:
+        launch_config = LaunchConfig(
+            min_nodes=1,
+            max_nodes=1,
+            nproc_per_node=nproc,
+            logs_specs=DefaultLogsSpecs(log_dir=agent_dir),
+            run_id=f"replearn-{uuid.uuid4().hex[:8]}",
+            rdzv_backend="c10d",
+            rdzv_endpoint="localhost:0",
+            max_restarts=0,
+            monitor_interval=1,
+        )
+        try:
+            results = elastic_launch(launch_config, _train_worker)(values, preprocessed_dir, out_dir, resume, force)
+        except Exception as error:
+            raise UserError(f"distributed training failed: {str(error).strip()[:2000]}") from None
     return results[0]
