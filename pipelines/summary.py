@@ -76,7 +76,8 @@ def summary_table(training: Any, clustering: Any | None) -> Table:
     table.add_row("clustering threshold (max F1 on val)", f"{threshold:.3f}")
     if clustering is not None:
         run = output(clustering, "cluster", ArtifactName.CLUSTER_RUN).load()
-        trained_sha256 = output(training, "export", ArtifactName.ONNX_MODEL).load().sha256
+        # The materializer's metadata: loading the artifact would copy and hash the model file again.
+        trained_sha256 = str(output(training, "export", ArtifactName.ONNX_MODEL).run_metadata["sha256"])
         note = clustering_model_note(production_version(MODEL_NAME), trained_sha256)
         table.add_row("model used for clustering", note)
         if run["new_images"] == 0 and run["images"] > 0:
