@@ -57,6 +57,8 @@ SCHEMA = pa.schema(
     ]
 )
 COLUMNS = SCHEMA.names
+# A file's content hash and the size and mtime it was hashed at: later stages trust the hash while both hold.
+CONTENT_COLUMNS = ["sha256", "bytes", "mtime_ns"]
 # Names that operating systems and tools drop into folders; like dot-files they are not images.
 SYSTEM_FILE_NAMES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r", "__macosx"})
 CHUNK_FILES = 32  # files per task sent to a worker: large enough to amortise pickling, small enough to balance

@@ -37,7 +37,7 @@ from replearn.atomic import atomic_path, write_json_atomic, write_text_atomic
 from replearn.config import Config, PreprocessConfig, ResizeConfig
 from replearn.console import track
 from replearn.data.images import DECODE_ERRORS, load_image
-from replearn.data.manifest import ScanTotals, display_path, scan_data_dir
+from replearn.data.manifest import CONTENT_COLUMNS, ScanTotals, display_path, scan_data_dir
 from replearn.data.splits import COLUMNS, SPLITS, SPLITS_FILE, SUBSETS, assign_splits
 from replearn.errors import UserError
 
@@ -137,7 +137,6 @@ def list_images(data_dir: Path) -> list[tuple[str, str]]:
 
 # What validation knew of a file when it hashed it: (bytes, mtime_ns, sha256).
 KnownDigests = dict[str, tuple[int, int, str]]
-DIGEST_COLUMNS = ["sha256", "bytes", "mtime_ns"]
 
 
 def read_file_list(path: Path) -> pd.DataFrame:
@@ -155,7 +154,7 @@ def read_file_list(path: Path) -> pd.DataFrame:
 
 def known_digests(listed: pd.DataFrame) -> KnownDigests:
     """The sha256 each listed file had when validation read it, with its size and mtime then."""
-    if not set(DIGEST_COLUMNS) <= set(listed.columns):
+    if not set(CONTENT_COLUMNS) <= set(listed.columns):
         return {}
     rows = listed[listed["sha256"] != ""]
     return {

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from replearn.atomic import atomic_directory, atomic_path, write_json_atomic
 from replearn.config import Config
-from replearn.data.manifest import ManifestStats, build_manifest, is_hidden_or_system
+from replearn.data.manifest import CONTENT_COLUMNS, ManifestStats, build_manifest, is_hidden_or_system
 from replearn.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -420,7 +420,7 @@ def validate_dataset(
     with atomic_path(result.bad_files_path) as temporary:
         bad.to_csv(temporary, index=False)
     with atomic_path(result.good_files_path) as temporary:
-        good[["path", "class", "sha256", "bytes", "mtime_ns"]].to_csv(temporary, index=False)
+        good[["path", "class", *CONTENT_COLUMNS]].to_csv(temporary, index=False)
     write_json_atomic(result.summary_path, _summary(result, config, data_dir))
     return result
 
