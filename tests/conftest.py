@@ -25,6 +25,34 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def missing_gpu(devices: int, onnxruntime: bool) -> str | None:
+    """Why a test needing `devices` CUDA devices (and onnxruntime's CUDA provider) cannot run here; None if it can."""
+    import torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if visible == 0:
+        return "no CUDA device: torch.cuda.is_available() is false"
+    if visible < devices:
+        return f"needs {devices} CUDA devices, {visible} visible"
+    if onnxruntime:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (a CPU build, not onnxruntime-gpu)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`@pytest.mark.gpu(devices=N, onnxruntime=True)` tests skip, with the reason, where that hardware is missing."""
+    for item in items:
+        marker = item.get_closest_marker("gpu")
+        if marker is None:
+            continue
+        reason = missing_gpu(marker.kwargs.get("devices", 1), marker.kwargs.get("onnxruntime", False))
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

@@ -21,7 +21,7 @@ from replearn.errors import UserError
 from replearn.training.augment import build_augmentation
 from replearn.training.checkpoint import load_model, read_checkpoint
 from replearn.training.datasets import PKBatchDataset
-from replearn.training.distributed import RankInfo, process_group, resolve_nproc_per_node
+from replearn.training.distributed import RankInfo, process_group, resolve_nproc_per_node, select_device
 from replearn.training.loop import batch_loss, read_training_data
 from replearn.training.loss import CircleLoss
 from replearn.training.model import build_model
@@ -51,23 +51,30 @@ def rank_batch(config: Config, preprocessed: Path, rank: int) -> tuple[torch.Ten
 
 
 def one_step(values: dict[str, Any], preprocessed: Path) -> tuple[float, dict[str, torch.Tensor]]:
-    """One rank's forward and backward through DDP; returns the loss and the (averaged) gradients."""
+    """One rank's forward and backward through DDP; returns the loss and the (averaged) gradients, on the CPU."""
     config, ranks = build_config(values), RankInfo.from_env()
-    with process_group(ranks, torch.device("cpu"), config.train.timeout_minutes):
+    device = select_device(config.train.devices, ranks)
+    with process_group(ranks, device, config.train.timeout_minutes):
         torch.manual_seed(0)
-        model = build_model(config.train.model)
+        model = build_model(config.train.model).to(device)
         images, labels = rank_batch(config, preprocessed, ranks.rank)
         loss_fn = CircleLoss(config.train.loss.margin, config.train.loss.gamma)
-        ddp = DistributedDataParallel(model)  # kept alive: its reducer averages the gradients during backward
-        loss = batch_loss(ddp, loss_fn, images, labels, torch.device("cpu"))
+        # kept alive: its reducer averages the gradients during backward
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        loss = batch_loss(ddp, loss_fn, images, labels, device)
         loss.backward()
-        return loss.item(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        return loss.item(), {name: p.grad.cpu() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def test_two_gloo_processes_equal_one_process_on_the_concatenated_batch(
-    tiny_preprocessed: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("devices", "tolerance"),
+    [pytest.param("cpu", 1e-5, id="gloo"), pytest.param("cuda", 1e-4, marks=pytest.mark.gpu(devices=2), id="nccl")],
+)
+def test_two_processes_equal_one_process_on_the_concatenated_batch(
+    tiny_preprocessed: Path, tmp_path: Path, devices: str, tolerance: float
 ) -> None:
-    config = load_config(None, TINY)
+    """gloo on the CPU; NCCL with one GPU per rank where two are visible (the single process then runs on GPU 0)."""
+    config = load_config(None, [*TINY, f"train.devices={devices}"])
     launch = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -81,23 +88,24 @@ def test_two_gloo_processes_equal_one_process_on_the_concatenated_batch(
     )
     results = elastic_launch(launch, one_step)(config.model_dump(mode="json", by_alias=True), tiny_preprocessed)
 
+    device = select_device(devices, RankInfo())
     torch.manual_seed(0)
-    model = build_model(config.train.model)
+    model = build_model(config.train.model).to(device)
     batches = [rank_batch(config, tiny_preprocessed, rank) for rank in (0, 1)]
     # Batch norm statistics are per rank under DDP, so each rank's images go through the model apart;
     # everything after the embeddings (the loss over all pairs) sees the concatenated batch.
-    embeddings = torch.cat([model(images) for images, _ in batches])
-    labels = torch.cat([labels for _, labels in batches])
+    embeddings = torch.cat([model(images.to(device)) for images, _ in batches])
+    labels = torch.cat([labels for _, labels in batches]).to(device)
     loss = CircleLoss(config.train.loss.margin, config.train.loss.gamma)(embeddings, labels)
     loss.backward()
 
     for rank in (0, 1):
         rank_loss, grads = results[rank]
-        assert rank_loss == pytest.approx(loss.item(), abs=1e-5)
+        assert rank_loss == pytest.approx(loss.item(), abs=tolerance)
         assert grads.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
         for name, parameter in model.named_parameters():
             if parameter.grad is not None:
-                torch.testing.assert_close(grads[name], parameter.grad, atol=1e-5, rtol=1e-4, msg=name)
+                torch.testing.assert_close(grads[name], parameter.grad.cpu(), atol=tolerance, rtol=1e-4, msg=name)
 
 
 @pytest.mark.slow

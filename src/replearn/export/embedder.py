@@ -285,6 +285,7 @@ def embed_images(
             "config_hash": embedder.metadata.config_hash,
             "data_version": embedder.metadata.data_version,
             "format": config.format,
+            "providers": embedder.providers,
         }
         (temporary / "embed.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return result
