@@ -26,27 +26,14 @@ from replearn.config import Config, load_config
 from replearn.errors import UserError
 from replearn.training.checkpoint import load_model, read_checkpoint
 from replearn.training.loop import TrainResult, resolve_precision, train
+from test_train import TINY as TRAIN_TINY
 
 if TYPE_CHECKING:
     from replearn.export.onnx_export import ExportResult
 
 pytestmark = pytest.mark.gpu
 
-TINY = [
-    "preprocess.resize.size=32",
-    "train.model.d_model=32",
-    "train.model.heads=2",
-    "train.model.layers=1",
-    "train.model.embedding_dim=32",
-    "train.classes_per_batch=6",
-    "train.images_per_class=4",
-    "train.warmup_iterations=2",
-    "train.loader_workers=0",
-    "train.batch_size_eval=128",
-    "train.devices=cuda",
-    "train.iterations=30",
-    "train.checkpoint_every=15",
-]
+TINY = [*TRAIN_TINY, "train.devices=cuda", "train.iterations=30", "train.checkpoint_every=15"]
 
 
 def cuda_config(*overrides: str) -> Config:
