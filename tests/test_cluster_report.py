@@ -219,3 +219,24 @@ def test_scheduled_runs_read_only_new_files_and_survive_unreadable_ones(
     read.clear()
     assert cluster_images(config, model, inbox, out).run is None
     assert len(read) == 25
+
+
+def test_a_file_name_that_is_not_utf8_is_listed_and_the_runs_go_on(inbox: Path, tmp_path: Path) -> None:
+    """Validation reports such a name cleanly; the hash cache (parquet) could not store it, and every run died."""
+    import os
+
+    from replearn.clustering.cluster import cluster_images
+    from replearn.config import build_config
+
+    model, out = tmp_path / "model.onnx", tmp_path / "out"
+    write_projection_model(model)
+    image = next((inbox / CLASSES[0]).iterdir())
+    os.link(image, os.fsencode(inbox / CLASSES[0]) + b"/bad_name_\xff\xfe.png")
+    config = build_config({"cluster": {"min_size": 2}, "embed": {"provider": "cpu"}})
+    listed = [(f"{CLASSES[0]}/bad_name_\\xff\\xfe.png", "the file name is not valid UTF-8; rename the file")]
+    first = cluster_images(config, model, inbox, out)
+    assert first.new_images == 24 and first.failures == listed
+    second = cluster_images(config, model, inbox, out)  # the next scheduled run: nothing new, no crash
+    assert second.run is None and second.failures == listed
+    failures = (out / "runs" / "run-000001" / "failures.csv").read_text(encoding="utf-8")
+    assert "bad_name_\\xff\\xfe.png,the file name is not valid UTF-8" in failures

@@ -38,6 +38,11 @@ class InboxHashes:
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
+def printable_name(name: str) -> str:
+    """A file name as UTF-8 text: bytes that are not UTF-8 (kept by the OS as surrogates) become \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _read_cache(cache_path: Path) -> dict[tuple[str, int, int], str]:
     try:
         cached = pd.read_parquet(cache_path, columns=CACHE_COLUMNS)
@@ -52,11 +57,15 @@ def hash_inbox(inbox: Path, names: list[str], cache_path: Path) -> InboxHashes:
     """sha256 of every named file, read only when its (path, size, mtime) is not in the cache; the cache is renewed.
 
     A file that cannot be read (permission denied, a broken symlink) is reported, not fatal: one
-    bad file must not stop a scheduled run.
+    bad file must not stop a scheduled run. So is a name that is not UTF-8, which the cache, the
+    registry and the CSVs cannot store: it is listed (as `printable_name`) for the user to rename.
     """
     known = _read_cache(cache_path)
     result, rows = InboxHashes(), []
     for name in track(names, len(names), "hashing"):
+        if printable_name(name) != name:
+            result.failures.append((printable_name(name), "the file name is not valid UTF-8; rename the file"))
+            continue
         try:
             info = (inbox / name).stat()
             key = (name, info.st_size, info.st_mtime_ns)
