@@ -32,7 +32,8 @@ from replearn.training.loop import batch_loss, build_optimizer
 from replearn.training.loss import CircleLoss
 from replearn.training.model import build_model
 
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+# As training/loop.py's private _DTYPES (kept there unchanged: an edit to loop.py reruns DVC's train stage).
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
 
 
 def synchronize(device: torch.device) -> None:
@@ -65,7 +66,7 @@ def time_training(config: Config, device: torch.device, precision: str, iteratio
     labels = torch.arange(cfg.classes_per_batch, device=device).repeat_interleave(cfg.images_per_class)
 
     def step() -> None:
-        loss = batch_loss(model, loss_fn, images, labels, device, _DTYPES[precision])
+        loss = batch_loss(model, loss_fn, images, labels, device, AUTOCAST_DTYPES.get(precision))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
@@ -81,7 +82,7 @@ def time_eager_embedding(
     torch.manual_seed(0)
     model = build_model(config.train.model).to(device).eval()
     images = torch.rand(batch, 3, size, size, device=device)
-    dtype = _DTYPES[precision]
+    dtype = AUTOCAST_DTYPES.get(precision)
 
     def step() -> None:
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):

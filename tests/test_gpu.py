@@ -27,8 +27,10 @@ from replearn.errors import UserError
 from replearn.training.checkpoint import load_model, read_checkpoint
 from replearn.training.loop import TrainResult, resolve_precision, train
 from test_train import TINY as TRAIN_TINY
+from test_train import rows
 
 if TYPE_CHECKING:
+    from replearn.export.embedder import EmbeddingResult
     from replearn.export.onnx_export import ExportResult
 
 pytestmark = pytest.mark.gpu
@@ -41,8 +43,7 @@ def cuda_config(*overrides: str) -> Config:
 
 
 def losses(out_dir: Path) -> list[float]:
-    with (out_dir / "metrics.csv").open(newline="") as handle:
-        return [float(row["loss"]) for row in csv.DictReader(handle)]
+    return [float(row["loss"]) for row in rows(out_dir)]
 
 
 @pytest.fixture(scope="module", params=["fp32", "bf16", "fp16"])
@@ -141,18 +142,27 @@ def inbox(chars_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def cpu_embeddings(tiny_export: ExportResult, inbox: Path, tmp_path_factory: pytest.TempPathFactory) -> EmbeddingResult:
+    """The fp32 model's embeddings of the inbox on the CPU provider: the reference of both variants."""
+    from replearn.export.embedder import read_embeddings
+
+    out = tmp_path_factory.mktemp("cpu-embeddings") / "out"
+    embed_without_torch(tiny_export.path, inbox, out, "cpu")
+    return read_embeddings(out)
+
+
 @pytest.mark.gpu(onnxruntime=True)
 @pytest.mark.parametrize("variant", ["fp32", "fp16"])
 def test_embed_on_the_cuda_provider_matches_the_cpu_provider(
-    tiny_export: ExportResult, inbox: Path, tmp_path: Path, variant: str
+    tiny_export: ExportResult, inbox: Path, cpu_embeddings: EmbeddingResult, tmp_path: Path, variant: str
 ) -> None:
     from replearn.export.embedder import read_embeddings
 
     model = tiny_export.path if variant == "fp32" else tiny_export.variants["fp16"][0]
     summary = embed_without_torch(model, inbox, tmp_path / "cuda", "cuda")
     assert summary["providers"][0] == "CUDAExecutionProvider" and summary["failures"] == 0
-    embed_without_torch(tiny_export.path, inbox, tmp_path / "cpu", "cpu")
-    on_gpu, on_cpu = read_embeddings(tmp_path / "cuda"), read_embeddings(tmp_path / "cpu")
+    on_gpu, on_cpu = read_embeddings(tmp_path / "cuda"), cpu_embeddings
     assert on_gpu.paths == on_cpu.paths and len(on_gpu.paths) == 32
     cosine = np.sum(on_gpu.embeddings * on_cpu.embeddings, axis=1)
     assert cosine.min() >= 0.999
@@ -171,5 +181,5 @@ def test_cluster_on_cuda_embeddings_gives_the_cpu_clusters(
         with (out / "assignments.csv").open(newline="") as handle:
             return {row["path"]: row["cluster_id"] for row in csv.DictReader(handle)}
 
-    assert len(clusters(tmp_path / "cuda")) == 32
-    assert clusters(tmp_path / "cuda") == clusters(tmp_path / "cpu")
+    on_gpu = clusters(tmp_path / "cuda")
+    assert len(on_gpu) == 32 and on_gpu == clusters(tmp_path / "cpu")

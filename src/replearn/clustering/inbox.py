@@ -63,8 +63,9 @@ def hash_inbox(inbox: Path, names: list[str], cache_path: Path) -> InboxHashes:
     known = _read_cache(cache_path)
     result, rows = InboxHashes(), []
     for name in track(names, len(names), "hashing"):
-        if printable_name(name) != name:
-            result.failures.append((printable_name(name), "the file name is not valid UTF-8; rename the file"))
+        printable = printable_name(name)
+        if printable != name:
+            result.failures.append((printable, "the file name is not valid UTF-8; rename the file"))
             continue
         try:
             info = (inbox / name).stat()
