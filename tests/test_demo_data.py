@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fontTools.ttLib import TTFont
 from PIL import Image
 
 from replearn.data.chars import CHARACTERS, class_name, generate_chars
@@ -27,10 +28,55 @@ def test_chars_has_62_case_safe_classes_and_the_requested_count(chars_dir: Path)
             assert image.size == (32, 32)
 
 
-def test_chars_file_names_start_with_the_font(chars_dir: Path) -> None:
-    fonts = {path.name.split("_", 1)[0] for path in chars_dir.rglob("*.png")}
-    assert len(fonts) >= 8
-    assert "DejaVuSans" in fonts
+def test_chars_file_names_are_family_then_font(chars_dir: Path) -> None:
+    family_of = {font.name: font.family for font in discover_fonts(CHARACTERS)}
+    pairs = {tuple(path.name.split("_")[:2]) for path in chars_dir.rglob("*.png")}
+    assert all(family == family_of[font] for family, font in pairs)
+    # 8 images per class take one font from each of the 8 families in turn.
+    assert len({family for family, _ in pairs}) == 8
+    assert ("DejaVuSans", "DejaVuSans") in pairs
+
+
+def test_family_of_every_bundled_font_comes_from_its_name_table() -> None:
+    """nameID 16, else 1, with style words dropped; Computer Modern's per-style names are one design."""
+    family_of = {font.name: font.family for font in discover_fonts(CHARACTERS)}
+    expected = {
+        "DejaVuSans-BoldOblique": "DejaVuSans",
+        "DejaVuSansMono-Bold": "DejaVuSansMono",  # nameID 1 "DejaVu Sans Mono", no nameID 16
+        "DejaVuSerif-Italic": "DejaVuSerif",
+        "HKGrotesk-LightItalic": "HKGrotesk",  # nameID 16 "HK Grotesk", nameID 1 "HK Grotesk Light Italic"
+        "HKGrotesk-Bold": "HKGrotesk",
+        "STIXGeneralBolIta": "STIXGeneral",
+        "cmr10": "ComputerModernRoman",
+        "cmb10": "ComputerModernRoman",
+        "cmti10": "ComputerModernRoman",
+        "cmss10": "ComputerModernSans",
+        "cmtt10": "ComputerModernTypewriter",
+    }
+    assert {name: family_of[name] for name in expected} == expected
+    assert len(set(family_of.values())) == 8
+
+
+def _dejavu_copy(tmp_path: Path, name: str) -> tuple[Path, TTFont]:
+    source = next(p for p in find_font_files(site_package_dirs()) if p.name == "DejaVuSans.ttf")
+    return tmp_path / name, TTFont(source)
+
+
+def test_family_prefers_the_typographic_family_and_falls_back_to_the_file_stem(tmp_path: Path) -> None:
+    path, font = _dejavu_copy(tmp_path, "Renamed-Bold.ttf")
+    font["name"].setName("Alpha Display", 16, 3, 1, 0x409)
+    font["name"].setName("Beta Condensed", 1, 3, 1, 0x409)
+    font.save(path)
+    assert inspect_font(path, "a").family == "AlphaDisplay"
+
+    font["name"].removeNames(nameID=16)
+    font.save(path)
+    assert inspect_font(path, "a").family == "Beta"
+
+    path, font = _dejavu_copy(tmp_path, "Nameless-SemiBoldItalic.ttf")
+    del font["name"]
+    font.save(path)
+    assert inspect_font(path, "a").family == "Nameless"
 
 
 def test_chars_is_deterministic_by_seed(tmp_path: Path, chars_dir: Path) -> None:
@@ -43,12 +89,17 @@ def test_chars_is_deterministic_by_seed(tmp_path: Path, chars_dir: Path) -> None
 
 
 def test_case_stays_visible(chars_dir: Path) -> None:
-    """Lower-case o is drawn smaller than upper-case O: the ink covers fewer pixels on average."""
+    """Lower-case o is drawn shorter than upper-case O: fewer rows hold ink (darker than halfway to the paper)."""
 
-    def ink(folder: str) -> float:
-        return float(np.mean([(np.asarray(Image.open(p)) < 128).sum() for p in (chars_dir / folder).glob("*.png")]))
+    def ink_rows(path: Path) -> int:
+        pixels = np.asarray(Image.open(path), dtype=np.float32)
+        ink = pixels < (pixels.min() + np.median(pixels)) / 2
+        return int(ink.any(axis=1).sum())
 
-    assert ink("lower_o") < ink("upper_O")
+    def height(folder: str) -> float:
+        return float(np.mean([ink_rows(p) for p in (chars_dir / folder).glob("*.png")]))
+
+    assert height("lower_o") < 0.85 * height("upper_O")
 
 
 def test_a_font_without_some_glyphs_is_used_only_for_the_glyphs_it_has(tmp_path: Path) -> None:
@@ -71,8 +122,8 @@ def test_a_font_without_some_glyphs_is_used_only_for_the_glyphs_it_has(tmp_path:
 
     out = tmp_path / "chars"
     generate_chars(out, per_class=3, size=32, seed=0, fonts=[digits_only, source], replace_fonts=True)
-    assert {p.name.split("_")[0] for p in (out / "digit_7").glob("*.png")} == {"DigitsOnly", "DejaVuSans"}
-    assert {p.name.split("_")[0] for p in (out / class_name("A")).glob("*.png")} == {"DejaVuSans"}
+    assert {p.name.split("_")[1] for p in (out / "digit_7").glob("*.png")} == {"DigitsOnly", "DejaVuSans"}
+    assert {p.name.split("_")[1] for p in (out / class_name("A")).glob("*.png")} == {"DejaVuSans"}
 
 
 def test_symbol_fonts_are_left_out() -> None:

@@ -142,3 +142,32 @@ def test_read_splits_explains_a_missing_table(tmp_path: Path) -> None:
     (tmp_path / "splits.csv").write_text("path,label\nimages/a/x.png,a\n")
     with pytest.raises(UserError, match="lacks the columns split"):
         read_splits(tmp_path)
+
+
+def bundled_fonts_frame(per_font: int = 2) -> pd.DataFrame:
+    """The file names `replearn data chars` writes (<family>_<font>_<n>.png) for every bundled font."""
+    from replearn.data.chars import CHARACTERS, class_name
+    from replearn.data.fonts import discover_fonts
+
+    fonts = discover_fonts(CHARACTERS)
+    files = [f"{font.family}_{font.name}_{n:05d}.png" for font in fonts for n in range(per_font)]
+    return items([class_name(char) for char in CHARACTERS], files)
+
+
+def test_the_default_split_of_the_bundled_fonts_is_family_disjoint() -> None:
+    frame = assign_splits(bundled_fonts_frame(), SplitConfig())
+    sides = frame.groupby("group")["split"].unique()
+    assert (sides.str.len() == 1).all(), sides[sides.str.len() > 1].to_dict()
+    assert {side[0] for side in sides} == {"train", "val", "test"}
+    fonts = frame["source"].map(lambda source: Path(source).name.split("_")[1])
+    assert frame.groupby(fonts)["split"].nunique().max() == 1
+
+
+def test_test_groups_leave_exactly_those_groups_out() -> None:
+    frame = bundled_fonts_frame()
+    split = assign_splits(frame, SplitConfig(test_groups=["HKGrotesk"]))
+    assert set(split.loc[split["split"] == "test", "group"]) == {"HKGrotesk"}
+    assert set(split.loc[split["group"] == "HKGrotesk", "split"]) == {"test"}
+    assert {"train", "val"} <= set(split["split"])
+    with pytest.raises(UserError, match="Helvetica.*groups found: ComputerModernRoman"):
+        assign_splits(frame, SplitConfig(test_groups=["Helvetica"]))

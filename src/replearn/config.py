@@ -73,7 +73,12 @@ class SplitConfig(StrictModel):
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     group_pattern: str | None = Field(
         r"^([^_]+)_",
-        description="Regex on the file name whose first group keeps items together on one side of a split.",
+        description="Regex on the file name whose first group keeps items together on one side of a split "
+        "(in the chars data: the typeface family).",
+    )
+    test_groups: list[str] = Field(
+        default_factory=list,
+        description="Groups that are the test split, in place of test_fraction: leave-these-groups-out evaluation.",
     )
 
     @model_validator(mode="after")
@@ -144,7 +149,18 @@ class LossConfig(StrictModel):
     gamma: float = Field(32.0, gt=0.0)
 
 
-Augmentation = Literal["random_resized_crop", "flip", "color_jitter", "rotation", "blur"]
+Augmentation = Literal[
+    "random_resized_crop",
+    "flip",
+    "color_jitter",
+    "rotation",
+    "blur",
+    "stroke",
+    "shear",
+    "perspective",
+    "elastic",
+    "noise",
+]
 
 
 class TrainConfig(StrictModel):

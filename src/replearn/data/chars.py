@@ -2,12 +2,15 @@
 
 Each glyph sits on a fixed baseline at a fixed size, so case stays visible (o/O, s/S differ
 in height), and seeded jitter (position, rotation, scale, stroke, blur, noise, contrast)
-makes every image different. File names start with the font name, so a group-aware split
-can keep whole fonts out of training and test how the model generalises to new typefaces.
+makes every image different. File names are <family>_<font>_<n>.png: the default split groups
+by the part before the first '_', so whole typeface families (DejaVuSans with its bold and
+oblique) stay out of training and the test measures how the model generalises to new designs;
+a pattern on the second part splits by font file instead.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import string
 from dataclasses import dataclass
@@ -93,9 +96,28 @@ def draws_ink(char: str, font_path: Path, size: int) -> bool:
     return bbox is not None and bbox[2] - bbox[0] > 0 and bbox[3] - bbox[1] > 0
 
 
+def families_in_turn(fonts: list[FontInfo]) -> list[FontInfo]:
+    """The fonts reordered so that each family gives one font in turn: the first n cover the most families.
+
+    Image n of a class uses font n (modulo the count), so a small --per-class still spans many
+    designs, and a split by family has groups to split.
+
+    >>> fonts = [FontInfo(Path(name), name, frozenset(), name[:4]) for name in ("SansA", "SansB", "Serif")]
+    >>> [font.name for font in families_in_turn(fonts)]
+    ['SansA', 'Serif', 'SansB']
+    """
+    members: dict[str, list[FontInfo]] = {}
+    for font in fonts:
+        members.setdefault(font.family, []).append(font)
+    return [font for turn in itertools.zip_longest(*members.values()) for font in turn if font is not None]
+
+
 def fonts_per_character(fonts: list[FontInfo], size: int) -> dict[str, list[FontInfo]]:
-    """For each character, the fonts that draw it; a character no font draws is an error."""
-    table = {char: [f for f in fonts if char in f.characters and draws_ink(char, f.path, size)] for char in CHARACTERS}
+    """For each character, the fonts that draw it, families in turn; a character no font draws is an error."""
+    ordered = families_in_turn(fonts)
+    table = {
+        char: [f for f in ordered if char in f.characters and draws_ink(char, f.path, size)] for char in CHARACTERS
+    }
     missing = [char for char, usable in table.items() if not usable]
     if missing:
         raise UserError(f"no usable font draws {''.join(missing)!r}; add fonts with --fonts")
@@ -111,7 +133,7 @@ def generate_chars(
     replace_fonts: bool = False,
     force: bool = False,
 ) -> dict[str, int]:
-    """Write OUT/<class>/<font>_<n>.png for the 62 classes; returns images per class.
+    """Write OUT/<class>/<family>_<font>_<n>.png for the 62 classes; returns images per class.
 
     Image n of a class uses the class's fonts in turn and a random stream seeded by
     (seed, class, n), so the same seed always gives the same bytes.
@@ -130,5 +152,5 @@ def generate_chars(
             font = usable[n % len(usable)]
             rng = np.random.default_rng([seed, index, n])
             image = render_glyph(char, font.path, size, Jitter.draw(rng), rng)
-            image.save(staging / class_name(char) / f"{font.name}_{n:05d}.png", optimize=False)
+            image.save(staging / class_name(char) / f"{font.family}_{font.name}_{n:05d}.png", optimize=False)
     return {class_name(char): per_class for char in CHARACTERS}

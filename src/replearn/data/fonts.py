@@ -1,9 +1,13 @@
-"""Fonts that ship inside installed Python packages, and which characters each can really draw.
+"""Fonts that ship inside installed Python packages, which characters each can really draw, and its family.
 
 The chars demo data needs many typefaces without downloading any. matplotlib alone
 ships DejaVu, STIX and Computer Modern; other packages add more. A font is only used
 for a character when its cmap maps the character to a real glyph that draws ink, and
 symbol fonts (whose letters are not letters) are left out entirely.
+
+The family matters for evaluation: DejaVuSans-Bold is the same design as DejaVuSans, so a
+model tested on the one after training on the other has not met a new typeface. The family
+comes from the font's own name table, so a split can keep whole families out of training.
 """
 
 from __future__ import annotations
@@ -21,15 +25,26 @@ log = logging.getLogger(__name__)
 FONT_SUFFIXES = {".ttf", ".otf"}
 # Families whose cmap maps ASCII code points to symbols rather than letters.
 SYMBOL_FAMILY = re.compile(r"sym|symbol|dingbat|wingding|webding|emoji|cmex|cmsy|nonuni|mathtexgyre|lastresort", re.I)
+# Weight, slant and width words that some families spell into their family name ("HK Grotesk Light").
+STYLE_WORDS = re.compile(
+    r"\b(?:(?:extra|ultra|semi|demi)[ -]?(?:light|bold)|thin|hairline|light|book|regular|normal|roman|medium|"
+    r"semibold|demibold|bold|black|heavy|italic|oblique|slanted|condensed|narrow|expanded|extended)\b",
+    re.I,
+)
+# Knuth's Computer Modern gives each style of one design its own font name: cm + shape + design size.
+# cmr, cmb, cmbx, cmti, cmmi and cmsl are the Roman design; cmss the sans and cmtt the typewriter designs.
+COMPUTER_MODERN = re.compile(r"^cm(?P<shape>[a-z]+)\d+$")
+COMPUTER_MODERN_DESIGNS = {"ss": "ComputerModernSans", "tt": "ComputerModernTypewriter"}
 
 
 @dataclass(frozen=True)
 class FontInfo:
-    """A usable font file: its path, a file-name-safe name, and the characters it draws."""
+    """A usable font file: its path, a file-name-safe name, its typographic family, and the characters it draws."""
 
     path: Path
     name: str
     characters: frozenset[str]
+    family: str
 
 
 def site_package_dirs() -> list[Path]:
@@ -52,6 +67,30 @@ def find_font_files(roots: list[Path]) -> list[Path]:
 def safe_font_name(path: Path) -> str:
     """A file-name-safe name without underscores, so `<font>_<n>.png` splits back on the first '_'."""
     return re.sub(r"[^A-Za-z0-9-]+", "-", path.stem).strip("-") or "font"
+
+
+def family_name(font: TTFont, path: Path) -> str:
+    """The font's typographic family as a file-name-safe name without '-' or '_': DejaVu Sans Bold -> DejaVuSans.
+
+    From the name table: the typographic family (nameID 16), else the family (nameID 1), else the
+    file stem; then weight, slant and width words are dropped, and Computer Modern's per-style
+    names map to their design.
+
+    >>> family_name(TTFont(), Path("HKGrotesk-SemiBoldItalic.otf"))
+    'HKGrotesk'
+    >>> family_name(TTFont(), Path("cmti10.ttf"))
+    'ComputerModernRoman'
+    """
+    names = font.get("name")
+    recorded = (names.getDebugName(name_id) for name_id in (16, 1)) if names is not None else ()
+    raw = next((value for value in recorded if value), path.stem)
+    knuth = COMPUTER_MODERN.match(raw)
+    if knuth:
+        shape = knuth["shape"]
+        return next((name for key, name in COMPUTER_MODERN_DESIGNS.items() if key in shape), "ComputerModernRoman")
+    words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", raw)  # HKGrotesk-SemiBoldItalic: a stem spells words in camel case
+    family = re.sub(r"[^A-Za-z0-9]+", "", STYLE_WORDS.sub(" ", words))
+    return family or re.sub(r"[^A-Za-z0-9]+", "", raw) or "font"
 
 
 def _is_symbol_font(font: TTFont, path: Path) -> bool:
@@ -86,12 +125,13 @@ def inspect_font(path: Path, wanted: str) -> FontInfo | None:
                 log.debug("skipping symbol font %s", path)
                 return None
             characters = _drawable(font, wanted)
+            family = family_name(font, path)
     except (TTLibError, OSError, KeyError, AssertionError) as error:
         log.debug("skipping unreadable font %s: %s", path, error)
         return None
     if not characters:
         return None
-    return FontInfo(path=path, name=safe_font_name(path), characters=frozenset(characters))
+    return FontInfo(path=path, name=safe_font_name(path), characters=frozenset(characters), family=family)
 
 
 def discover_fonts(wanted: str, extra: list[Path] | None = None, replace: bool = False) -> list[FontInfo]:

@@ -109,27 +109,30 @@ def select_unseen_classes(classes: Iterable[str], config: SplitConfig) -> set[st
     return unseen
 
 
-def split_groups(keys: Iterable[str], config: SplitConfig) -> dict[str, str]:
+def split_groups(keys: Iterable[str], config: SplitConfig, test_keys: frozenset[str] = frozenset()) -> dict[str, str]:
     """train/val/test for the groups of one class, by threshold on each group's number.
 
     test is [0, test_fraction), val the next val_fraction, train the rest; then the small-class
     guarantee (see the module docstring) fills train, test and val, in that order of priority,
-    as far as the number of groups allows.
+    as far as the number of groups allows. With `test_keys` (preprocess.split.test_groups), those
+    keys are the test split and no other key is: test_fraction is then 0 for the rest.
     """
     unit = {key: stable_unit(config.seed, "split", key) for key in sorted(set(keys))}
+    test_fraction = 0.0 if test_keys else config.test_fraction
     intervals = {
-        "test": (0.0, config.test_fraction),
-        "val": (config.test_fraction, config.test_fraction + config.val_fraction),
-        "train": (config.test_fraction + config.val_fraction, 1.0),
+        "test": (0.0, test_fraction),
+        "val": (test_fraction, test_fraction + config.val_fraction),
+        "train": (test_fraction + config.val_fraction, 1.0),
     }
     assigned = {key: next(s for s in ("test", "val", "train") if u < intervals[s][1]) for key, u in unit.items()}
+    assigned |= {key: "test" for key in unit if key in test_keys}
     wanted = ["train"] + [s for s in ("test", "val") if intervals[s][1] > intervals[s][0]]
-    required = wanted[: len(unit)]
+    required = wanted[: len(unit) - sum(1 for key in unit if key in test_keys)]
     for split in required:
         if split in assigned.values():
             continue
         sizes = {s: sum(1 for v in assigned.values() if v == s) for s in SPLITS}
-        donors = [key for key, s in assigned.items() if s not in required or sizes[s] > 1]
+        donors = [key for key, s in assigned.items() if key not in test_keys and (s not in required or sizes[s] > 1)]
         nearest = min(donors, key=lambda key: (_distance(unit[key], *intervals[split]), key))
         assigned[nearest] = split
     return assigned
@@ -150,6 +153,14 @@ def assign_splits(items: pd.DataFrame, config: SplitConfig) -> pd.DataFrame:
         f"group:{group}" if group else f"item:{source}"
         for group, source in zip(frame["group"], frame["source"], strict=True)
     ]
+    missing = sorted(set(config.test_groups) - set(frame["group"]))
+    if missing:
+        known = ", ".join(sorted(set(frame["group"]) - {""})[:10]) or "none"
+        raise UserError(
+            f"preprocess.split.test_groups names groups that are not in the data: {', '.join(missing)} "
+            f"(groups found: {known})"
+        )
+    test_keys = frozenset(f"group:{group}" for group in config.test_groups)
     unseen = select_unseen_classes(frame["label"], config)
     frame["subset"] = ["unseen" if label in unseen else "seen" for label in frame["label"]]
     splits = pd.Series("", index=frame.index, dtype=object)
@@ -159,7 +170,7 @@ def assign_splits(items: pd.DataFrame, config: SplitConfig) -> pd.DataFrame:
         if keys.nunique() < MIN_GROUPS <= len(members):
             ungrouped.append(str(label))
             keys = "item:" + members["source"]
-        assigned = split_groups(keys, config)
+        assigned = split_groups(keys, config, test_keys)
         splits[members.index] = [assigned[key] for key in keys]
     if ungrouped:
         log.warning(

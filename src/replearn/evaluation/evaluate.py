@@ -230,6 +230,25 @@ def draw_map(data: SplitData, settings: EvaluateConfig, path: Path) -> None:
     plot_embedding_map(points, labels, subsets, path, f"test embeddings ({method}, {len(rows)} images)")
 
 
+def group_overlap(frame: pd.DataFrame) -> dict[str, float]:
+    """Groups in test and train, and how many test groups training also saw: 0 is the protocol's promise.
+
+    A group is what preprocess.split.group_pattern finds in a file name (the typeface family in the
+    chars data), so `groups/test_in_train` = 0 says every test query comes from a group that
+    training never saw; items without a group are not counted.
+
+    >>> group_overlap(pd.DataFrame({"group": ["a", "a", "b", ""], "split": ["train", "val", "test", "test"]}))
+    {'groups/train': 1.0, 'groups/test': 1.0, 'groups/test_in_train': 0.0}
+    """
+    grouped = frame[frame["group"] != ""]
+    train, test = (set(grouped.loc[grouped["split"] == split, "group"]) for split in ("train", "test"))
+    return {
+        "groups/train": float(len(train)),
+        "groups/test": float(len(test)),
+        "groups/test_in_train": float(len(test & train)),
+    }
+
+
 def evaluate(
     config: Config, model_path: Path, preprocessed_dir: Path, out_dir: Path, force: bool = False
 ) -> EvaluationResult:
@@ -239,7 +258,7 @@ def evaluate(
     if out_dir.exists() and not force:
         raise FileExistsError(f"{out_dir} already exists; pass --force to replace it")
     data = load_split_data(config, model_path, preprocessed_dir)
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float] = group_overlap(data.frame)
     tables: list[pd.DataFrame] = []
     worst: dict[str, list[WorstQuery]] = {}
     evaluated = [subset for subset in SUBSETS if len(data.rows("test", subset))]
@@ -287,5 +306,11 @@ def evaluate(
         for subset, rows in worst.items():
             if rows:
                 plot_worst_queries(rows, plots / f"worst_queries_{subset}.png", f"worst {subset} test queries")
-    log.info("evaluation written to %s (threshold %.4f)", out_dir, choice.threshold)
+    log.info(
+        "evaluation written to %s (threshold %.4f); test queries from %d groups, %d of them also in train",
+        out_dir,
+        choice.threshold,
+        metrics["groups/test"],
+        metrics["groups/test_in_train"],
+    )
     return EvaluationResult(out_dir=out_dir, metrics=metrics, threshold=choice.threshold)
