@@ -28,8 +28,8 @@ fi
 style='[random_resized_crop,rotation,color_jitter,blur,stroke,shear,perspective]'
 queue() { dvc exp run --queue --name "$1" "${@:2}"; }
 queue base-augment
-queue stroke -S 'train.augmentations=[random_resized_crop,rotation,color_jitter,blur,stroke]'
-queue style -S "train.augmentations=$style"
-queue style-elastic-noise -S 'train.augmentations=[random_resized_crop,rotation,color_jitter,blur,stroke,shear,perspective,elastic,noise]'
+queue stroke -S '++train.augmentations=[random_resized_crop,rotation,color_jitter,blur,stroke]'
+queue style -S "++train.augmentations=$style"
+queue style-elastic-noise -S '++train.augmentations=[random_resized_crop,rotation,color_jitter,blur,stroke,shear,perspective,elastic,noise]'
 dvc exp run --run-all --jobs 1
 show
