@@ -71,7 +71,10 @@ def summary_table(training: Any, clustering: Any | None) -> Table:
     table = Table(title="replearn demo", show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
-    table.add_row("P@1, seen classes (test fonts vs train gallery)", f"{metrics.get('seen/precision_at_1', 0.0):.3f}")
+    overlap = metrics.get("groups/test_in_train", 0.0)
+    protocol = "test groups unseen in training" if overlap == 0 else f"{overlap:.0f} test groups also in train"
+    seen = metrics.get("seen/precision_at_1", 0.0)
+    table.add_row(f"P@1, seen classes (test vs train gallery; {protocol})", f"{seen:.3f}")
     table.add_row("P@1, unseen classes", f"{metrics.get('unseen/precision_at_1', 0.0):.3f}")
     table.add_row("clustering threshold (max F1 on val)", f"{threshold:.3f}")
     if clustering is not None:

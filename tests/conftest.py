@@ -70,7 +70,7 @@ def chars_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_preprocessed(chars_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`chars_dir` preprocessed at 32 px with the default split (fonts never straddle train and test)."""
+    """`chars_dir` preprocessed at 32 px with the default split (typeface families never straddle train and test)."""
     from replearn.config import load_config
     from replearn.data.preprocess import preprocess
 
