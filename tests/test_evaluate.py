@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from replearn.cli import app
 from replearn.config import Config, load_config
+from replearn.data.splits import read_splits
 from replearn.errors import UserError
 from replearn.evaluation.compare import compare_images
 from replearn.evaluation.evaluate import evaluate
@@ -98,6 +99,11 @@ def test_metrics_have_flat_keys_for_both_subsets_and_protocols(evaluated: Path, 
         assert metrics[f"{subset}/recall_at_1"] <= metrics[f"{subset}/recall_at_2"] <= metrics[f"{subset}/recall_at_8"]
         assert 0.0 <= metrics[f"{subset}/nmi"] <= 1.0
     assert metrics["precision_drop"] == pytest.approx(metrics["seen/precision_at_1"] - metrics["unseen/precision_at_1"])
+    splits = read_splits(preprocessed)
+    families = {split: set(splits.loc[splits["split"] == split, "group"]) for split in ("train", "test")}
+    assert metrics["groups/test"] == len(families["test"]) >= 1
+    assert metrics["groups/train"] == len(families["train"]) >= 1
+    assert metrics["groups/test_in_train"] == 0.0
     for subset in ("seen", "unseen"):
         # More gallery images from other classes can only take a query's top match away, never give one.
         assert 0.0 <= metrics[f"{subset}/all_gallery/precision_at_1"] <= metrics[f"{subset}/precision_at_1"]
