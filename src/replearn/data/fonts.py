@@ -27,7 +27,7 @@ FONT_SUFFIXES = {".ttf", ".otf"}
 SYMBOL_FAMILY = re.compile(r"sym|symbol|dingbat|wingding|webding|emoji|cmex|cmsy|nonuni|mathtexgyre|lastresort", re.I)
 # Weight, slant and width words that some families spell into their family name ("HK Grotesk Light").
 STYLE_WORDS = re.compile(
-    r"\b(?:(?:extra|ultra|semi|demi)[ -]?(?:light|bold)|thin|hairline|light|book|regular|normal|roman|medium|"
+    r"\b(?:(?:extra|ultra|semi|demi)[ -]?(?:light|bold)|thin|hairline|light|book|regular|normal|medium|"
     r"semibold|demibold|bold|black|heavy|italic|oblique|slanted|condensed|narrow|expanded|extended)\b",
     re.I,
 )
@@ -80,6 +80,8 @@ def family_name(font: TTFont, path: Path) -> str:
     'HKGrotesk'
     >>> family_name(TTFont(), Path("cmti10.ttf"))
     'ComputerModernRoman'
+    >>> family_name(TTFont(), Path("TimesNewRoman-BoldItalic.ttf"))  # Roman names a design, not a style
+    'TimesNewRoman'
     """
     names = font.get("name")
     recorded = (names.getDebugName(name_id) for name_id in (16, 1)) if names is not None else ()
