@@ -9,11 +9,13 @@ Raw pixels (grey levels, each image centred and unit-normalised: normalised cros
 scored on the same queries and gallery, in the same run, as the no-learning anchor. One table, then
 the mean and the spread (standard deviation and worst family) over the families.
 
-    python benchmarks/generalization.py              # the chars data at 32 px, 400 iterations a fold
-    python benchmarks/generalization.py --size 64 --iterations 1000   # the default recipe (~11 min a fold)
+    python benchmarks/generalization.py              # the chars data at 32 px, 400 iterations a fold (31 min)
+    python benchmarks/generalization.py --size 64 --iterations 1000   # the default recipe (~15 min a fold)
     python benchmarks/generalization.py --set train.augmentations=[] --families HKGrotesk DejaVuSerif
 
-Time is bounded by folds x iterations: the script prints its plan first. The data is DATA_DIR
+Time is bounded by folds x iterations: the script prints its plan first. The default budget is a
+cheap proxy that shows the spread across families, not the recipe's quality: on the 2-core
+development CPU it left the model below raw pixels (README, Training). The data is DATA_DIR
 (default data/raw, or the chars data rendered into a temporary folder when that is missing).
 """
 
