@@ -32,6 +32,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from replearn.clustering.cluster import unit_rows
 from replearn.config import Config, load_config
 from replearn.console import setup_logging
 from replearn.data.chars import generate_chars
@@ -47,8 +48,7 @@ def pixel_vectors(preprocessed_dir: Path, paths: list[str]) -> np.ndarray:
     """Grey levels of each preprocessed image, centred and unit-normalised: cosine is then correlation."""
     images = decode_files([preprocessed_dir / path for path in paths]).astype(np.float32).mean(axis=1)
     flat = images.reshape(len(paths), -1)
-    flat -= flat.mean(axis=1, keepdims=True)
-    return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+    return unit_rows(flat - flat.mean(axis=1, keepdims=True))
 
 
 def pixel_precision_at_1(preprocessed_dir: Path) -> dict[str, float]:
@@ -121,8 +121,10 @@ def print_table(rows: list[dict[str, float | str]], title: str) -> None:
 
 
 def format_cell(column: str, value: float | str) -> str:
-    if "P@1" in column or column == "minutes":
-        return f"{float(value):.3f}" if "P@1" in column else f"{float(value):.1f}"
+    if "P@1" in column:
+        return f"{float(value):.3f}"
+    if column == "minutes":
+        return f"{float(value):.1f}"
     return f"{float(value):,.0f}"
 
 
