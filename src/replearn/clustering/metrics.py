@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.sparse import coo_matrix, csr_matrix
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-from sklearn.metrics.cluster import pair_confusion_matrix
 
 from replearn.clustering.components import UNCLUSTERED
 
@@ -36,18 +35,29 @@ def _contingency(labels_true: Sequence[str] | np.ndarray, labels_pred: np.ndarra
     return coo_matrix((ones, (true_index, pred_index))).tocsr()
 
 
+def _pairs(counts: np.ndarray) -> float:
+    """Unordered pairs within groups of the given sizes: sum of n (n - 1) / 2."""
+    counts = np.asarray(counts, dtype=np.float64)
+    return float((counts * (counts - 1) / 2).sum())
+
+
 def pairwise_scores(labels_true: Sequence[str] | np.ndarray, labels_pred: np.ndarray) -> dict[str, float]:
     """Precision, recall and F1 over pairs of images: a pair is positive when both share a cluster.
+
+    Counted from the contingency table as learn-to-cluster does: true positives are the pairs inside
+    each (class, cluster) cell, predicted pairs those inside each cluster, true pairs those inside each class.
 
     >>> pairwise_scores(["a", "a", "a", "b"], np.array([1, 1, 2, 2]))
     {'pairwise_precision': 0.5, 'pairwise_recall': 0.3333333333333333, 'pairwise_f1': 0.4}
     """
-    confusion = pair_confusion_matrix(np.asarray(labels_true), labels_pred)
-    true_positive, false_positive, false_negative = confusion[1, 1], confusion[0, 1], confusion[1, 0]
-    precision = true_positive / (true_positive + false_positive) if true_positive + false_positive else 1.0
-    recall = true_positive / (true_positive + false_negative) if true_positive + false_negative else 1.0
+    table = _contingency(labels_true, labels_pred)
+    true_positive = _pairs(table.data)
+    predicted = _pairs(np.asarray(table.sum(axis=0)).ravel())
+    actual = _pairs(np.asarray(table.sum(axis=1)).ravel())
+    precision = true_positive / predicted if predicted else 1.0
+    recall = true_positive / actual if actual else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"pairwise_precision": float(precision), "pairwise_recall": float(recall), "pairwise_f1": float(f1)}
+    return {"pairwise_precision": precision, "pairwise_recall": recall, "pairwise_f1": f1}
 
 
 def bcubed_scores(labels_true: Sequence[str] | np.ndarray, labels_pred: np.ndarray) -> dict[str, float]:
