@@ -10,6 +10,9 @@ threshold is 0.6 and min_size 3.
 2. replearn alone at 100k (exact blocked graph) and at 1M (faiss IVF kNN graph).
 3. pairwise F1 of the approximate graph against the exact one at 100k.
 4. refinement: does mutual kNN help when stray images bridge two classes?
+5. history: 50 scheduled runs of 5,000 new images each into one registry (`cluster_embeddings_into`,
+   2,000 centres, noisy enough that most images stay unclustered). A run's cost must follow its batch,
+   not the history: the last run may take at most 1.5x the first.
 
 Every measurement runs in a fresh process; peak memory is the process's high-water mark (VmHWM, reset
 after the data is generated) minus its resident size at that point, so it counts what the algorithm
@@ -17,6 +20,7 @@ allocates, faiss included.
 
     python benchmarks/cluster.py              # the full set (about ten minutes on 2 cores)
     python benchmarks/cluster.py --quick      # 2k/10k comparison and 20k stages only
+    python benchmarks/cluster.py --history-only
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ import argparse
 import contextlib
 import multiprocessing as mp
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into
 from replearn.clustering.components import cluster_embeddings, number_by_size
 from replearn.clustering.metrics import clustering_scores, singleton_unclustered
 from replearn.config import ClusterConfig
@@ -172,18 +178,56 @@ def refinement(n: int) -> None:
         )
 
 
+def noisy_batch(run: int, size: int, centres: np.ndarray, spread: float) -> ImageBatch:
+    """One scheduled run's new images: points around random centres, unique paths and digests."""
+    rng = np.random.default_rng(run)
+    points = centres[rng.integers(len(centres), size=size)]
+    points = points + spread * rng.standard_normal(points.shape, dtype=np.float32)
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    paths = [f"run{run:03d}/{i:05d}.png" for i in range(size)]
+    return ImageBatch(paths=paths, sha256=[f"{run}-{i}" for i in range(size)], sources=paths, embeddings=points)
+
+
+def history(runs: int, batch: int, centres: int) -> None:
+    print(f"\n== history: {runs} runs of {batch:,} new images into one registry ({centres:,} centres)")
+    rng = np.random.default_rng(0)
+    means = rng.standard_normal((centres, DIM), dtype=np.float32)
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    config = ClusterConfig(min_size=MIN_SIZE)
+    seconds: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="replearn-history-") as out:
+        for run in range(1, runs + 1):
+            images = noisy_batch(run, batch, means, spread=0.09)
+            started = time.perf_counter()
+            result = cluster_embeddings_into(config, images, Path(out), THRESHOLD, "benchmark")
+            seconds.append(time.perf_counter() - started)
+            if run in (1, 2, 5) or run % 10 == 0 or run == runs:
+                print(
+                    f"run {run:>3}  history {run * batch:>9,}  {seconds[-1]:6.2f} s  "
+                    f"{result.new_clusters:>5} new clusters  {result.unclustered:>5} unclustered",
+                    flush=True,
+                )
+    print(f"last run / first run: {seconds[-1] / seconds[0]:.2f}x (goal <= 1.5x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes only")
     parser.add_argument("--compare", type=int, nargs="+", default=[2_000, 10_000], help="sizes vs the seed")
     parser.add_argument("--exact", type=int, default=100_000, help="size of the exact run")
     parser.add_argument("--approximate", type=int, default=1_000_000, help="size of the approximate run")
+    parser.add_argument("--history-runs", type=int, default=50, help="scheduled runs in the history case")
+    parser.add_argument("--history-only", action="store_true", help="run the history case alone")
     args = parser.parse_args()
+    if args.history_only:
+        history(args.history_runs, 5_000, 2_000)
+        return
     exact, approximate = (20_000, 100_000) if args.quick else (args.exact, args.approximate)
     print(f"blobs on the sphere: dim {DIM}, threshold {THRESHOLD}, min_size {MIN_SIZE}, {NOISE:.0%} noise")
     compare_with_seed(args.compare)
     stage_alone(exact, approximate)
     refinement(20_000)
+    history(args.history_runs, 5_000, 2_000)
 
 
 if __name__ == "__main__":

@@ -150,6 +150,8 @@ def test_a_crash_before_the_commit_leaves_the_previous_registry(
     retry = run(tmp_path, make_batch({5: 4}, "day2", seed=1))
     assert retry.run == 2 and retry.new_clusters == 1
     assert sorted(p.name for p in (tmp_path / "registry").iterdir()) == [
+        "keys-000001.npy",
+        "keys-000002.npy",
         "manifest.json",
         "members-000001.parquet",
         "members-000002.parquet",
@@ -171,3 +173,18 @@ def test_a_first_batch_with_no_cluster_at_all_is_recorded_and_can_grow_later(tmp
     grown = run(tmp_path, make_batch({2: 1}, "day2", seed=1))
     assert grown.new_clusters == 1
     assert current(tmp_path)["day1/b2_0.png"] == current(tmp_path)["day2/b2_0.png"] == 1
+
+
+def test_assignments_view_appends_and_rebuilds_after_a_torn_write(tmp_path: Path) -> None:
+    run(tmp_path, make_batch({0: 4, 1: 3}, "day1", seed=0))
+    view = tmp_path / "assignments.csv"
+    first = view.read_bytes()
+    run(tmp_path, make_batch({0: 2}, "day2", seed=1))
+    second = view.read_bytes()
+    assert second.startswith(first) and second.count(b"\n") == 1 + 7 + 2  # appended, header once
+
+    view.write_bytes(second[:-5])  # a crash between the commit and the end of the append
+    run(tmp_path, make_batch({1: 2}, "day3", seed=2))
+    rebuilt = pd.read_csv(view)
+    assert len(rebuilt) == 11 and rebuilt["path"].is_unique
+    assert set(rebuilt["path"]) == set(current(tmp_path))

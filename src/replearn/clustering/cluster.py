@@ -148,7 +148,7 @@ def update_registry(
     """
     keys = np.array(batch.keys, dtype=object)
     embeddings = unit_rows(batch.embeddings)
-    old_pool_keys = registry.pool_keys
+    old_pool_keys, old_pool_sources = registry.pool_keys, registry.pool_sources
     old_pool = registry.pool_embeddings.reshape(len(old_pool_keys), embeddings.shape[1])
 
     nearest, similarity = nearest_prototypes(embeddings, registry.prototypes, config.block_memory_mb)
@@ -172,6 +172,8 @@ def update_registry(
     )
     registry.next_cluster_id += int(ranks.max(initial=0))
     registry.pool_keys = np.concatenate([old_pool_keys[~moved], keys[~clustered]])
+    sources = np.array(batch.sources, dtype=object)
+    registry.pool_sources = np.concatenate([old_pool_sources[~moved], sources[~clustered]])
     registry.pool_embeddings = np.concatenate([old_pool[~moved], embeddings[~clustered]]).astype(np.float32)
     registry.run += 1
 
@@ -179,9 +181,13 @@ def update_registry(
         {"key": keys, "path": batch.paths, "source": batch.sources, "sha256": batch.sha256, "cluster_id": batch_ids}
     )
     if moved.any():
-        joined = registry.members().set_index("key").loc[old_pool_keys[moved]].reset_index()
+        moved_keys = old_pool_keys[moved]
+        paths, digests = zip(*(key.rsplit("@", 1) for key in moved_keys), strict=True)
+        joined = pd.DataFrame(
+            {"key": moved_keys, "path": paths, "source": old_pool_sources[moved], "sha256": digests}
+        )
         joined["cluster_id"] = pool_ids[moved]
-        members = pd.concat([members, joined[members.columns]], ignore_index=True)
+        members = pd.concat([members, joined], ignore_index=True)
     member_embeddings = np.concatenate([embeddings, old_pool[moved]])
     members["similarity"] = similarity_to_prototype(registry, members["cluster_id"].to_numpy(), member_embeddings)
     members["run"] = registry.run
@@ -207,10 +213,8 @@ def similarity_to_prototype(registry: Registry, cluster_ids: np.ndarray, embeddi
 
 def select_new(registry: Registry, paths: list[str], sha256: list[str]) -> list[int]:
     """Positions of the images the registry has not seen (by path + content hash)."""
-    known = registry.known_keys()
-    return [
-        i for i, (path, digest) in enumerate(zip(paths, sha256, strict=True)) if image_key(path, digest) not in known
-    ]
+    known = registry.known([image_key(path, digest) for path, digest in zip(paths, sha256, strict=True)])
+    return np.flatnonzero(~known).tolist()
 
 
 def class_labels(paths: list[str]) -> list[str]:
@@ -254,10 +258,46 @@ def clusters_summary(
     }
 
 
+ASSIGNMENT_COLUMNS = ["path", "cluster_id", "similarity"]
+
+
+def assignments_csv(members: pd.DataFrame, header: bool) -> bytes:
+    """path, cluster_id, similarity (to the cluster prototype; empty for cluster 0) as CSV bytes."""
+    text = members[ASSIGNMENT_COLUMNS].to_csv(index=False, header=header, float_format="%.6f")
+    return text.encode()
+
+
 def write_assignments(path: Path, members: pd.DataFrame) -> None:
-    """path, cluster_id, similarity (to the cluster prototype; empty for cluster 0) as CSV."""
+    """The run's own assignments.csv, written whole."""
     with atomic_path(path) as temporary:
-        members[["path", "cluster_id", "similarity"]].to_csv(temporary, index=False, float_format="%.6f")
+        temporary.write_bytes(assignments_csv(members, header=True))
+
+
+def plan_assignments_view(view: Path, registry: Registry, members: pd.DataFrame) -> tuple[bytes, bool]:
+    """What to write to OUT/assignments.csv after this run: (bytes, whether they replace the file).
+
+    The view is append-only, one row per image per run that placed it, so a run costs its own rows,
+    not the history; an image that later leaves cluster 0 appears again, and the last row of a path
+    wins. When the file is not the size the last commit recorded (a crash between commit and
+    append, an edit, a deletion), it is rebuilt from the registry's segments instead.
+    """
+    size = view.stat().st_size if view.is_file() else -1
+    if size == registry.assignments_bytes and size > 0:
+        return assignments_csv(members, header=False), False
+    history = pd.concat([registry.members(), members], ignore_index=True)
+    return assignments_csv(history.drop_duplicates("key", keep="last"), header=True), True
+
+
+def update_assignments_view(view: Path, data: bytes, replace: bool, expected_size: int) -> None:
+    """Append this run's rows to OUT/assignments.csv (or replace it), ending at the size the manifest recorded."""
+    if replace:
+        with atomic_path(view) as temporary:
+            temporary.write_bytes(data)
+        return
+    with view.open("r+b") as handle:
+        handle.truncate(expected_size - len(data))
+        handle.seek(0, 2)
+        handle.write(data)
 
 
 def record_batch(
@@ -287,8 +327,11 @@ def record_batch(
         write_report(staging, summary, members, failures, metrics, config)
     run_info = {"run": registry.run, "time": datetime.now(UTC).isoformat(timespec="seconds"), "threshold": threshold}
     run_info.update(counts)
+    view = out_dir / "assignments.csv"
+    view_bytes, replace_view = plan_assignments_view(view, registry, members)
+    registry.assignments_bytes = len(view_bytes) + (0 if replace_view else registry.assignments_bytes)
     commit_registry(registry, members, run_info)
-    write_assignments(out_dir / "assignments.csv", registry.members())
+    update_assignments_view(view, view_bytes, replace_view, registry.assignments_bytes)
     write_json_atomic(out_dir / "clusters.json", summary)
     log.info(
         "run %d: %d new images, %d joined existing clusters, %d new clusters, %d unclustered",

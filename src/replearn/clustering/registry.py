@@ -9,11 +9,13 @@ Layout (everything under OUT/registry/):
 - members-<run>.parquet: one immutable segment per run, appended to the manifest's list and
   never rewritten: key, path, source, sha256, cluster_id, similarity, run. A later row for the
   same key overrides an earlier one (an unclustered image can join a new cluster later).
+- keys-<run>.npy: the segment's keys as sorted 64-bit digests, so "seen before?" reads 8 bytes an
+  image instead of every key string ever registered; a digest hit is confirmed against the segment.
 - prototypes-<run>.npz: per cluster id, the sum of its members' embeddings and their count; the
   prototype is the normalised sum and the cohesion (mean similarity of members to the
   prototype) is |sum| / count, so neither needs the members' embeddings.
-- pool-<run>.npz: embeddings of the images still unclustered (cluster 0), which may form a
-  cluster together with images of a later batch.
+- pool-<run>.npz: keys, sources and embeddings of the images still unclustered (cluster 0), which
+  may form a cluster together with images of a later batch.
 
 OUT/.lock is held with fcntl.flock for the whole run, so a second run on the same OUT is refused
 instead of interleaving writes. The lock file is never deleted (deleting it would let two runs
@@ -23,9 +25,10 @@ lock two different files).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,9 +89,13 @@ class Registry:
     sums: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float64))
     sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     pool_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+    pool_sources: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
     pool_embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
     segments: list[str] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
+    # Size OUT/assignments.csv has once this state's rows are appended; another size means a run
+    # crashed between commit and append (or someone edited the file), and the view is rebuilt.
+    assignments_bytes: int = 0
 
     @property
     def prototypes(self) -> np.ndarray:
@@ -109,12 +116,47 @@ class Registry:
         members = pd.concat(frames, ignore_index=True)
         return members.drop_duplicates("key", keep="last").reset_index(drop=True)
 
-    def known_keys(self) -> set[str]:
-        """Keys of every registered image, read from the key column alone."""
-        keys: set[str] = set()
-        for name in self.segments:
-            keys.update(pd.read_parquet(self.directory / name, columns=["key"])["key"])
-        return keys
+    def known(self, keys: Sequence[str]) -> np.ndarray:
+        """Whether each key is registered: digests narrow every segment down, the key column confirms hits.
+
+        The cost follows the batch and the number of runs, not the number of images ever registered:
+        a segment's key strings are read only when one of its digests matches.
+        """
+        keys = list(keys)
+        digests = key_digests(keys)
+        found = np.zeros(len(keys), dtype=bool)
+        for segment in self.segments:
+            index_path = self.directory / keys_file_of(segment)
+            if index_path.is_file():
+                index = np.load(index_path)
+                positions = np.minimum(np.searchsorted(index, digests), max(len(index) - 1, 0))
+                candidates = np.flatnonzero(~found & (index[positions] == digests)) if len(index) else []
+            else:  # a segment written before key digests existed
+                candidates = np.flatnonzero(~found)
+            if len(candidates):
+                stored = set(pd.read_parquet(self.directory / segment, columns=["key"])["key"])
+                found[candidates] = [keys[i] in stored for i in candidates]
+        return found
+
+
+def key_digests(keys: Sequence[str]) -> np.ndarray:
+    """64-bit digests of image keys, for the sorted per-segment index.
+
+    >>> key_digests(["a@1", "a@1", "b@2"]).tolist()[0] == key_digests(["a@1"]).tolist()[0]
+    True
+    """
+    return np.array(
+        [
+            int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+            for key in keys
+        ],
+        dtype=np.uint64,
+    )
+
+
+def keys_file_of(segment: str) -> str:
+    """The digest index beside a member segment: members-000007.parquet -> keys-000007.npy."""
+    return segment.replace("members-", "keys-").replace(".parquet", ".npy")
 
 
 def _member_dtype(column: str) -> str:
@@ -135,9 +177,10 @@ def load_registry(out_dir: Path) -> Registry:
             cluster_ids, sums, sizes = prototypes["cluster_ids"], prototypes["sums"], prototypes["sizes"]
         with np.load(directory / manifest["pool"], allow_pickle=False) as pool:
             pool_keys, pool_embeddings = pool["keys"].astype(object), pool["embeddings"]
+            pool_sources = pool["sources"].astype(object) if "sources" in pool else None
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"cluster registry {manifest_path} is unreadable ({error}); it was not modified") from None
-    return Registry(
+    registry = Registry(
         directory=directory,
         run=int(manifest["run"]),
         next_cluster_id=int(manifest["next_cluster_id"]),
@@ -150,7 +193,12 @@ def load_registry(out_dir: Path) -> Registry:
         pool_embeddings=pool_embeddings,
         segments=list(manifest["segments"]),
         runs=list(manifest["runs"]),
+        assignments_bytes=int(manifest.get("assignments_bytes", -1)),
     )
+    if pool_sources is None:  # a pool written before sources were kept with it
+        pool_sources = registry.members().set_index("key").loc[pool_keys, "source"].to_numpy(dtype=object)
+    registry.pool_sources = pool_sources
+    return registry
 
 
 def commit_registry(registry: Registry, new_members: pd.DataFrame, run_info: dict[str, Any]) -> None:
@@ -165,12 +213,20 @@ def commit_registry(registry: Registry, new_members: pd.DataFrame, run_info: dic
     segment = f"members-{tag}.parquet"
     prototypes = f"prototypes-{tag}.npz"
     pool = f"pool-{tag}.npz"
+    keys = keys_file_of(segment)
     with atomic_path(directory / segment) as temporary:
         new_members[MEMBER_COLUMNS].to_parquet(temporary, index=False)
+    with atomic_path(directory / keys) as temporary, temporary.open("wb") as handle:
+        np.save(handle, np.sort(key_digests(new_members["key"].tolist())))
     with atomic_path(directory / prototypes) as temporary, temporary.open("wb") as handle:
         np.savez(handle, cluster_ids=registry.cluster_ids, sums=registry.sums, sizes=registry.sizes)
     with atomic_path(directory / pool) as temporary, temporary.open("wb") as handle:
-        np.savez(handle, keys=registry.pool_keys.astype(str), embeddings=registry.pool_embeddings)
+        np.savez(
+            handle,
+            keys=registry.pool_keys.astype(str),
+            sources=registry.pool_sources.astype(str),
+            embeddings=registry.pool_embeddings,
+        )
     registry.segments.append(segment)
     registry.runs.append(run_info)
     manifest = {
@@ -183,12 +239,14 @@ def commit_registry(registry: Registry, new_members: pd.DataFrame, run_info: dic
         "pool": pool,
         "segments": registry.segments,
         "runs": registry.runs,
+        "assignments_bytes": registry.assignments_bytes,
     }
-    _fsync_files(directory / segment, directory / prototypes, directory / pool)
+    _fsync_files(directory / segment, directory / keys, directory / prototypes, directory / pool)
     with atomic_path(directory / "manifest.json") as temporary:
         temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
         _fsync_files(temporary)
-    remove_orphans(directory, keep={segment, prototypes, pool, *registry.segments, "manifest.json"})
+    segments_and_keys = {name for segment in registry.segments for name in (segment, keys_file_of(segment))}
+    remove_orphans(directory, keep={prototypes, pool, *segments_and_keys, "manifest.json"})
 
 
 def _fsync_files(*paths: Path) -> None:
@@ -201,5 +259,5 @@ def _fsync_files(*paths: Path) -> None:
 def remove_orphans(directory: Path, keep: set[str]) -> None:
     """Delete superseded prototypes/pool versions and leftovers of crashed runs; segments stay forever."""
     for path in directory.iterdir():
-        if path.name not in keep and path.suffix in (".npz", ".parquet", ".tmp"):
+        if path.name not in keep and path.suffix in (".npz", ".npy", ".parquet", ".tmp"):
             path.unlink(missing_ok=True)
