@@ -73,7 +73,8 @@ def test_report_links_only_to_files_that_exist(inbox: Path, tmp_path: Path) -> N
     assert report.is_file()
     links = links_of(report)
     assert "thumbs/unclustered.jpg" in links
-    assert sum(link.startswith("thumbs/cluster-") for link in links) == 3
+    assert sum(link.endswith("-typical.jpg") for link in links) == 3
+    assert sum(link.endswith("-atypical.jpg") for link in links) == 3
     for link in links:
         assert not link.startswith(("http:", "https:", "/")), link
         assert (result.run_dir / link).is_file(), link
@@ -89,8 +90,27 @@ def test_report_skips_images_that_have_gone(inbox: Path, tmp_path: Path) -> None
     result = cluster_embeddings_into(ClusterConfig(min_size=3), batch, out, 0.8, "m")
     assert result.run_dir is not None
     links = links_of(result.run_dir / "report.html")
-    assert sum(link.startswith("thumbs/cluster-") for link in links) == 2
+    assert sum(link.endswith("-typical.jpg") for link in links) == 2
     assert all((result.run_dir / link).is_file() for link in links)
+
+
+def test_least_cohesive_cluster_comes_first_and_is_flagged(tmp_path: Path) -> None:
+    """A chain (angles 0-80 degrees, 20 apart: neighbours at cos 20 = 0.94) and a tight blob near 180 degrees.
+
+    At threshold 0.93 the chain is one cluster whose prototype sits at 40 degrees; its cohesion is
+    (2 cos 40 + 2 cos 20 + 1) / 5 = 0.88, below the threshold, so it is flagged and listed first.
+    """
+    angles = np.radians([0, 20, 40, 60, 80, 179, 180, 181, 180.5])
+    embeddings = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    paths = [f"c/{i}.png" for i in range(len(angles))]
+    batch = ImageBatch(paths=paths, sha256=paths, sources=paths, embeddings=embeddings)
+    result = cluster_embeddings_into(ClusterConfig(min_size=3), batch, tmp_path, 0.93, "m")
+    assert result.run_dir is not None
+    titles = [part.split("</h3>")[0] for part in (result.run_dir / "report.html").read_text().split("<h3>")[1:]]
+    chain = (2 * np.cos(np.radians(40)) + 2 * np.cos(np.radians(20)) + 1) / 5
+    assert len(titles) == 2
+    assert titles[0].startswith("Cluster 1 (new): 5 images") and f"cohesion {chain:.3f} LOW COHESION" in titles[0]
+    assert titles[1].startswith("Cluster 2 (new): 4 images") and "LOW COHESION" not in titles[1]
 
 
 def test_evaluation_against_class_folders(inbox: Path, tmp_path: Path) -> None:
@@ -101,7 +121,9 @@ def test_evaluation_against_class_folders(inbox: Path, tmp_path: Path) -> None:
     assert metrics["pairwise_precision"] == 1.0 and metrics["bcubed_precision"] == 1.0
     assert metrics["unclustered_fraction"] == pytest.approx(2 / 24)
     assert metrics["pairwise_recall"] < 1.0 and metrics["clusters"] == 3
-    assert 'href="metrics.json"' in (result.run_dir / "report.html").read_text()
+    page = (result.run_dir / "report.html").read_text()
+    assert 'href="metrics.json"' in page
+    assert "<td>clusters</td><td>3</td>" in page and "<td>classes</td><td>3</td>" in page
 
 
 def write_projection_model(path: Path, size: int = 32, dim: int = 16, threshold: float | None = 0.5) -> None:

@@ -1,6 +1,8 @@
 """report.html for one clustering run: a page a person can skim to check what the run did.
 
-It shows a montage of sample images for each cluster the run created or grew, the images left
+It shows, for each cluster the run created or grew, its most typical new members (most similar
+to the prototype) beside its least typical ones, least cohesive clusters first and flagged when
+their cohesion is below the threshold, so that impure clusters stand out; then the images left
 unclustered, and the size distribution of all clusters. It is one static file plus the montage
 images beside it (relative links), so it opens from disk without a server, and it links only to
 files it wrote: inbox images may be moved away by the next scheduled job, thumbnails stay.
@@ -79,6 +81,29 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def format_value(value: float | int) -> str:
+    """Counts as integers, scores with four decimals.
+
+    >>> format_value(62), format_value(0.91234)
+    ('62', '0.9123')
+    """
+    return str(value) if isinstance(value, int | np.integer) else f"{value:.4f}"
+
+
+def typical_and_atypical(members: pd.DataFrame, cluster_id: int, samples: int) -> tuple[list[str], list[str]]:
+    """Sources of a cluster's members most and least similar to its prototype, `samples` // 2 each (at least 1).
+
+    >>> frame = pd.DataFrame({"cluster_id": [1, 1, 1, 2], "similarity": [0.9, 0.5, 0.7, 1.0], "source": list("abcd")})
+    >>> typical_and_atypical(frame, 1, 4)
+    (['a', 'c'], ['b'])
+    """
+    ranked = members[members["cluster_id"] == cluster_id].sort_values("similarity", ascending=False, kind="stable")
+    half = max(1, samples // 2)
+    typical = ranked.head(half)
+    atypical = ranked.iloc[len(typical) :].tail(half).iloc[::-1]
+    return list(typical["source"]), list(atypical["source"])
+
+
 def _links(run_dir: Path) -> str:
     names = ["assignments.csv", "clusters.json", "metrics.json", "failures.csv"]
     return " · ".join(f'<a href="{name}">{name}</a>' for name in names if (run_dir / name).is_file())
@@ -111,7 +136,7 @@ def write_report(
     parts.append(_table(["", ""], [(html.escape(name), value) for name, value in facts]))
     if metrics:
         parts.append("<h2>Agreement with class folders</h2>")
-        parts.append(_table(["metric", "value"], [(html.escape(k), f"{v:.4f}") for k, v in metrics.items()]))
+        parts.append(_table(["metric", "value"], [(html.escape(k), format_value(v)) for k, v in metrics.items()]))
 
     clusters = pd.DataFrame(summary["clusters"], columns=["id", "size", "cohesion", "added_this_run", "new_this_run"])
     parts.append("<h2>Cluster sizes</h2>")
@@ -127,23 +152,29 @@ def write_report(
         )
     )
 
-    touched = clusters[clusters["added_this_run"] > 0].sort_values(["added_this_run", "id"], ascending=[False, True])
-    parts.append(f"<h2>Clusters this run ({len(touched)})</h2>")
+    touched = clusters[clusters["added_this_run"] > 0].sort_values(["cohesion", "id"])
+    threshold = summary["threshold"]
+    parts.append(
+        f"<h2>Clusters this run ({len(touched)})</h2>"
+        f'<p class="muted">least cohesive first; left, the new members most similar to the prototype; right, '
+        f"the least similar. Cohesion (mean similarity of members to the prototype) below the threshold "
+        f"{threshold:.3f} is flagged: such a cluster likely mixes classes.</p>"
+    )
     for row in touched.head(config.report_clusters).itertuples():
-        sources = members.loc[members["cluster_id"] == row.id, "source"].head(config.report_samples)
-        name = f"cluster-{row.id:06d}.jpg"
-        shown = write_montage(list(sources), thumbs / name, config.report_samples, config.thumbnail_size)
+        typical, atypical = typical_and_atypical(members, row.id, config.report_samples)
+        montages = []
+        for kind, sources in (("typical", typical), ("atypical", atypical)):
+            name = f"cluster-{row.id:06d}-{kind}.jpg"
+            if sources and write_montage(sources, thumbs / name, len(sources), config.thumbnail_size):
+                montages.append(f'<img src="thumbs/{name}" alt="{kind} members of cluster {row.id}">')
         label = "new" if row.new_this_run else "grew"
+        flag = " LOW COHESION" if row.cohesion < threshold else ""
         title = (
             f"Cluster {row.id} ({label}): {row.size} images, +{row.added_this_run} this run, "
-            f"cohesion {row.cohesion:.3f}"
+            f"cohesion {row.cohesion:.3f}{flag}"
         )
-        image = (
-            f'<img src="thumbs/{name}" alt="samples of cluster {row.id}">'
-            if shown
-            else ('<span class="muted">no readable images to show</span>')
-        )
-        parts.append(f'<div class="cluster"><h3>{html.escape(title)}</h3>{image}</div>')
+        images = " &nbsp; ".join(montages) or '<span class="muted">no readable images to show</span>'
+        parts.append(f'<div class="cluster"><h3>{html.escape(title)}</h3>{images}</div>')
     if len(touched) > config.report_clusters:
         parts.append(f'<p class="muted">{len(touched) - config.report_clusters} more in clusters.json.</p>')
 

@@ -1,0 +1,235 @@
+"""Clustering quality against the field: every method on the same embeddings of two labelled inboxes.
+
+Inboxes, embedded once with the exported default model (outputs/model.onnx, `dvc repro`):
+
+- demo: data/inbox, 62 classes x 4 images (`make demo`), fonts of every bundled family;
+- held-out: 62 classes x 40 images rendered (seed 2) from the fonts of the test family only
+  (preprocess.split.test_groups / the split seed: HK Grotesk by default), a family that training never saw.
+
+Every method's labels go through the stage's own rule: clusters smaller than cluster.min_size go to 0,
+and every image in 0 counts as a singleton. Scores are replearn.clustering.metrics.clustering_scores.
+Infomap (igraph, GPL) and FINCH are benchmark-only: `pip install -e '.[bench]'`.
+
+    python benchmarks/cluster_quality.py                     # both inboxes, about two minutes
+    python benchmarks/cluster_quality.py --per-class 20      # a smaller held-out inbox
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from replearn.clustering.cluster import ImageBatch, class_labels, cluster_embeddings_into, unit_rows
+from replearn.clustering.components import cluster_embeddings, label_components, number_by_size
+from replearn.clustering.graph import exact_knn
+from replearn.clustering.metrics import clustering_scores
+from replearn.config import ClusterConfig, load_config
+from replearn.data.chars import generate_chars
+from replearn.data.fonts import discover_fonts
+from replearn.export.embedder import OnnxEmbedder, embed_folder
+
+Method = Callable[[np.ndarray, float], np.ndarray]
+GRAPH_K = 10
+
+
+def knn_graph_weighted(embeddings: np.ndarray, k: int, threshold: float | None = None) -> sp.csr_matrix:
+    """Symmetric kNN graph weighted by cosine similarity (negative similarities dropped; below `threshold` too)."""
+    neighbours = exact_knn(embeddings, k)
+    n = len(embeddings)
+    keep = (neighbours.ids >= 0) & (neighbours.similarities > (0.0 if threshold is None else threshold))
+    rows = np.nonzero(keep)[0]
+    graph = sp.csr_matrix((neighbours.similarities[keep], (rows, neighbours.ids[keep])), shape=(n, n))
+    return graph.maximum(graph.T).tocsr()
+
+
+def seed_components(embeddings: np.ndarray, threshold: float) -> np.ndarray:
+    return cluster_embeddings(embeddings, threshold, ClusterConfig(min_size=1))
+
+
+def mutual_knn(k: int) -> Method:
+    def method(embeddings: np.ndarray, threshold: float) -> np.ndarray:
+        config = ClusterConfig(min_size=1, refine="mutual_knn", neighbors=k)
+        return cluster_embeddings(embeddings, threshold, config)
+
+    return method
+
+
+def size_capped_components(cap: int, step: float = 0.01) -> Method:
+    """CDP-style: components above `cap` images are split again at a threshold raised by `step`, until none is."""
+
+    def method(embeddings: np.ndarray, threshold: float) -> np.ndarray:
+        labels = np.zeros(len(embeddings), dtype=np.int64)
+        pending = [(np.arange(len(embeddings)), threshold)]
+        next_label = 0
+        while pending:
+            rows, level = pending.pop()
+            parts = seed_components(embeddings[rows], level)
+            for part in np.unique(parts):
+                members = rows[parts == part]
+                if len(members) > cap and level + step < 1.0:
+                    pending.append((members, level + step))
+                else:
+                    labels[members] = next_label
+                    next_label += 1
+        return labels
+
+    return method
+
+
+def hdbscan(min_cluster_size: int) -> Method:
+    def method(embeddings: np.ndarray, threshold: float) -> np.ndarray:
+        from sklearn.cluster import HDBSCAN
+
+        labels = HDBSCAN(min_cluster_size=min_cluster_size).fit_predict(embeddings)
+        return np.where(labels >= 0, labels + 1, 0)
+
+    return method
+
+
+def finch_level(level: int) -> Method:
+    def method(embeddings: np.ndarray, threshold: float) -> np.ndarray:
+        from finch import FINCH
+
+        partitions, counts, _ = FINCH(embeddings, distance="cosine", verbose=False)
+        return partitions[:, min(level, partitions.shape[1] - 1)]
+
+    return method
+
+
+def louvain(threshold_edges: bool, resolution: float = 1.0) -> Method:
+    def method(embeddings: np.ndarray, threshold: float) -> np.ndarray:
+        from sknetwork.clustering import Leiden
+
+        graph = knn_graph_weighted(embeddings, GRAPH_K, threshold if threshold_edges else None)
+        return Leiden(resolution=resolution, random_state=0).fit_predict(graph)
+
+    return method
+
+
+def infomap(threshold_edges: bool) -> Method:
+    def method(embeddings: np.ndarray, threshold: float) -> np.ndarray:
+        import igraph
+
+        graph = sp.triu(knn_graph_weighted(embeddings, GRAPH_K, threshold if threshold_edges else None)).tocoo()
+        network = igraph.Graph(n=len(embeddings), edges=list(zip(graph.row.tolist(), graph.col.tolist(), strict=True)))
+        return np.asarray(network.community_infomap(edge_weights=graph.data.tolist()).membership)
+
+    return method
+
+
+def methods() -> dict[str, Method]:
+    return {
+        "threshold + components (seed)": seed_components,
+        "mutual kNN k=3 (demo profile)": mutual_knn(3),
+        "mutual kNN k=32 (cluster.neighbors)": mutual_knn(32),
+        "size-capped components, cap 60 (CDP-style)": size_capped_components(60),
+        "HDBSCAN min_cluster_size 5 (scikit-learn)": hdbscan(5),
+        "FINCH, first partition": finch_level(0),
+        "FINCH, second partition": finch_level(1),
+        f"Leiden, kNN graph k={GRAPH_K} (scikit-network)": louvain(False),
+        f"Leiden, kNN graph k={GRAPH_K} >= threshold": louvain(True),
+        f"Infomap, kNN graph k={GRAPH_K} (igraph, GPL)": infomap(False),
+        f"Infomap, kNN graph k={GRAPH_K} >= threshold": infomap(True),
+    }
+
+
+def held_out_inbox(folder: Path, family: str, per_class: int, size: int) -> Path:
+    """Render the chars classes from one family's fonts only (seed 2, so no image repeats data/raw's)."""
+    fonts = [font.path for font in discover_fonts("0") if font.family == family]
+    if not fonts:
+        raise SystemExit(f"no bundled font of family {family}")
+    generate_chars(folder, per_class, size, seed=2, fonts=fonts, replace_fonts=True)
+    return folder
+
+
+def embed(model: OnnxEmbedder, folder: Path) -> tuple[np.ndarray, list[str]]:
+    result = embed_folder(model, folder)
+    return unit_rows(result.embeddings), class_labels(result.paths)
+
+
+def score_all(name: str, embeddings: np.ndarray, labels: list[str], threshold: float, min_size: int) -> None:
+    print(f"\n== {name}: {len(labels):,} images, {len(set(labels))} classes, threshold {threshold:.4f}")
+    header = f"{'method':<46} {'pairwise F (P / R)':>22} {'BCubed F':>9} {'NMI':>6} {'in 0':>6} {'clusters':>8} {'s':>6}"
+    print(header)
+    for title, method in methods().items():
+        started = time.perf_counter()
+        try:
+            ids = number_by_size(method(embeddings, threshold), min_size)
+        except ImportError as error:
+            print(f"{title:<46} skipped: {error}")
+            continue
+        seconds = time.perf_counter() - started
+        s = clustering_scores(labels, ids)
+        pairwise = f"{s['pairwise_f1']:.3f} ({s['pairwise_precision']:.3f} / {s['pairwise_recall']:.3f})"
+        print(
+            f"{title:<46} {pairwise:>22} {s['bcubed_f1']:>9.3f} {s['nmi']:>6.3f} "
+            f"{s['unclustered_fraction']:>6.1%} {s['clusters']:>8} {seconds:>6.2f}",
+            flush=True,
+        )
+
+
+def stage_assignments(
+    embeddings: np.ndarray, labels: list[str], threshold: float, config: ClusterConfig, batches: int
+) -> np.ndarray:
+    """Cluster ids after feeding the inbox to the cluster stage in `batches` scheduled runs (shuffled, seeded)."""
+    order = np.random.default_rng(0).permutation(len(labels))
+    paths = [f"{labels[i]}/{i:06d}.png" for i in range(len(labels))]
+    with tempfile.TemporaryDirectory(prefix="replearn-incremental-") as out:
+        for part in np.array_split(order, batches):
+            batch = ImageBatch(
+                paths=[paths[i] for i in part],
+                sha256=[str(i) for i in part],
+                sources=[paths[i] for i in part],
+                embeddings=embeddings[part],
+            )
+            cluster_embeddings_into(config, batch, Path(out), threshold, "benchmark")
+        view = pd.read_csv(Path(out) / "assignments.csv").drop_duplicates("path", keep="last").set_index("path")
+    return view.loc[paths, "cluster_id"].to_numpy()
+
+
+def incremental_vs_one_shot(embeddings: np.ndarray, labels: list[str], threshold: float, config: ClusterConfig) -> None:
+    print(f"\n== the cluster stage ({config.method}): one run vs scheduled batches of the same inbox")
+    for batches in (1, 10):
+        started = time.perf_counter()
+        ids = stage_assignments(embeddings, labels, threshold, config, batches)
+        s = clustering_scores(labels, ids)
+        print(
+            f"{batches:>3} run(s): pairwise F {s['pairwise_f1']:.3f} ({s['pairwise_precision']:.3f} / "
+            f"{s['pairwise_recall']:.3f}), BCubed F {s['bcubed_f1']:.3f}, in 0 {s['unclustered_fraction']:.1%}, "
+            f"{s['clusters']} clusters, {time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path("outputs/model.onnx"))
+    parser.add_argument("--demo-inbox", type=Path, default=Path("data/inbox"))
+    parser.add_argument("--family", default="HKGrotesk", help="typeface family of the held-out inbox")
+    parser.add_argument("--per-class", type=int, default=40, help="images per class of the held-out inbox")
+    args = parser.parse_args()
+    config = load_config(Path("params.yaml"))
+    model = OnnxEmbedder(args.model, provider="cpu")
+    threshold = model.metadata.threshold
+    if threshold is None:
+        raise SystemExit(f"{args.model} carries no calibrated threshold")
+    min_size = config.cluster.min_size
+    if args.demo_inbox.is_dir():
+        score_all(f"demo inbox {args.demo_inbox}", *embed(model, args.demo_inbox), threshold, min_size)
+    with tempfile.TemporaryDirectory(prefix="replearn-inbox-") as folder:
+        inbox = held_out_inbox(Path(folder) / "inbox", args.family, args.per_class, config.data.size)
+        title = f"held-out inbox: family {args.family}, {args.per_class} per class"
+        embeddings, labels = embed(model, inbox)
+        score_all(title, embeddings, labels, threshold, min_size)
+        incremental_vs_one_shot(embeddings, labels, threshold, config.cluster)
+
+
+if __name__ == "__main__":
+    main()
