@@ -27,8 +27,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from replearn.clustering.cluster import ImageBatch, class_labels, cluster_embeddings_into, unit_rows
-from replearn.clustering.components import cluster_embeddings, label_components, number_by_size
+from replearn.clustering.components import number_by_size
 from replearn.clustering.graph import exact_knn
+from replearn.clustering.methods import cluster_embeddings
 from replearn.clustering.metrics import clustering_scores
 from replearn.config import ClusterConfig, load_config
 from replearn.data.chars import generate_chars
@@ -50,12 +51,12 @@ def knn_graph_weighted(embeddings: np.ndarray, k: int, threshold: float | None =
 
 
 def seed_components(embeddings: np.ndarray, threshold: float) -> np.ndarray:
-    return cluster_embeddings(embeddings, threshold, ClusterConfig(min_size=1))
+    return cluster_embeddings(embeddings, threshold, ClusterConfig(min_size=1, method="components"))
 
 
 def mutual_knn(k: int) -> Method:
     def method(embeddings: np.ndarray, threshold: float) -> np.ndarray:
-        config = ClusterConfig(min_size=1, refine="mutual_knn", neighbors=k)
+        config = ClusterConfig(min_size=1, method="components", refine="mutual_knn", neighbors=k)
         return cluster_embeddings(embeddings, threshold, config)
 
     return method
@@ -124,8 +125,16 @@ def infomap(threshold_edges: bool) -> Method:
     return method
 
 
-def methods() -> dict[str, Method]:
+def stage_method(config: ClusterConfig) -> Method:
+    def method(embeddings: np.ndarray, threshold: float) -> np.ndarray:
+        return cluster_embeddings(embeddings, threshold, config.model_copy(update={"min_size": 1}))
+
+    return method
+
+
+def methods(config: ClusterConfig) -> dict[str, Method]:
     return {
+        f"replearn {config.method}, k={config.neighbors} (the default)": stage_method(config),
         "threshold + components (seed)": seed_components,
         "mutual kNN k=3 (demo profile)": mutual_knn(3),
         "mutual kNN k=32 (cluster.neighbors)": mutual_knn(32),
@@ -154,14 +163,15 @@ def embed(model: OnnxEmbedder, folder: Path) -> tuple[np.ndarray, list[str]]:
     return unit_rows(result.embeddings), class_labels(result.paths)
 
 
-def score_all(name: str, embeddings: np.ndarray, labels: list[str], threshold: float, min_size: int) -> None:
+def score_all(name: str, embeddings: np.ndarray, labels: list[str], threshold: float, config: ClusterConfig) -> None:
     print(f"\n== {name}: {len(labels):,} images, {len(set(labels))} classes, threshold {threshold:.4f}")
-    header = f"{'method':<46} {'pairwise F (P / R)':>22} {'BCubed F':>9} {'NMI':>6} {'in 0':>6} {'clusters':>8} {'s':>6}"
+    columns = f"{'pairwise F (P / R)':>22} {'BCubed F':>9} {'NMI':>6} {'in 0':>6} {'clusters':>8} {'s':>6}"
+    header = f"{'method':<46} {columns}"
     print(header)
-    for title, method in methods().items():
+    for title, method in methods(config).items():
         started = time.perf_counter()
         try:
-            ids = number_by_size(method(embeddings, threshold), min_size)
+            ids = number_by_size(method(embeddings, threshold), config.min_size)
         except ImportError as error:
             print(f"{title:<46} skipped: {error}")
             continue
@@ -195,7 +205,7 @@ def stage_assignments(
 
 
 def incremental_vs_one_shot(embeddings: np.ndarray, labels: list[str], threshold: float, config: ClusterConfig) -> None:
-    print(f"\n== the cluster stage ({config.method}): one run vs scheduled batches of the same inbox")
+    print("\n== the cluster stage: one run vs scheduled batches of the same inbox")
     for batches in (1, 10):
         started = time.perf_counter()
         ids = stage_assignments(embeddings, labels, threshold, config, batches)
@@ -220,14 +230,13 @@ def main() -> None:
     threshold = model.metadata.threshold
     if threshold is None:
         raise SystemExit(f"{args.model} carries no calibrated threshold")
-    min_size = config.cluster.min_size
     if args.demo_inbox.is_dir():
-        score_all(f"demo inbox {args.demo_inbox}", *embed(model, args.demo_inbox), threshold, min_size)
+        score_all(f"demo inbox {args.demo_inbox}", *embed(model, args.demo_inbox), threshold, config.cluster)
     with tempfile.TemporaryDirectory(prefix="replearn-inbox-") as folder:
         inbox = held_out_inbox(Path(folder) / "inbox", args.family, args.per_class, config.data.size)
         title = f"held-out inbox: family {args.family}, {args.per_class} per class"
         embeddings, labels = embed(model, inbox)
-        score_all(title, embeddings, labels, threshold, min_size)
+        score_all(title, embeddings, labels, threshold, config.cluster)
         incremental_vs_one_shot(embeddings, labels, threshold, config.cluster)
 
 

@@ -27,8 +27,10 @@ def training(params_file: str = "params.yaml", overrides: list[str] | None = Non
     )
     preprocessed = preprocess(config=sections(config, "preprocess"), dataset=dataset, outputs_dir=outputs)
     checkpoint, _ = train(config=sections(config, "train"), preprocessed=preprocessed, outputs_dir=outputs)
-    metrics, threshold = evaluate(
-        config=sections(config, "evaluate", "embed", "train.devices"),
+    metrics, threshold, clustering = evaluate(
+        config=sections(
+            config, "evaluate", "embed", "train.devices", "cluster.neighbors", "cluster.min_size", "cluster.seed"
+        ),
         checkpoint=checkpoint,
         preprocessed=preprocessed,
         outputs_dir=outputs,
@@ -37,6 +39,7 @@ def training(params_file: str = "params.yaml", overrides: list[str] | None = Non
         config=sections(config, "export"),
         checkpoint=checkpoint,
         threshold=threshold,
+        clustering=clustering,
         preprocessed=preprocessed,
         outputs_dir=outputs,
     )

@@ -31,6 +31,7 @@ class ArtifactName(StrEnum):
     TRAIN_SUMMARY = "train_summary"
     METRICS = "metrics"
     THRESHOLD = "threshold"
+    CLUSTERING = "clustering_calibration"
     ONNX_MODEL = "onnx_model"
     PROMOTED = "promoted"
     PRODUCTION_MODEL = "production_model"

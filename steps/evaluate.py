@@ -12,11 +12,16 @@ from steps.stage_config import library_cache_policy, rebuild, stage_dir
 @step(cache_policy=library_cache_policy("evaluate"))
 def evaluate(
     config: dict[str, Any], checkpoint: ModelFile, preprocessed: FolderRef, outputs_dir: str
-) -> tuple[Annotated[dict[str, float], ArtifactName.METRICS], Annotated[float, ArtifactName.THRESHOLD]]:
-    """kNN metrics on seen and unseen classes, plots, and the clustering threshold calibrated on val."""
+) -> tuple[
+    Annotated[dict[str, float], ArtifactName.METRICS],
+    Annotated[float, ArtifactName.THRESHOLD],
+    Annotated[dict[str, float | None], ArtifactName.CLUSTERING],
+]:
+    """kNN metrics on seen and unseen classes, plots, and the clustering threshold and resolution calibrated on val."""
     from replearn.evaluation.evaluate import evaluate as evaluate_model
 
     out_dir = stage_dir(outputs_dir, "evaluate", config, checkpoint.sha256, preprocessed.digest)
     result = evaluate_model(rebuild(config), Path(checkpoint.path), preprocessed.checked(), out_dir, force=True)
     log_metadata(metadata={"metrics": dict(result.metrics), "report_dir": str(out_dir)})
-    return dict(result.metrics), float(result.threshold)
+    clustering = {"resolution": result.clustering.resolution, "resolution_images": result.clustering.resolution_images}
+    return dict(result.metrics), float(result.threshold), clustering

@@ -14,18 +14,27 @@ from steps.stage_config import library_cache_policy, rebuild, stage_dir
     cache_policy=library_cache_policy("export"),
 )
 def export(
-    config: dict[str, Any], checkpoint: ModelFile, threshold: float, preprocessed: FolderRef, outputs_dir: str
+    config: dict[str, Any],
+    checkpoint: ModelFile,
+    threshold: float,
+    clustering: dict[str, float | None],
+    preprocessed: FolderRef,
+    outputs_dir: str,
 ) -> Annotated[ModelFile, ArtifactName.ONNX_MODEL]:
-    """ONNX with the calibrated threshold in its metadata, parity-checked against PyTorch on real images."""
+    """ONNX with the calibrated threshold and resolution in its metadata, parity-checked on real images."""
+    from replearn.evaluation.threshold import ClusteringCalibration
     from replearn.export.onnx_export import export_model
 
-    out_dir = stage_dir(outputs_dir, "export", config, checkpoint.sha256, threshold, preprocessed.digest)
+    resolution, images = clustering["resolution"], clustering["resolution_images"]
+    calibration = ClusteringCalibration(resolution, None if images is None else int(images))
+    out_dir = stage_dir(outputs_dir, "export", config, checkpoint.sha256, threshold, clustering, preprocessed.digest)
     result = export_model(
         rebuild(config).export,
         Path(checkpoint.path),
         out_dir / "model.onnx",
         images_dir=preprocessed.checked(),
         threshold=threshold,
+        clustering=calibration,
     )
     log_metadata(
         metadata={"exporter": result.exporter, "max_abs_diff": result.parity.max_abs_diff, "path": str(result.path)}

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from replearn.clustering.components import (
-    cluster_embeddings,
     components_from_edge_blocks,
     find_components,
     number_by_size,
 )
 from replearn.clustering.graph import exact_knn, iter_threshold_edges, knn_graph
+from replearn.clustering.methods import cluster_embeddings
 from replearn.clustering.metrics import clustering_scores
 from replearn.config import ClusterConfig
 
@@ -77,7 +77,7 @@ def test_a_chain_longer_than_the_recursion_limit_is_one_cluster() -> None:
     singles[np.arange(8), 24 + np.arange(8)] = 1.0
     embeddings = np.concatenate([embeddings, singles])
 
-    ids = cluster_embeddings(embeddings, 0.9, ClusterConfig(min_size=2))
+    ids = cluster_embeddings(embeddings, 0.9, ClusterConfig(method="components", min_size=2))
 
     assert (ids[:n_long] == 1).all()
     assert (ids[n_long : n_long + 500] == 2).all()
@@ -95,7 +95,7 @@ def test_compacting_edges_keeps_the_components() -> None:
 
 def test_clusters_are_numbered_by_size_and_small_ones_go_to_zero() -> None:
     embeddings, truth = blobs([2, 5, 1, 3, 5])
-    ids = cluster_embeddings(embeddings, 0.8, ClusterConfig(min_size=3))
+    ids = cluster_embeddings(embeddings, 0.8, ClusterConfig(method="components", min_size=3))
     # sizes 5 and 5 tie: the one whose first image comes first gets the lower id
     expected = {0: 0, 1: 1, 2: 0, 3: 3, 4: 2}
     assert ids.tolist() == [expected[t] for t in truth]
@@ -103,7 +103,12 @@ def test_clusters_are_numbered_by_size_and_small_ones_go_to_zero() -> None:
 
 def test_min_size_one_keeps_singletons() -> None:
     embeddings, truth = blobs([1, 1, 2])
-    assert sorted(cluster_embeddings(embeddings, 0.8, ClusterConfig(min_size=1)).tolist()) == [1, 1, 2, 3]
+    assert sorted(cluster_embeddings(embeddings, 0.8, ClusterConfig(method="components", min_size=1)).tolist()) == [
+        1,
+        1,
+        2,
+        3,
+    ]
 
 
 def test_number_by_size_of_nothing() -> None:
@@ -132,8 +137,10 @@ def test_mutual_knn_cuts_a_bridge_between_two_blobs() -> None:
     bridge = unit((u + v)[None])  # similarity ~0.89 to both centres
     embeddings = np.concatenate([blob_u, blob_v, bridge])
 
-    plain = cluster_embeddings(embeddings, 0.85, ClusterConfig(min_size=2))
-    refined = cluster_embeddings(embeddings, 0.85, ClusterConfig(min_size=2, refine="mutual_knn", neighbors=10))
+    plain = cluster_embeddings(embeddings, 0.85, ClusterConfig(method="components", min_size=2))
+    refined = cluster_embeddings(
+        embeddings, 0.85, ClusterConfig(method="components", min_size=2, refine="mutual_knn", neighbors=10)
+    )
 
     assert len(set(plain.tolist())) == 1
     # mutual kNN may also shed a blob's outlier to cluster 0; what matters is that the blobs separate

@@ -259,20 +259,46 @@ class EmbedConfig(StrictModel):
     )
 
 
-class ClusterConfig(StrictModel):
-    """Threshold graph, connected components, and the registry that keeps cluster ids stable."""
+# Louvain's resolution when neither cluster.resolution nor the model's metadata gives one: the value
+# evaluate calibrated on the chars demo's val split (benchmarks/cluster_quality.py).
+DEFAULT_RESOLUTION = 16.0
+DEFAULT_RESOLUTION_IMAGES = 248
 
+
+class ClusterConfig(StrictModel):
+    """Similarity graph, clustering method, and the registry that keeps cluster ids stable."""
+
+    method: Literal["louvain", "components"] = Field(
+        "louvain",
+        description="louvain: communities of the kNN graph pruned at the threshold; components: the seed's rule.",
+    )
     threshold: float | None = Field(None, ge=-1.0, le=1.0, description="None: read from the model's metadata.")
+    resolution: float | None = Field(
+        None, gt=0.0, description=f"Louvain resolution; None: the model's calibrated one, else {DEFAULT_RESOLUTION}."
+    )
+    resolution_images: int | None = Field(
+        None,
+        ge=1,
+        description=f"Images the resolution was calibrated on; fewer get a proportionally lower one. "
+        f"None: the model's, else {DEFAULT_RESOLUTION_IMAGES}.",
+    )
     min_size: int = Field(3, ge=1, description="Clusters smaller than this go to cluster 0, unclustered.")
     exact_max_n: int = Field(200_000, ge=1, description="Above this many images, approximate kNN builds the graph.")
-    neighbors: int = Field(32, ge=1, description="k of the kNN graph (approximate, or exact with refine=mutual_knn).")
+    neighbors: int = Field(20, ge=1, description="k of the kNN graph (louvain, approximate, or refine=mutual_knn).")
     refine: Literal["none", "mutual_knn"] = Field(
-        "none", description="mutual_knn: an edge also needs each image in the other's k nearest, against chaining."
+        "none",
+        description="components only. mutual_knn: an edge also needs each image in the other's k nearest.",
     )
     approximate_index: Literal["ivf", "hnsw"] = Field("ivf", description="faiss index for the approximate kNN graph.")
     nprobe: int = Field(16, ge=1, description="IVF lists searched per query: higher is slower and more exact.")
+    exemplars: int = Field(
+        32, ge=1, description="Latest members kept per cluster; they stand for it when a later batch is clustered."
+    )
+    pool_max: int = Field(
+        10_000, ge=0, description="Unclustered images kept for later runs; beyond it the oldest stay in cluster 0."
+    )
     block_memory_mb: int = Field(64, ge=1, description="Memory for one block of the exact similarity matrix.")
-    seed: int = Field(0, description="Seed of the IVF training sample.")
+    seed: int = Field(0, description="Seed of the IVF training sample and of Louvain.")
     report_clusters: int = Field(100, ge=0, description="Clusters with a montage in report.html; the rest get a row.")
     report_samples: int = Field(8, ge=1, description="Images in each cluster's montage.")
     thumbnail_size: int = Field(64, ge=16, description="Side of a montage thumbnail, in pixels.")

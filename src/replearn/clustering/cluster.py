@@ -5,13 +5,13 @@ A run, under OUT's lock:
 1. lists the inbox and hashes every file; images are keyed by path + content hash, so a batch
    seen before is skipped without being embedded, and an empty or already-seen inbox is a quick no-op;
 2. embeds only the new images with the torch-free ONNX embedder;
-3. assigns each new image to the existing cluster whose prototype is most similar, when that
-   similarity passes the threshold (existing ids never change);
-4. builds the threshold graph over the rest (the new images that joined nothing, plus images left
-   unclustered by earlier runs) and turns its connected components of at least min_size images into
-   new clusters, numbered by size after the largest id ever issued (ids are never reused);
-5. writes OUT/runs/run-NNNNNN/ (assignments.csv, clusters.json, report.html, metrics.json),
-   commits the registry, and refreshes OUT/assignments.csv and OUT/clusters.json.
+3. clusters the new images together with the images earlier runs left unclustered and the
+   exemplars of the clusters they are near (placement.py, by cluster.method): new images join
+   existing clusters (existing ids never change) or form new ones of at least min_size images,
+   numbered by size after the largest id ever issued (ids are never reused); clusters found to be
+   one are recorded in merged_into, never renumbered;
+4. writes OUT/runs/run-NNNNNN/ (assignments.csv, clusters.json, report.html, metrics.json),
+   commits the registry, appends the run's rows to OUT/assignments.csv and refreshes OUT/clusters.json.
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ import numpy as np
 import pandas as pd
 
 from replearn.atomic import atomic_directory, atomic_path, write_json_atomic
-from replearn.clustering.components import UNCLUSTERED, cluster_embeddings
-from replearn.clustering.graph import as_embeddings, block_rows_for
+from replearn.clustering.graph import as_embeddings
 from replearn.clustering.inbox import HASH_CACHE_NAME, hash_inbox, sha256_file
+from replearn.clustering.placement import latest_exemplars, place_batch
 from replearn.clustering.registry import MEMBER_COLUMNS, Registry, commit_registry, load_registry, registry_lock
 from replearn.clustering.report import write_report
 from replearn.config import ClusterConfig, Config
 from replearn.errors import UserError
+from replearn.export.metadata import ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -87,27 +88,6 @@ def unit_rows(embeddings: np.ndarray) -> np.ndarray:
     return embeddings / np.maximum(norms, 1e-12)
 
 
-def nearest_prototypes(
-    embeddings: np.ndarray, prototypes: np.ndarray, block_memory_mb: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Index of and similarity to the most similar prototype of each embedding, in memory-bounded blocks.
-
-    >>> nearest_prototypes(np.eye(2, dtype=np.float32), np.array([[0.0, 1.0]], dtype=np.float32), 1)
-    (array([0, 0]), array([0., 1.], dtype=float32))
-    """
-    n = len(embeddings)
-    best = np.zeros(n, dtype=np.int64)
-    best_similarity = np.full(n, -np.inf, dtype=np.float32)
-    if len(prototypes) == 0:
-        return best, best_similarity
-    rows = block_rows_for(len(prototypes), block_memory_mb)
-    for start in range(0, n, rows):
-        block = embeddings[start : start + rows] @ prototypes.T
-        best[start : start + rows] = block.argmax(axis=1)
-        best_similarity[start : start + rows] = block.max(axis=1)
-    return best, best_similarity
-
-
 def add_to_clusters(registry: Registry, cluster_ids: np.ndarray, embeddings: np.ndarray) -> None:
     """Add members to existing or new clusters of the registry, updating sums and counts in place."""
     if len(cluster_ids) == 0:
@@ -140,41 +120,39 @@ def check_compatible(registry: Registry, model_id: str, embedding_dim: int) -> N
 
 def update_registry(
     registry: Registry, batch: ImageBatch, threshold: float, config: ClusterConfig
-) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Assign a batch of new images in memory: join existing clusters, else form new ones with the pool.
+) -> tuple[pd.DataFrame, dict[str, int], dict[int, int]]:
+    """Place a batch of new images in memory (placement.py) and update sums, exemplars, merges and the pool.
 
     Returns the member rows this run writes (the batch, plus earlier unclustered images that
-    joined a new cluster) and counts for the summary. Pure given the registry and the batch.
+    joined a cluster), counts for the summary and this run's merges. Pure given the registry and the batch.
     """
     keys = np.array(batch.keys, dtype=object)
     embeddings = unit_rows(batch.embeddings)
     old_pool_keys, old_pool_sources = registry.pool_keys, registry.pool_sources
     old_pool = registry.pool_embeddings.reshape(len(old_pool_keys), embeddings.shape[1])
-
-    nearest, similarity = nearest_prototypes(embeddings, registry.prototypes, config.block_memory_mb)
-    joins = similarity >= threshold
-    batch_ids = np.zeros(len(keys), dtype=np.int64)
-    batch_ids[joins] = registry.cluster_ids[nearest[joins]]
-
-    # Earlier unclustered images come first (they are older), then this batch's leftovers.
-    rest = np.concatenate([old_pool, embeddings[~joins]])
-    ranks = cluster_embeddings(rest, threshold, config)
-    rest_ids = np.where(ranks > 0, ranks + registry.next_cluster_id - 1, UNCLUSTERED)
-    pool_ids = rest_ids[: len(old_pool)]
-    batch_ids[~joins] = rest_ids[len(old_pool) :]
+    placement = place_batch(registry, embeddings, threshold, config)
+    batch_ids, pool_ids = placement.batch_ids, placement.pool_ids
     moved = pool_ids > 0
-
     clustered = batch_ids > 0
-    add_to_clusters(
-        registry,
-        np.concatenate([batch_ids[clustered], pool_ids[moved]]),
-        np.concatenate([embeddings[clustered], old_pool[moved]]),
+
+    member_ids = np.concatenate([batch_ids[clustered], pool_ids[moved]])
+    member_vectors = np.concatenate([embeddings[clustered], old_pool[moved]])
+    add_to_clusters(registry, member_ids, member_vectors)
+    registry.exemplar_ids, registry.exemplars = latest_exemplars(
+        np.concatenate([registry.exemplar_ids, member_ids]),
+        np.concatenate([registry.exemplars.reshape(-1, embeddings.shape[1]), member_vectors]).astype(np.float32),
+        config.exemplars,
     )
-    registry.next_cluster_id += int(ranks.max(initial=0))
-    registry.pool_keys = np.concatenate([old_pool_keys[~moved], keys[~clustered]])
+    registry.merged_into.update(placement.merges)
+    registry.next_cluster_id += placement.new_clusters
+
+    # The pool keeps the newest cluster.pool_max unclustered images; older ones stay in cluster 0 for good.
+    pool_keys = np.concatenate([old_pool_keys[~moved], keys[~clustered]])
+    retired = max(0, len(pool_keys) - config.pool_max)
+    registry.pool_keys = pool_keys[retired:]
     sources = np.array(batch.sources, dtype=object)
-    registry.pool_sources = np.concatenate([old_pool_sources[~moved], sources[~clustered]])
-    registry.pool_embeddings = np.concatenate([old_pool[~moved], embeddings[~clustered]]).astype(np.float32)
+    registry.pool_sources = np.concatenate([old_pool_sources[~moved], sources[~clustered]])[retired:]
+    registry.pool_embeddings = np.concatenate([old_pool[~moved], embeddings[~clustered]])[retired:].astype(np.float32)
     registry.run += 1
 
     members = pd.DataFrame(
@@ -183,9 +161,7 @@ def update_registry(
     if moved.any():
         moved_keys = old_pool_keys[moved]
         paths, digests = zip(*(key.rsplit("@", 1) for key in moved_keys), strict=True)
-        joined = pd.DataFrame(
-            {"key": moved_keys, "path": paths, "source": old_pool_sources[moved], "sha256": digests}
-        )
+        joined = pd.DataFrame({"key": moved_keys, "path": paths, "source": old_pool_sources[moved], "sha256": digests})
         joined["cluster_id"] = pool_ids[moved]
         members = pd.concat([members, joined], ignore_index=True)
     member_embeddings = np.concatenate([embeddings, old_pool[moved]])
@@ -193,12 +169,14 @@ def update_registry(
     members["run"] = registry.run
     counts = {
         "new_images": len(keys),
-        "assigned_to_existing": int(joins.sum()),
-        "new_clusters": int(ranks.max(initial=0)),
+        "assigned_to_existing": placement.joined_existing,
+        "new_clusters": placement.new_clusters,
         "earlier_unclustered_joined": int(moved.sum()),
         "unclustered": int((~clustered).sum()),
+        "merged": len(placement.merges),
+        "retired_from_pool": retired,
     }
-    return members[MEMBER_COLUMNS], counts
+    return members[MEMBER_COLUMNS], counts, placement.merges
 
 
 def similarity_to_prototype(registry: Registry, cluster_ids: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
@@ -233,9 +211,13 @@ def class_labels(paths: list[str]) -> list[str]:
 
 
 def clusters_summary(
-    registry: Registry, members: pd.DataFrame, counts: dict[str, int], threshold: float
+    registry: Registry, members: pd.DataFrame, counts: dict[str, int], threshold: float, merges: dict[int, int]
 ) -> dict[str, Any]:
-    """Sizes and cohesion of every cluster, and what this run changed: clusters.json."""
+    """Sizes and cohesion of every cluster, and what this run changed: clusters.json.
+
+    merged_into maps a cluster id to the id of the cluster it was found to be one with; follow it
+    (it may chain over runs) to read a member's current cluster. Ids themselves never change.
+    """
     added = members[members["cluster_id"] > 0].groupby("cluster_id").size()
     first_id_this_run = registry.next_cluster_id - counts["new_clusters"]
     clusters = [
@@ -245,6 +227,7 @@ def clusters_summary(
             "cohesion": round(float(cohesion), 6),
             "added_this_run": int(added.get(cluster_id, 0)),
             "new_this_run": bool(cluster_id >= first_id_this_run),
+            "merged_into": registry.merged_into.get(int(cluster_id)),
         }
         for cluster_id, size, cohesion in zip(registry.cluster_ids, registry.sizes, registry.cohesion, strict=True)
     ]
@@ -253,7 +236,9 @@ def clusters_summary(
         "threshold": threshold,
         **counts,
         "clusters_total": len(clusters),
-        "unclustered_total": len(registry.pool_keys),
+        "pool": len(registry.pool_keys),
+        "merged_this_run": {str(k): v for k, v in sorted(merges.items())},
+        "merged_into": {str(k): v for k, v in sorted(registry.merged_into.items())},
         "clusters": clusters,
     }
 
@@ -313,10 +298,10 @@ def record_batch(
     """Cluster a batch of new images into the registry and write the run's outputs (caller holds the lock)."""
     failures = failures or []
     labels = class_labels(batch.paths) if evaluate else None
-    members, counts = update_registry(registry, batch, threshold, config)
+    members, counts, merges = update_registry(registry, batch, threshold, config)
     batch_members = members.iloc[: len(batch.paths)]
     metrics = clustering_scores_of(labels, batch_members["cluster_id"].to_numpy()) if labels is not None else {}
-    summary = clusters_summary(registry, members, counts, threshold)
+    summary = clusters_summary(registry, members, counts, threshold, merges)
     run_dir = out_dir / "runs" / f"run-{registry.run:06d}"
     with atomic_directory(run_dir, replace=True) as staging:
         write_assignments(staging / "assignments.csv", members)
@@ -400,6 +385,21 @@ def resolve_threshold(config: ClusterConfig, model_threshold: float | None, mode
     return model_threshold
 
 
+def with_model_resolution(config: ClusterConfig, metadata: ModelMetadata) -> ClusterConfig:
+    """cluster.resolution(_images) when set, else the values calibrated at evaluation and stored in the model.
+
+    A model exported before the resolution was calibrated keeps the defaults (methods.py), with a warning.
+    """
+    if config.method != "louvain" or config.resolution is not None:
+        return config
+    if metadata.resolution is None:
+        log.warning("the model carries no calibrated Louvain resolution; using the default (set cluster.resolution)")
+        return config
+    return config.model_copy(
+        update={"resolution": metadata.resolution, "resolution_images": metadata.resolution_images}
+    )
+
+
 def cluster_images(config: Config, model_path: Path, inbox: Path, out_dir: Path, evaluate: bool = False) -> ClusterRun:
     """The `cluster` stage: embed the new images of INBOX with the ONNX model and cluster them into OUT's registry."""
     from replearn.export.embedder import OnnxEmbedder, embed_folder, list_images
@@ -423,6 +423,7 @@ def cluster_images(config: Config, model_path: Path, inbox: Path, out_dir: Path,
         model_id = f"sha256:{sha256_file(model_path)}"
         check_compatible(registry, model_id, embedder.metadata.embedding_dim)
         threshold = resolve_threshold(config.cluster, embedder.metadata.threshold, model_path)
+        settings = with_model_resolution(config.cluster, embedder.metadata)
         with tempfile.TemporaryDirectory(prefix="replearn-cluster-") as staging:
             # The embedder takes a folder: give it one that links to the new images only.
             for i in new:
@@ -443,4 +444,4 @@ def cluster_images(config: Config, model_path: Path, inbox: Path, out_dir: Path,
             # Unreadable files are not registered, so they are retried (and skipped) every run without changing OUT.
             log.warning("none of the %d new files in %s could be read: nothing to do", len(new), inbox)
             return ClusterRun(run=None, run_dir=None, images=len(names), failures=failures)
-        return record_batch(registry, batch, threshold, config.cluster, out_dir, evaluate, failures, len(names))
+        return record_batch(registry, batch, threshold, settings, out_dir, evaluate, failures, len(names))

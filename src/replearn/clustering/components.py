@@ -17,6 +17,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from replearn.clustering.graph import (
+    Neighbours,
     approximate_knn,
     as_embeddings,
     block_rows_for,
@@ -100,10 +101,24 @@ def number_by_size(labels: np.ndarray, min_size: int) -> np.ndarray:
     return numbered
 
 
-def find_components(embeddings: np.ndarray, threshold: float, config: ClusterConfig) -> np.ndarray:
-    """Component labels of the threshold graph: exact below config.exact_max_n, approximate kNN above.
+def neighbours_for(embeddings: np.ndarray, config: ClusterConfig) -> Neighbours:
+    """The k = config.neighbors nearest neighbours: exact up to config.exact_max_n images, faiss' approximate above."""
+    if len(embeddings) <= config.exact_max_n:
+        return exact_knn(embeddings, config.neighbors)
+    log.info(
+        "%s images > cluster.exact_max_n: approximate %s kNN graph (k=%d)",
+        f"{len(embeddings):,}",
+        config.approximate_index,
+        config.neighbors,
+    )
+    return approximate_knn(embeddings, config.neighbors, config.approximate_index, config.nprobe, seed=config.seed)
 
-    With refine="mutual_knn" an edge also needs both ends in each other's k nearest neighbours.
+
+def find_components(embeddings: np.ndarray, threshold: float, config: ClusterConfig) -> np.ndarray:
+    """Component labels of the threshold graph (cluster.method "components", the seed's rule).
+
+    Exact up to config.exact_max_n images, a kNN graph above; with refine="mutual_knn" an edge also
+    needs both ends in each other's k nearest neighbours.
 
     >>> e = np.array([[1, 0], [0.99, 0.141], [0, 1]], dtype=np.float32)
     >>> find_components(e, 0.9, ClusterConfig()).tolist()
@@ -113,31 +128,10 @@ def find_components(embeddings: np.ndarray, threshold: float, config: ClusterCon
     n = len(embeddings)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    block_rows = block_rows_for(n, config.block_memory_mb)
-    if n > config.exact_max_n:
-        log.info(
-            "%s images > cluster.exact_max_n: approximate %s kNN graph (k=%d)",
-            f"{n:,}",
-            config.approximate_index,
-            config.neighbors,
-        )
-        neighbours = approximate_knn(
-            embeddings, config.neighbors, config.approximate_index, config.nprobe, seed=config.seed
-        )
+    if n > config.exact_max_n or config.refine == "mutual_knn":
+        neighbours = neighbours_for(embeddings, config)
         return label_components(knn_graph(neighbours, threshold, mutual=config.refine == "mutual_knn"))
-    if config.refine == "mutual_knn":
-        neighbours = exact_knn(embeddings, config.neighbors)
-        return label_components(knn_graph(neighbours, threshold, mutual=True))
+    block_rows = block_rows_for(n, config.block_memory_mb)
     blocks = iter_threshold_edges(embeddings, threshold, block_rows)
     total = -(-n // block_rows)
     return components_from_edge_blocks(n, track(blocks, total, "similarity graph", unit="blocks"), max_edges=8 * n)
-
-
-def cluster_embeddings(embeddings: np.ndarray, threshold: float, config: ClusterConfig) -> np.ndarray:
-    """Cluster ids: images linked by similarity >= threshold share one; ids by size; small clusters -> 0.
-
-    >>> e = np.array([[1, 0], [0.99, 0.141], [0, 1]], dtype=np.float32)
-    >>> cluster_embeddings(e, 0.9, ClusterConfig(min_size=2)).tolist()
-    [1, 1, 0]
-    """
-    return number_by_size(find_components(embeddings, threshold, config), config.min_size)

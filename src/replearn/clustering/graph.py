@@ -165,19 +165,23 @@ def drop_self(ids: np.ndarray, sims: np.ndarray, k: int) -> Neighbours:
 
 
 def knn_graph(neighbours: Neighbours, threshold: float, mutual: bool) -> sp.csr_matrix:
-    """Undirected graph of kNN pairs at or above the threshold; `mutual` keeps a pair only if each is in the other's k.
+    """Undirected graph of kNN pairs at or above the threshold, weighted by their similarity.
 
-    Mutual kNN is the refinement against chaining: one stray image that is close to two classes
-    is in both of their neighbour lists, but rarely has both classes in its own top k.
+    `mutual` keeps a pair only if each is in the other's k: the refinement against chaining, since
+    one stray image close to two classes is in both of their neighbour lists but rarely has both
+    classes in its own top k. Weights are floored at 1e-6 so that a pair at similarity 0 (possible
+    with a threshold <= 0) stays an edge instead of vanishing from the sparse matrix.
 
-    >>> n = Neighbours(np.array([[1], [2], [1]]), np.array([[0.9], [0.9], [0.9]], dtype=np.float32))
+    >>> n = Neighbours(np.array([[1], [2], [1]]), np.array([[0.9], [0.8], [0.8]], dtype=np.float32))
     >>> int(knn_graph(n, 0.5, mutual=False).nnz), int(knn_graph(n, 0.5, mutual=True).nnz)
     (4, 2)
+    >>> knn_graph(n, 0.5, mutual=False).toarray()[0].tolist()
+    [0.0, 0.8999999761581421, 0.0]
     """
     n = len(neighbours.ids)
     keep = (neighbours.ids >= 0) & (neighbours.similarities >= threshold)
     rows = np.nonzero(keep)[0]
-    cols = neighbours.ids[keep]
-    directed = sp.csr_matrix((np.ones(len(rows), dtype=bool), (rows, cols)), shape=(n, n))
-    graph = directed.multiply(directed.T) if mutual else directed + directed.T
-    return sp.csr_matrix(graph, dtype=bool)
+    weights = np.maximum(neighbours.similarities[keep], 1e-6).astype(np.float32)
+    directed = sp.csr_matrix((weights, (rows, neighbours.ids[keep])), shape=(n, n))
+    graph = directed.minimum(directed.T) if mutual else directed.maximum(directed.T)
+    return sp.csr_matrix(graph)

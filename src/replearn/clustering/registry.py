@@ -13,7 +13,9 @@ Layout (everything under OUT/registry/):
   image instead of every key string ever registered; a digest hit is confirmed against the segment.
 - prototypes-<run>.npz: per cluster id, the sum of its members' embeddings and their count; the
   prototype is the normalised sum and the cohesion (mean similarity of members to the
-  prototype) is |sum| / count, so neither needs the members' embeddings.
+  prototype) is |sum| / count, so neither needs the members' embeddings. Beside them, the
+  exemplars: the embeddings of each cluster's latest cluster.exemplars members, which stand for
+  the cluster when a later batch is clustered together with the clusters it is near.
 - pool-<run>.npz: keys, sources and embeddings of the images still unclustered (cluster 0), which
   may form a cluster together with images of a later batch.
 
@@ -88,6 +90,10 @@ class Registry:
     cluster_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     sums: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float64))
     sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    exemplar_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    exemplars: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    # A cluster that a later run found to be one with another: id -> the id it joined. Both keep their ids.
+    merged_into: dict[int, int] = field(default_factory=dict)
     pool_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
     pool_sources: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
     pool_embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
@@ -107,6 +113,11 @@ class Registry:
     def cohesion(self) -> np.ndarray:
         """Mean similarity of each cluster's members to its prototype: |sum of members| / count."""
         return np.linalg.norm(self.sums, axis=1) / np.maximum(self.sizes, 1)
+
+    @property
+    def active(self) -> np.ndarray:
+        """Rows of the clusters that new images can join: all but those merged into another."""
+        return np.array([int(i) not in self.merged_into for i in self.cluster_ids], dtype=bool)
 
     def members(self) -> pd.DataFrame:
         """Current assignment of every image ever registered: the segments, last row per key wins."""
@@ -146,10 +157,7 @@ def key_digests(keys: Sequence[str]) -> np.ndarray:
     True
     """
     return np.array(
-        [
-            int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
-            for key in keys
-        ],
+        [int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") for key in keys],
         dtype=np.uint64,
     )
 
@@ -175,6 +183,10 @@ def load_registry(out_dir: Path) -> Registry:
             raise ValueError(f"format {manifest.get('format')!r}, expected {REGISTRY_FORMAT}")
         with np.load(directory / manifest["prototypes"]) as prototypes:
             cluster_ids, sums, sizes = prototypes["cluster_ids"], prototypes["sums"], prototypes["sizes"]
+            # A registry from before exemplars: each cluster's prototype stands in for its members.
+            exemplar_ids = prototypes.get("exemplar_ids", cluster_ids)
+            unit_sums = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+            exemplars = prototypes.get("exemplars", unit_sums)
         with np.load(directory / manifest["pool"], allow_pickle=False) as pool:
             pool_keys, pool_embeddings = pool["keys"].astype(object), pool["embeddings"]
             pool_sources = pool["sources"].astype(object) if "sources" in pool else None
@@ -194,6 +206,9 @@ def load_registry(out_dir: Path) -> Registry:
         segments=list(manifest["segments"]),
         runs=list(manifest["runs"]),
         assignments_bytes=int(manifest.get("assignments_bytes", -1)),
+        exemplar_ids=exemplar_ids,
+        exemplars=exemplars.astype(np.float32),
+        merged_into={int(k): int(v) for k, v in manifest.get("merged_into", {}).items()},
     )
     if pool_sources is None:  # a pool written before sources were kept with it
         pool_sources = registry.members().set_index("key").loc[pool_keys, "source"].to_numpy(dtype=object)
@@ -219,7 +234,14 @@ def commit_registry(registry: Registry, new_members: pd.DataFrame, run_info: dic
     with atomic_path(directory / keys) as temporary, temporary.open("wb") as handle:
         np.save(handle, np.sort(key_digests(new_members["key"].tolist())))
     with atomic_path(directory / prototypes) as temporary, temporary.open("wb") as handle:
-        np.savez(handle, cluster_ids=registry.cluster_ids, sums=registry.sums, sizes=registry.sizes)
+        np.savez(
+            handle,
+            cluster_ids=registry.cluster_ids,
+            sums=registry.sums,
+            sizes=registry.sizes,
+            exemplar_ids=registry.exemplar_ids,
+            exemplars=registry.exemplars,
+        )
     with atomic_path(directory / pool) as temporary, temporary.open("wb") as handle:
         np.savez(
             handle,
@@ -240,6 +262,7 @@ def commit_registry(registry: Registry, new_members: pd.DataFrame, run_info: dic
         "segments": registry.segments,
         "runs": registry.runs,
         "assignments_bytes": registry.assignments_bytes,
+        "merged_into": {str(k): v for k, v in sorted(registry.merged_into.items())},
     }
     _fsync_files(directory / segment, directory / keys, directory / prototypes, directory / pool)
     with atomic_path(directory / "manifest.json") as temporary:

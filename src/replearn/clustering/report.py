@@ -129,7 +129,9 @@ def write_report(
         ("unclustered (cluster 0) this run", summary["unclustered"]),
         ("unreadable images", len(failures)),
         ("clusters in total", summary["clusters_total"]),
-        ("unclustered in total", summary["unclustered_total"]),
+        ("unclustered images kept for later runs (pool)", summary["pool"]),
+        ("unclustered images retired from the pool this run", summary["retired_from_pool"]),
+        ("clusters merged into another this run", summary["merged"]),
         ("threshold", f"{summary['threshold']:.4f}"),
         ("min_size", config.min_size),
     ]
@@ -137,6 +139,16 @@ def write_report(
     if metrics:
         parts.append("<h2>Agreement with class folders</h2>")
         parts.append(_table(["metric", "value"], [(html.escape(k), format_value(v)) for k, v in metrics.items()]))
+
+    if summary["merged_this_run"]:
+        parts.append("<h2>Merged this run</h2>")
+        parts.append(
+            '<p class="muted">Most exemplars of these clusters fell in with another cluster\'s: they are one. '
+            "Both keep their ids and members; clusters.json's merged_into records the link, and new images "
+            "go to the cluster merged into.</p>"
+        )
+        rows = [(source, target) for source, target in summary["merged_this_run"].items()]
+        parts.append(_table(["cluster", "merged into"], rows))
 
     clusters = pd.DataFrame(summary["clusters"], columns=["id", "size", "cohesion", "added_this_run", "new_this_run"])
     parts.append("<h2>Cluster sizes</h2>")

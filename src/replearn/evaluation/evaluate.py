@@ -6,7 +6,9 @@ Protocols (per subset, seen and unseen classes separately):
   keys `<subset>/loo/<metric>`.
 Micro averages (over queries) carry the plain name, macro averages (over classes) `macro/` before it.
 The precision drop is seen minus unseen precision@1: how much worse the model does on classes it
-never trained on. The clustering threshold is calibrated on the val split and checked on test pairs.
+never trained on. The clustering threshold is calibrated on the val split and checked on test pairs;
+so is the cluster stage's Louvain resolution (resolution.py), checked as clusters of each test subset
+(`<subset>/clusters/<metric>`).
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ from replearn.evaluation.plots import (
     plot_worst_queries,
     project_2d,
 )
+from replearn.evaluation.resolution import choose_resolution, clustering_quality, louvain_config
 from replearn.evaluation.retrieval import RetrievalScores, score_retrieval
-from replearn.evaluation.threshold import THRESHOLD_FILE, write_threshold
+from replearn.evaluation.threshold import THRESHOLD_FILE, ClusteringCalibration, write_threshold
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ class EvaluationResult:
     out_dir: Path
     metrics: dict[str, float]
     threshold: float
+    clustering: ClusteringCalibration
 
 
 @dataclass
@@ -278,6 +282,15 @@ def evaluate(
     metrics |= prefixed("threshold/", {"precision": choice.precision, "recall": choice.recall, "f1": choice.f1})
     for subset in evaluated:
         metrics |= prefixed(f"{subset}/", score_test_pairs(data, subset, choice.threshold, settings))
+    vectors, codes = data.embeddings[calibration_rows], data.codes[calibration_rows]
+    resolution = choose_resolution(vectors, codes, choice.threshold, config.cluster)
+    metrics |= {"cluster/resolution": resolution.resolution, "cluster/resolution_images": resolution.images}
+    metrics |= prefixed(f"cluster/{calibration_split}/", resolution.scores)
+    calibrated = louvain_config(config.cluster, resolution.resolution, resolution.images)
+    for subset in evaluated:
+        rows = sample_rows(data.rows("test", subset), settings.calibration_max_images, settings.seed)
+        quality = clustering_quality(data.embeddings[rows], data.codes[rows], choice.threshold, calibrated)
+        metrics |= prefixed(f"{subset}/clusters/", quality)
     metrics = {key: float(value) for key, value in sorted(metrics.items()) if math.isfinite(value)}
     threshold_details = {
         "objective": settings.threshold_objective,
@@ -290,6 +303,9 @@ def evaluate(
         "positive_pairs": int(curve.positive_counts.sum()),
         "negative_pairs": int(curve.negative_counts.sum()),
         "model": str(model_path),
+        "resolution": resolution.resolution,
+        "resolution_images": resolution.images,
+        "resolution_f1": resolution.scores["pairwise_f1"],
     }
 
     with atomic_directory(out_dir, replace=force) as temporary:
@@ -307,10 +323,17 @@ def evaluate(
             if rows:
                 plot_worst_queries(rows, plots / f"worst_queries_{subset}.png", f"worst {subset} test queries")
     log.info(
-        "evaluation written to %s (threshold %.4f); test queries from %d groups, %d of them also in train",
+        "evaluation written to %s (threshold %.4f, Louvain resolution %g); test queries from %d groups, "
+        "%d of them also in train",
         out_dir,
         choice.threshold,
+        resolution.resolution,
         metrics["groups/test"],
         metrics["groups/test_in_train"],
     )
-    return EvaluationResult(out_dir=out_dir, metrics=metrics, threshold=choice.threshold)
+    return EvaluationResult(
+        out_dir=out_dir,
+        metrics=metrics,
+        threshold=choice.threshold,
+        clustering=ClusteringCalibration(resolution.resolution, resolution.images),
+    )

@@ -20,6 +20,8 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
 
 ResizeMode = Literal["crop", "pad", "stretch"]
+# Keys a model may lack: files exported before them were written.
+OPTIONAL_KEYS = ("precision", "resolution", "resolution_images")
 # fp32: the exported graph; int8 / fp16: the optional smaller variants written beside it.
 Precision = Literal["fp32", "int8", "fp16"]
 
@@ -41,6 +43,9 @@ class ModelMetadata:
     resize_mode: ResizeMode
     # Not in the contract's key list: files without it are the float32 graph.
     precision: Precision = "fp32"
+    # Optional too: the cluster stage's calibrated Louvain resolution and the val images it was chosen on.
+    resolution: float | None = None
+    resolution_images: int | None = None
 
     @property
     def resize(self) -> ResizeConfig:
@@ -54,7 +59,7 @@ class ModelMetadata:
     @classmethod
     def from_props(cls, props: Mapping[str, str], source: str = "model") -> ModelMetadata:
         """Parse metadata_props back; a missing or malformed key is a UserError naming `source`."""
-        missing = sorted(set(cls.__dataclass_fields__) - set(props) - {"precision"})
+        missing = sorted(set(cls.__dataclass_fields__) - set(props) - set(OPTIONAL_KEYS))
         if missing:
             raise UserError(f"{source} lacks replearn metadata {missing}; export it with `replearn export`")
         try:
@@ -68,6 +73,8 @@ class ModelMetadata:
             if resize_mode not in ("crop", "pad", "stretch"):
                 raise ValueError(f"unknown resize_mode {resize_mode!r}")
             precision = props.get("precision", "fp32")
+            resolution = json.loads(props.get("resolution", "null"))
+            resolution_images = json.loads(props.get("resolution_images", "null"))
             if precision not in ("fp32", "int8", "fp16"):
                 raise ValueError(f"unknown precision {precision!r}")
             return cls(
@@ -83,6 +90,8 @@ class ModelMetadata:
                 data_version=props["data_version"],
                 resize_mode=cast(ResizeMode, resize_mode),
                 precision=cast(Precision, precision),
+                resolution=None if resolution is None else float(resolution),
+                resolution_images=None if resolution_images is None else int(resolution_images),
             )
         except (ValueError, TypeError) as error:
             raise UserError(f"{source} has malformed replearn metadata: {error}") from None

@@ -1,0 +1,94 @@
+"""The clustering methods of the cluster stage (cluster.method), one call for both.
+
+- "louvain" (the default): the kNN graph of the images, keeping only pairs at or above the
+  calibrated threshold and weighted by their similarity, split into communities by Louvain
+  modularity optimisation (scikit-network, BSD) at a resolution calibrated on the validation split
+  in `evaluate`; a community that is not connected in the graph is split into its connected parts.
+  Threshold components chain: one image close to two classes joins them, and at 40 images a class
+  the seed's rule put 62 classes into 42 clusters. Louvain cuts such a component where the links
+  between its parts are fewer than modularity expects, and because the graph is pruned at the
+  threshold it can only split components, never join them: on data it does not fit it falls back
+  towards the components. scikit-network's Leiden scores the same on the benchmark, but its
+  refinement draws from C's unseeded rand(), so its clusters change from run to run; Louvain's do not.
+- "components": connected components of the threshold graph, the seed's rule (components.py).
+
+Modularity's resolution is relative to the graph: at resolution r, communities are at most about
+N / r images. Calibrated on the val split (N_cal images), r carries a size prior, N_cal / r. A
+batch smaller than the calibration set would get smaller communities than that prior, and a
+handful of new images would shatter, so it gets r * N / N_cal instead (`effective_resolution`). A
+larger batch keeps r, so its communities may grow with it; an inbox of many more classes than the
+val split splits less and behaves more like "components".
+
+Both number clusters 1, 2, ... by size and send clusters below cluster.min_size to 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from replearn.clustering.components import find_components, label_components, neighbours_for, number_by_size
+from replearn.clustering.graph import as_embeddings, knn_graph
+from replearn.config import DEFAULT_RESOLUTION, DEFAULT_RESOLUTION_IMAGES, ClusterConfig
+
+
+def effective_resolution(config: ClusterConfig, images: int) -> float:
+    """The calibrated resolution, scaled down for a graph smaller than the one it was calibrated on.
+
+    >>> effective_resolution(ClusterConfig(resolution=16.0, resolution_images=200), 50)
+    4.0
+    >>> effective_resolution(ClusterConfig(resolution=16.0, resolution_images=200), 5000)
+    16.0
+    """
+    resolution = DEFAULT_RESOLUTION if config.resolution is None else config.resolution
+    calibrated_on = DEFAULT_RESOLUTION_IMAGES if config.resolution_images is None else config.resolution_images
+    return resolution * min(1.0, images / calibrated_on)
+
+
+def connected_within(graph: sp.csr_matrix, labels: np.ndarray) -> np.ndarray:
+    """Split every community into its connected parts, keeping only the edges inside communities.
+
+    >>> graph = sp.csr_matrix(np.array([[0, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=np.float32))
+    >>> connected_within(graph, np.array([0, 0, 0])).tolist()
+    [0, 0, 1]
+    """
+    coo = graph.tocoo()
+    inside = labels[coo.row] == labels[coo.col]
+    kept = sp.csr_matrix((coo.data[inside], (coo.row[inside], coo.col[inside])), shape=graph.shape)
+    return label_components(kept)
+
+
+def find_communities(embeddings: np.ndarray, threshold: float, config: ClusterConfig) -> np.ndarray:
+    """Louvain community of every image in the kNN graph pruned at `threshold` (arbitrary label order).
+
+    Deterministic for a given input order.
+
+    >>> e = np.array([[1, 0], [0.99, 0.141], [0, 1]], dtype=np.float32)
+    >>> find_communities(e, 0.9, ClusterConfig(neighbors=2)).tolist()
+    [0, 0, 1]
+    """
+    from sknetwork.clustering import Louvain
+
+    embeddings = as_embeddings(embeddings)
+    if len(embeddings) == 0:
+        return np.zeros(0, dtype=np.int64)
+    graph = knn_graph(neighbours_for(embeddings, config), threshold, mutual=False)
+    resolution = effective_resolution(config, len(embeddings))
+    louvain = Louvain(resolution=resolution, modularity="newman", random_state=config.seed)
+    return connected_within(graph, np.asarray(louvain.fit_predict(graph), dtype=np.int64))
+
+
+def find_groups(embeddings: np.ndarray, threshold: float, config: ClusterConfig) -> np.ndarray:
+    """Group labels (arbitrary order, every size) by config.method."""
+    find = find_communities if config.method == "louvain" else find_components
+    return find(embeddings, threshold, config)
+
+
+def cluster_embeddings(embeddings: np.ndarray, threshold: float, config: ClusterConfig) -> np.ndarray:
+    """Cluster ids by config.method: numbered 1, 2, ... by size, clusters below config.min_size -> 0.
+
+    >>> e = np.array([[1, 0], [0.99, 0.141], [0, 1]], dtype=np.float32)
+    >>> cluster_embeddings(e, 0.9, ClusterConfig(min_size=2, method="components")).tolist()
+    [1, 1, 0]
+    """
+    return number_by_size(find_groups(embeddings, threshold, config), config.min_size)

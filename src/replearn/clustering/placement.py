@@ -1,0 +1,135 @@
+"""Where a batch of new images goes: clustered together with the clusters it is near, so runs add up to one.
+
+A one-shot run clusters every image at once. A scheduled run sees only its batch, so it builds a
+window that looks like the one-shot graph around the batch:
+
+- the exemplars (latest members) of every cluster that is the nearest prototype of some new image;
+- the images left unclustered by earlier runs (the pool);
+- the batch.
+
+The window is clustered by cluster.method. A group of the window that holds most of a cluster's
+exemplars belongs to that cluster, and its new and pool images join it: ids users have seen never
+change. When most exemplars of a second cluster fall into a group led by another, the two are one:
+the second is recorded as merged into the first (`merged_into`), keeps its id and its members, and
+takes no new images. A group that is no cluster's main one (the window split a cluster that an
+early, small batch had formed from two classes) or holds no exemplars becomes a new cluster if its
+new and pool images reach cluster.min_size. The window is bounded by the batch, the pool (cluster.pool_max) and
+cluster.exemplars per nearby cluster, not by the history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from replearn.clustering.components import UNCLUSTERED, number_by_size
+from replearn.clustering.graph import block_rows_for
+from replearn.clustering.methods import find_groups
+from replearn.clustering.registry import Registry
+from replearn.config import ClusterConfig
+
+
+@dataclass
+class Placement:
+    """Cluster id of every batch image and every pool image (0: unclustered), and what the run decided."""
+
+    batch_ids: np.ndarray
+    pool_ids: np.ndarray
+    joined_existing: int
+    new_clusters: int
+    merges: dict[int, int] = field(default_factory=dict)
+
+
+def nearest_prototypes(
+    embeddings: np.ndarray, prototypes: np.ndarray, block_memory_mb: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index of and similarity to the most similar prototype of each embedding, in memory-bounded blocks.
+
+    >>> nearest_prototypes(np.eye(2, dtype=np.float32), np.array([[0.0, 1.0]], dtype=np.float32), 1)
+    (array([0, 0]), array([0., 1.], dtype=float32))
+    """
+    n = len(embeddings)
+    best = np.zeros(n, dtype=np.int64)
+    best_similarity = np.full(n, -np.inf, dtype=np.float32)
+    if len(prototypes) == 0:
+        return best, best_similarity
+    rows = block_rows_for(len(prototypes), block_memory_mb)
+    for start in range(0, n, rows):
+        block = embeddings[start : start + rows] @ prototypes.T
+        best[start : start + rows] = block.argmax(axis=1)
+        best_similarity[start : start + rows] = block.max(axis=1)
+    return best, best_similarity
+
+
+def context_of(registry: Registry, embeddings: np.ndarray, config: ClusterConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Exemplars (cluster ids, embeddings) of the active clusters that are the nearest prototype of some new image."""
+    active = registry.active
+    if not active.any():
+        return np.zeros(0, dtype=np.int64), np.zeros((0, embeddings.shape[1]), dtype=np.float32)
+    nearest, _ = nearest_prototypes(embeddings, registry.prototypes[active], config.block_memory_mb)
+    near = np.isin(registry.exemplar_ids, registry.cluster_ids[active][np.unique(nearest)])
+    return registry.exemplar_ids[near], registry.exemplars[near]
+
+
+def group_owners(groups: np.ndarray, exemplar_ids: np.ndarray) -> tuple[dict[int, int], dict[int, int]]:
+    """Which cluster owns each group of the window, and which clusters merged, from where the exemplars fell.
+
+    A cluster's main group is the one holding most of its exemplars (ties to the lower group). A
+    group is owned by the cluster, among those whose main group it is, with most exemplars in it
+    (ties to the lower id); a group that is no cluster's main group is owned by none: the window
+    split it off, and its images may form a new cluster. A cluster with more than half of its
+    exemplars in a group owned by another merged into that one. An owner's main group is its own,
+    so an owner is never merged: no chains, no cycles.
+
+    >>> group_owners(np.array([0, 0, 0, 0, 1, 1]), np.array([5, 5, 7, 7, 7, 9]))
+    ({0: 5, 1: 9}, {7: 5})
+    >>> group_owners(np.array([0, 0, 0, 1, 2, 2]), np.array([5, 5, 5, 5, 7, 7]))
+    ({0: 5, 2: 7}, {})
+    """
+    if len(groups) == 0:
+        return {}, {}
+    counts = pd.DataFrame({"group": groups, "cluster": exemplar_ids}).value_counts().rename("n").reset_index()
+    main = counts.sort_values(["cluster", "n", "group"], ascending=[True, False, True]).drop_duplicates("cluster")
+    totals = counts.groupby("cluster")["n"].sum()
+    leaders = main.sort_values(["group", "n", "cluster"], ascending=[True, False, True]).drop_duplicates("group")
+    owners = dict(zip(leaders["group"].astype(int), leaders["cluster"].astype(int), strict=True))
+    owner = main["group"].map(owners)
+    merged = main[(main["cluster"] != owner) & (2 * main["n"] > main["cluster"].map(totals))]
+    merges = {int(c): owners[int(g)] for c, g in zip(merged["cluster"], merged["group"], strict=True)}
+    return owners, merges
+
+
+def place_batch(registry: Registry, embeddings: np.ndarray, threshold: float, config: ClusterConfig) -> Placement:
+    """Cluster the window (nearby exemplars, pool, batch) and map its groups to existing or new cluster ids."""
+    context_ids, context = context_of(registry, embeddings, config)
+    pool = registry.pool_embeddings.reshape(len(registry.pool_keys), embeddings.shape[1])
+    window = np.concatenate([context, pool, embeddings]).astype(np.float32)
+    groups = find_groups(window, threshold, config)
+    owners, merges = group_owners(groups[: len(context)], context_ids)
+
+    rest = groups[len(context) :]
+    owned = np.array([int(g) in owners for g in rest], dtype=bool)
+    ids = np.array([owners.get(int(g), UNCLUSTERED) for g in rest], dtype=np.int64)
+    ranks = number_by_size(rest[~owned], config.min_size)
+    ids[~owned] = np.where(ranks > 0, ranks + registry.next_cluster_id - 1, UNCLUSTERED)
+    batch_ids = ids[len(pool) :]
+    return Placement(
+        batch_ids=batch_ids,
+        pool_ids=ids[: len(pool)],
+        joined_existing=int(owned[len(pool) :].sum()),
+        new_clusters=int(ranks.max(initial=0)),
+        merges=merges,
+    )
+
+
+def latest_exemplars(ids: np.ndarray, embeddings: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """The last `keep` rows of every cluster id, in their order: the exemplars after a run appended its members.
+
+    >>> latest_exemplars(np.array([1, 2, 1, 1]), np.arange(4.0)[:, None], 2)[0].tolist()
+    [2, 1, 1]
+    """
+    from_end = pd.Series(ids).groupby(ids).cumcount(ascending=False).to_numpy()
+    kept = from_end < keep
+    return ids[kept], embeddings[kept]
