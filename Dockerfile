@@ -60,7 +60,7 @@ COPY constraints.txt ./
 RUN python -m venv /opt/venv \
     && pip install --constraint constraints.txt pip setuptools \
     && pip install --constraint constraints.txt \
-       numpy scipy pandas pyarrow pillow "onnxruntime-gpu[cuda,cudnn]" faiss-cpu pydantic pyyaml typer rich zenml \
+       numpy scipy pandas pyarrow pillow "onnxruntime-gpu[cuda,cudnn]" faiss-cpu scikit-network pydantic pyyaml typer rich zenml \
        ${STACK_REQUIREMENTS}
 COPY --from=wheel /wheels /wheels
 RUN pip install --no-deps /wheels/*.whl \

@@ -5,7 +5,8 @@ which counts as a singleton.
 
 - Pairs: same-class pairs 3 + 1 = 4; same-cluster pairs 1 + 3 = 4; both: (0, 1) and (3, 4), so P = R = 2/4.
 - BCubed precision per image: 1, 1, 1/3, 2/3, 2/3, 1 (mean 7/9); recall: 2/3, 2/3, 1/3, 1, 1, 1 (mean 7/9).
-- NMI (arithmetic mean): MI = (2/3) ln 2 + (1/6) ln(2/3) + (1/6) ln 6; both entropies (1/2) ln 2 + (1/3) ln 3 + (1/6) ln 6.
+- NMI (arithmetic mean): MI = (2/3) ln 2 + (1/6) ln(2/3) + (1/6) ln 6;
+  both entropies (1/2) ln 2 + (1/3) ln 3 + (1/6) ln 6.
 """
 
 from __future__ import annotations

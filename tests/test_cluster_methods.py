@@ -1,0 +1,117 @@
+"""The cluster stage's methods and scheduled runs on hand-made embeddings whose answer is known.
+
+Points sit on the unit circle (or a few orthogonal directions), so every similarity is a cosine
+that can be read off the angles.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into
+from replearn.clustering.methods import cluster_embeddings, effective_resolution
+from replearn.clustering.metrics import clustering_scores
+from replearn.config import ClusterConfig
+
+
+def on_circle(degrees: list[float]) -> np.ndarray:
+    angles = np.radians(degrees)
+    return np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+
+
+# Blob A at 0-5 degrees, blob B at 35-40, one bridge at 20: at threshold cos 21 = 0.934 the bridge links
+# to the near edge of both blobs (cos 15-20 >= 0.94), while A and B are 30+ degrees apart (cos <= 0.87).
+BLOB_A = [0, 1, 2, 3, 4, 5]
+BLOB_B = [35, 36, 37, 38, 39, 40]
+BRIDGE = [20]
+THRESHOLD = float(np.cos(np.radians(21)))
+
+
+def test_the_bridge_chains_components_but_not_louvain() -> None:
+    embeddings = on_circle(BLOB_A + BLOB_B + BRIDGE)
+    components = cluster_embeddings(embeddings, THRESHOLD, ClusterConfig(method="components", min_size=3))
+    assert components.tolist() == [1] * 13  # the seed's rule: one bridge makes one cluster of both blobs
+
+    louvain = ClusterConfig(method="louvain", min_size=3, neighbors=6, resolution=1.0, resolution_images=13)
+    ids = cluster_embeddings(embeddings, THRESHOLD, louvain)
+    a, b, bridge = ids[:6], ids[6:12], ids[12]
+    assert len(set(a)) == 1 and len(set(b)) == 1 and a[0] != b[0] and 0 not in (a[0], b[0])
+    assert bridge in (a[0], b[0])  # the bridge joins one side and no longer merges them
+
+
+def test_louvain_never_joins_what_the_threshold_keeps_apart() -> None:
+    embeddings = on_circle(BLOB_A + [90, 91, 92])
+    ids = cluster_embeddings(embeddings, THRESHOLD, ClusterConfig(resolution=0.01, resolution_images=9))
+    assert ids.tolist() == [1] * 6 + [2] * 3
+
+
+def test_a_few_new_images_are_not_shattered_by_the_calibrated_resolution() -> None:
+    """Resolution 16 calibrated on 248 images would split 4 images into singletons; scaled, they stay one cluster."""
+    config = ClusterConfig(resolution=16.0, resolution_images=248)
+    assert effective_resolution(config, 4) == pytest.approx(16 * 4 / 248)
+    ids = cluster_embeddings(on_circle([0, 1, 2, 3]), THRESHOLD, config)
+    assert ids.tolist() == [1, 1, 1, 1]
+
+
+def batch(paths: list[str], embeddings: np.ndarray) -> ImageBatch:
+    return ImageBatch(paths=paths, sha256=paths, sources=paths, embeddings=embeddings)
+
+
+def view(out: Path) -> dict[str, int]:
+    table = pd.read_csv(out / "assignments.csv")
+    return dict(zip(table["path"], table["cluster_id"], strict=True))  # later rows of a path win
+
+
+def test_clusters_found_to_be_one_are_merged_on_record_not_renumbered(tmp_path: Path) -> None:
+    # Run 1: two tight groups of one class, 27 degrees apart, too far to link at the threshold.
+    config = ClusterConfig(method="components", min_size=3)
+    first = on_circle([0, 1, 2, 3, 30, 31, 32])
+    cluster_embeddings_into(config, batch([f"a/{i}.png" for i in range(7)], first), tmp_path, THRESHOLD, "m")
+    before = view(tmp_path)
+    assert sorted(set(before.values())) == [1, 2]
+    # Run 2: images in the gap link both groups' exemplars into one group of the window.
+    gap = on_circle([8, 13, 18, 23, 26])
+    result = cluster_embeddings_into(config, batch([f"b/{i}.png" for i in range(5)], gap), tmp_path, THRESHOLD, "m")
+    summary = json.loads((tmp_path / "runs" / "run-000002" / "clusters.json").read_text())
+    assert summary["merged_this_run"] == {"2": 1} and summary["merged_into"] == {"2": 1}
+    assert {c["id"]: c["merged_into"] for c in summary["clusters"]} == {1: None, 2: 1}
+    assert result.new_clusters == 0 and result.assigned_to_existing == 5
+    after = view(tmp_path)
+    assert {path: after[path] for path in before} == before  # nobody was renumbered
+    assert {after[f"b/{i}.png"] for i in range(5)} == {1}
+    assert "Merged this run" in (tmp_path / "runs" / "run-000002" / "report.html").read_text()
+    # Merged clusters take no new images: one near group 2's centre now goes to cluster 1.
+    cluster_embeddings_into(config, batch(["c/0.png"], on_circle([31.5])), tmp_path, THRESHOLD, "m")
+    assert view(tmp_path)["c/0.png"] == 1
+
+
+def test_scheduled_batches_match_one_run(tmp_path: Path) -> None:
+    """Six directions x 12 noisy images, fed in one run and in 4 shuffled runs: the same partition."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 12)
+    points = np.eye(16)[labels] + 0.08 * rng.normal(size=(72, 16))
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    paths = [f"{label}/{i}.png" for i, label in enumerate(labels)]
+    config = ClusterConfig(neighbors=8, resolution=4.0, resolution_images=72)
+    scores = []
+    for runs in (1, 4):
+        out = tmp_path / f"runs-{runs}"
+        for part in np.array_split(rng.permutation(72), runs):
+            cluster_embeddings_into(config, batch([paths[i] for i in part], points[part]), out, 0.8, "m")
+        ids = np.array([view(out)[path] for path in paths])
+        scores.append(clustering_scores(labels, ids)["pairwise_f1"])
+    assert scores[0] == pytest.approx(1.0) and scores[1] >= scores[0] - 0.02
+
+
+def test_the_pool_keeps_only_the_newest_unclustered_images(tmp_path: Path) -> None:
+    config = ClusterConfig(method="components", min_size=3, pool_max=2)
+    scattered = on_circle([0, 60, 120, 180, 240])
+    result = cluster_embeddings_into(config, batch([f"s/{i}.png" for i in range(5)], scattered), tmp_path, 0.9, "m")
+    summary = json.loads((result.run_dir / "clusters.json").read_text())
+    assert (summary["unclustered"], summary["pool"], summary["retired_from_pool"]) == (5, 2, 3)
+    assert set(view(tmp_path).values()) == {0}
