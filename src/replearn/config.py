@@ -294,6 +294,9 @@ class ClusterConfig(StrictModel):
     exemplars: int = Field(
         32, ge=1, description="Latest members kept per cluster; they stand for it when a later batch is clustered."
     )
+    context_exemplars: int = Field(
+        8192, ge=1, description="Most exemplars of nearby clusters that join a run's window (at least one each)."
+    )
     pool_max: int = Field(
         10_000, ge=0, description="Unclustered images kept for later runs; beyond it the oldest stay in cluster 0."
     )

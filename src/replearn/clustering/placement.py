@@ -64,13 +64,20 @@ def nearest_prototypes(
 
 
 def context_of(registry: Registry, embeddings: np.ndarray, config: ClusterConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Exemplars (cluster ids, embeddings) of the active clusters that are the nearest prototype of some new image."""
+    """Exemplars (cluster ids, embeddings) of the active clusters that are the nearest prototype of some new image.
+
+    At most cluster.context_exemplars of them, so the window is bounded whatever the number of
+    clusters: when a batch touches many clusters, each gives its latest few (at least one).
+    """
     active = registry.active
     if not active.any():
         return np.zeros(0, dtype=np.int64), np.zeros((0, embeddings.shape[1]), dtype=np.float32)
     nearest, _ = nearest_prototypes(embeddings, registry.prototypes[active], config.block_memory_mb)
-    near = np.isin(registry.exemplar_ids, registry.cluster_ids[active][np.unique(nearest)])
-    return registry.exemplar_ids[near], registry.exemplars[near]
+    touched = registry.cluster_ids[active][np.unique(nearest)]
+    per_cluster = max(1, min(config.exemplars, config.context_exemplars // len(touched)))
+    near = np.flatnonzero(np.isin(registry.exemplar_ids, touched))
+    ids, rows = latest_exemplars(registry.exemplar_ids[near], near, per_cluster)
+    return ids, registry.exemplars[rows]
 
 
 def group_owners(groups: np.ndarray, exemplar_ids: np.ndarray) -> tuple[dict[int, int], dict[int, int]]:
