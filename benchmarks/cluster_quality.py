@@ -10,7 +10,7 @@ Every method's labels go through the stage's own rule: clusters smaller than clu
 and every image in 0 counts as a singleton. Scores are replearn.clustering.metrics.clustering_scores.
 Infomap (igraph, GPL) and FINCH are benchmark-only: `pip install -e '.[bench]'`.
 
-    python benchmarks/cluster_quality.py                     # both inboxes, about two minutes
+    python benchmarks/cluster_quality.py                     # both inboxes, about a minute
     python benchmarks/cluster_quality.py --per-class 20      # a smaller held-out inbox
 """
 
@@ -26,10 +26,16 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from replearn.clustering.cluster import ImageBatch, class_labels, cluster_embeddings_into, unit_rows
+from replearn.clustering.cluster import (
+    ImageBatch,
+    class_labels,
+    cluster_embeddings_into,
+    unit_rows,
+    with_model_resolution,
+)
 from replearn.clustering.components import number_by_size
 from replearn.clustering.graph import exact_knn
-from replearn.clustering.methods import cluster_embeddings
+from replearn.clustering.methods import cluster_embeddings, find_groups
 from replearn.clustering.metrics import clustering_scores
 from replearn.config import ClusterConfig, load_config
 from replearn.data.chars import generate_chars
@@ -127,7 +133,7 @@ def infomap(threshold_edges: bool) -> Method:
 
 def stage_method(config: ClusterConfig) -> Method:
     def method(embeddings: np.ndarray, threshold: float) -> np.ndarray:
-        return cluster_embeddings(embeddings, threshold, config.model_copy(update={"min_size": 1}))
+        return find_groups(embeddings, threshold, config)
 
     return method
 
@@ -137,7 +143,7 @@ def methods(config: ClusterConfig) -> dict[str, Method]:
         f"replearn {config.method}, k={config.neighbors} (the default)": stage_method(config),
         "threshold + components (seed)": seed_components,
         "mutual kNN k=3 (demo profile)": mutual_knn(3),
-        "mutual kNN k=32 (cluster.neighbors)": mutual_knn(32),
+        "mutual kNN k=32 (refine: mutual_knn)": mutual_knn(32),
         "size-capped components, cap 60 (CDP-style)": size_capped_components(60),
         "HDBSCAN min_cluster_size 5 (scikit-learn)": hdbscan(5),
         "FINCH, first partition": finch_level(0),
@@ -185,6 +191,27 @@ def score_all(name: str, embeddings: np.ndarray, labels: list[str], threshold: f
         )
 
 
+def class_counts(embeddings: np.ndarray, labels: list[str], threshold: float, config: ClusterConfig) -> None:
+    """The same inbox cut to its first 31, 12, 3 and 1 classes: does a method depend on how many there are?"""
+    print("\n== held-out inbox cut to fewer classes: pairwise F (in 0)")
+    names = sorted(set(labels))
+    chosen = {title: method for title, method in methods(config).items() if "Infomap, kNN graph k=10 (" in title}
+    chosen = {"replearn default": stage_method(config), "threshold + components (seed)": seed_components, **chosen}
+    print(f"{'method':<46} " + " ".join(f"{f'{n} classes':>14}" for n in (62, 31, 12, 3, 1)))
+    for title, method in chosen.items():
+        cells = []
+        for count in (62, 31, 12, 3, 1):
+            keep = np.isin(labels, names[:count])
+            try:
+                ids = number_by_size(method(embeddings[keep], threshold), config.min_size)
+            except ImportError:
+                cells.append("skipped")
+                continue
+            s = clustering_scores(np.asarray(labels)[keep], ids)
+            cells.append(f"{s['pairwise_f1']:.3f} ({s['unclustered_fraction']:.0%})")
+        print(f"{title:<46} " + " ".join(f"{cell:>14}" for cell in cells), flush=True)
+
+
 def stage_assignments(
     embeddings: np.ndarray, labels: list[str], threshold: float, config: ClusterConfig, batches: int
 ) -> np.ndarray:
@@ -230,6 +257,8 @@ def main() -> None:
     threshold = model.metadata.threshold
     if threshold is None:
         raise SystemExit(f"{args.model} carries no calibrated threshold")
+    config.cluster = with_model_resolution(config.cluster, model.metadata)
+    print(f"model {args.model}: threshold {threshold:.4f}, resolution {config.cluster.resolution}")
     if args.demo_inbox.is_dir():
         score_all(f"demo inbox {args.demo_inbox}", *embed(model, args.demo_inbox), threshold, config.cluster)
     with tempfile.TemporaryDirectory(prefix="replearn-inbox-") as folder:
@@ -237,6 +266,7 @@ def main() -> None:
         title = f"held-out inbox: family {args.family}, {args.per_class} per class"
         embeddings, labels = embed(model, inbox)
         score_all(title, embeddings, labels, threshold, config.cluster)
+        class_counts(embeddings, labels, threshold, config.cluster)
         incremental_vs_one_shot(embeddings, labels, threshold, config.cluster)
 
 

@@ -27,7 +27,7 @@ def training(params_file: str = "params.yaml", overrides: list[str] | None = Non
     )
     preprocessed = preprocess(config=sections(config, "preprocess"), dataset=dataset, outputs_dir=outputs)
     checkpoint, _ = train(config=sections(config, "train"), preprocessed=preprocessed, outputs_dir=outputs)
-    metrics, threshold, clustering = evaluate(
+    metrics, threshold, resolution = evaluate(
         config=sections(
             config, "evaluate", "embed", "train.devices", "cluster.neighbors", "cluster.min_size", "cluster.seed"
         ),
@@ -39,7 +39,7 @@ def training(params_file: str = "params.yaml", overrides: list[str] | None = Non
         config=sections(config, "export"),
         checkpoint=checkpoint,
         threshold=threshold,
-        clustering=clustering,
+        resolution=resolution,
         preprocessed=preprocessed,
         outputs_dir=outputs,
     )

@@ -31,7 +31,7 @@ class ArtifactName(StrEnum):
     TRAIN_SUMMARY = "train_summary"
     METRICS = "metrics"
     THRESHOLD = "threshold"
-    CLUSTERING = "clustering_calibration"
+    RESOLUTION = "resolution"
     ONNX_MODEL = "onnx_model"
     PROMOTED = "promoted"
     PRODUCTION_MODEL = "production_model"

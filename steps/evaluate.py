@@ -15,7 +15,7 @@ def evaluate(
 ) -> tuple[
     Annotated[dict[str, float], ArtifactName.METRICS],
     Annotated[float, ArtifactName.THRESHOLD],
-    Annotated[dict[str, float | None], ArtifactName.CLUSTERING],
+    Annotated[float, ArtifactName.RESOLUTION],
 ]:
     """kNN metrics on seen and unseen classes, plots, and the clustering threshold and resolution calibrated on val."""
     from replearn.evaluation.evaluate import evaluate as evaluate_model
@@ -23,5 +23,4 @@ def evaluate(
     out_dir = stage_dir(outputs_dir, "evaluate", config, checkpoint.sha256, preprocessed.digest)
     result = evaluate_model(rebuild(config), Path(checkpoint.path), preprocessed.checked(), out_dir, force=True)
     log_metadata(metadata={"metrics": dict(result.metrics), "report_dir": str(out_dir)})
-    clustering = {"resolution": result.clustering.resolution, "resolution_images": result.clustering.resolution_images}
-    return dict(result.metrics), float(result.threshold), clustering
+    return dict(result.metrics), float(result.threshold), float(result.resolution)

@@ -17,24 +17,21 @@ def export(
     config: dict[str, Any],
     checkpoint: ModelFile,
     threshold: float,
-    clustering: dict[str, float | None],
+    resolution: float,
     preprocessed: FolderRef,
     outputs_dir: str,
 ) -> Annotated[ModelFile, ArtifactName.ONNX_MODEL]:
     """ONNX with the calibrated threshold and resolution in its metadata, parity-checked on real images."""
-    from replearn.evaluation.threshold import ClusteringCalibration
     from replearn.export.onnx_export import export_model
 
-    resolution, images = clustering["resolution"], clustering["resolution_images"]
-    calibration = ClusteringCalibration(resolution, None if images is None else int(images))
-    out_dir = stage_dir(outputs_dir, "export", config, checkpoint.sha256, threshold, clustering, preprocessed.digest)
+    out_dir = stage_dir(outputs_dir, "export", config, checkpoint.sha256, threshold, resolution, preprocessed.digest)
     result = export_model(
         rebuild(config).export,
         Path(checkpoint.path),
         out_dir / "model.onnx",
         images_dir=preprocessed.checked(),
         threshold=threshold,
-        clustering=calibration,
+        resolution=resolution,
     )
     log_metadata(
         metadata={"exporter": result.exporter, "max_abs_diff": result.parity.max_abs_diff, "path": str(result.path)}

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into
+from replearn.clustering.graph import exact_knn, knn_graph
 from replearn.clustering.methods import cluster_embeddings, effective_resolution
 from replearn.clustering.metrics import clustering_scores
 from replearn.config import ClusterConfig
@@ -37,7 +38,7 @@ def test_the_bridge_chains_components_but_not_louvain() -> None:
     components = cluster_embeddings(embeddings, THRESHOLD, ClusterConfig(method="components", min_size=3))
     assert components.tolist() == [1] * 13  # the seed's rule: one bridge makes one cluster of both blobs
 
-    louvain = ClusterConfig(method="louvain", min_size=3, neighbors=6, resolution=1.0, resolution_images=13)
+    louvain = ClusterConfig(method="louvain", min_size=3, neighbors=6, resolution=1.0)
     ids = cluster_embeddings(embeddings, THRESHOLD, louvain)
     a, b, bridge = ids[:6], ids[6:12], ids[12]
     assert len(set(a)) == 1 and len(set(b)) == 1 and a[0] != b[0] and 0 not in (a[0], b[0])
@@ -46,16 +47,20 @@ def test_the_bridge_chains_components_but_not_louvain() -> None:
 
 def test_louvain_never_joins_what_the_threshold_keeps_apart() -> None:
     embeddings = on_circle(BLOB_A + [90, 91, 92])
-    ids = cluster_embeddings(embeddings, THRESHOLD, ClusterConfig(resolution=0.01, resolution_images=9))
+    ids = cluster_embeddings(embeddings, THRESHOLD, ClusterConfig(resolution=0.01))
     assert ids.tolist() == [1] * 6 + [2] * 3
 
 
-def test_a_few_new_images_are_not_shattered_by_the_calibrated_resolution() -> None:
-    """Resolution 16 calibrated on 248 images would split 4 images into singletons; scaled, they stay one cluster."""
-    config = ClusterConfig(resolution=16.0, resolution_images=248)
-    assert effective_resolution(config, 4) == pytest.approx(16 * 4 / 248)
-    ids = cluster_embeddings(on_circle([0, 1, 2, 3]), THRESHOLD, config)
-    assert ids.tolist() == [1, 1, 1, 1]
+def test_one_class_is_not_shattered_whatever_its_size() -> None:
+    """The resolution counts per connected component: one class of 4 or of 60 images is one graph, r = rho."""
+    rng = np.random.default_rng(0)
+    for size in (4, 60):
+        points = np.eye(16)[np.zeros(size, dtype=int)] + 0.05 * rng.normal(size=(size, 16))
+        points /= np.linalg.norm(points, axis=1, keepdims=True)
+        config = ClusterConfig(resolution=0.4)
+        graph = knn_graph(exact_knn(points.astype(np.float32), config.neighbors), 0.9, mutual=False)
+        assert effective_resolution(config, graph) == pytest.approx(0.4)
+        assert cluster_embeddings(points, 0.9, config).tolist() == [1] * size
 
 
 def batch(paths: list[str], embeddings: np.ndarray) -> ImageBatch:
@@ -97,7 +102,7 @@ def test_scheduled_batches_match_one_run(tmp_path: Path) -> None:
     points = np.eye(16)[labels] + 0.08 * rng.normal(size=(72, 16))
     points /= np.linalg.norm(points, axis=1, keepdims=True)
     paths = [f"{label}/{i}.png" for i, label in enumerate(labels)]
-    config = ClusterConfig(neighbors=8, resolution=4.0, resolution_images=72)
+    config = ClusterConfig(neighbors=8)
     scores = []
     for runs in (1, 4):
         out = tmp_path / f"runs-{runs}"

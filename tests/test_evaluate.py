@@ -128,7 +128,6 @@ def test_threshold_file_matches_the_metrics(evaluated: Path) -> None:
     assert record["f1"] == metrics["threshold/f1"]
     # The cluster stage's Louvain resolution, chosen on the same val images with that threshold.
     assert record["resolution"] in RESOLUTIONS and record["resolution"] == metrics["cluster/resolution"]
-    assert record["resolution_images"] == record["images"] == metrics["cluster/resolution_images"]
     assert record["resolution_f1"] == metrics["cluster/val/pairwise_f1"]
     assert 0.0 <= metrics["seen/clusters/pairwise_f1"] <= 1.0 and "unseen/clusters/unclustered_fraction" in metrics
 
@@ -202,7 +201,7 @@ def test_onnx_model_evaluates_like_its_checkpoint_and_carries_the_threshold(
     export_model(config.export, checkpoint, model, images_dir=preprocessed, threshold_file=evaluated / "threshold.json")
     record = json.loads((evaluated / "threshold.json").read_text())
     metadata = read_metadata(model)
-    assert (metadata.resolution, metadata.resolution_images) == (record["resolution"], record["resolution_images"])
+    assert metadata.resolution == record["resolution"]
     out = tmp_path / "eval_onnx"
     evaluate(config, model, preprocessed, out)
     from_onnx = json.loads((out / "metrics.json").read_text())

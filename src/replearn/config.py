@@ -259,10 +259,9 @@ class EmbedConfig(StrictModel):
     )
 
 
-# Louvain's resolution when neither cluster.resolution nor the model's metadata gives one: the value
-# evaluate calibrated on the chars demo's val split (benchmarks/cluster_quality.py).
-DEFAULT_RESOLUTION = 16.0
-DEFAULT_RESOLUTION_IMAGES = 248
+# Louvain's resolution per connected component when neither cluster.resolution nor the model's
+# metadata gives one: the value evaluate calibrated on the chars demo's val split.
+DEFAULT_RESOLUTION = 0.3
 
 
 class ClusterConfig(StrictModel):
@@ -274,13 +273,10 @@ class ClusterConfig(StrictModel):
     )
     threshold: float | None = Field(None, ge=-1.0, le=1.0, description="None: read from the model's metadata.")
     resolution: float | None = Field(
-        None, gt=0.0, description=f"Louvain resolution; None: the model's calibrated one, else {DEFAULT_RESOLUTION}."
-    )
-    resolution_images: int | None = Field(
         None,
-        ge=1,
-        description=f"Images the resolution was calibrated on; fewer get a proportionally lower one. "
-        f"None: the model's, else {DEFAULT_RESOLUTION_IMAGES}.",
+        gt=0.0,
+        description=f"Louvain resolution per connected component of the graph; None: the model's, else "
+        f"{DEFAULT_RESOLUTION}.",
     )
     min_size: int = Field(3, ge=1, description="Clusters smaller than this go to cluster 0, unclustered.")
     exact_max_n: int = Field(200_000, ge=1, description="Above this many images, approximate kNN builds the graph.")

@@ -386,7 +386,7 @@ def resolve_threshold(config: ClusterConfig, model_threshold: float | None, mode
 
 
 def with_model_resolution(config: ClusterConfig, metadata: ModelMetadata) -> ClusterConfig:
-    """cluster.resolution(_images) when set, else the values calibrated at evaluation and stored in the model.
+    """cluster.resolution when set, else the value calibrated at evaluation and stored in the model.
 
     A model exported before the resolution was calibrated keeps the defaults (methods.py), with a warning.
     """
@@ -395,9 +395,7 @@ def with_model_resolution(config: ClusterConfig, metadata: ModelMetadata) -> Clu
     if metadata.resolution is None:
         log.warning("the model carries no calibrated Louvain resolution; using the default (set cluster.resolution)")
         return config
-    return config.model_copy(
-        update={"resolution": metadata.resolution, "resolution_images": metadata.resolution_images}
-    )
+    return config.model_copy(update={"resolution": metadata.resolution})
 
 
 def cluster_images(config: Config, model_path: Path, inbox: Path, out_dir: Path, evaluate: bool = False) -> ClusterRun:

@@ -12,12 +12,13 @@
   refinement draws from C's unseeded rand(), so its clusters change from run to run; Louvain's do not.
 - "components": connected components of the threshold graph, the seed's rule (components.py).
 
-Modularity's resolution is relative to the graph: at resolution r, communities are at most about
-N / r images. Calibrated on the val split (N_cal images), r carries a size prior, N_cal / r. A
-batch smaller than the calibration set would get smaller communities than that prior, and a
-handful of new images would shatter, so it gets r * N / N_cal instead (`effective_resolution`). A
-larger batch keeps r, so its communities may grow with it; an inbox of many more classes than the
-val split splits less and behaves more like "components".
+Modularity's resolution is relative to the graph: at resolution r, communities hold at most about
+N / r images, so a fixed r is a prior on the number of classes. Calibrated on the 62 classes of a val
+split it shattered an inbox of 3 classes (pairwise F1 0.02) and sent a single class entirely to 0.
+So the resolution counts per connected component of the pruned graph (components of at least
+min_size images; each is one class or a few chained together): the graph gets r = rho * C
+(`effective_resolution`), and rho is what evaluate calibrates. One class, three classes or 62 then
+all cluster well (benchmarks/cluster_quality.py).
 
 Both number clusters 1, 2, ... by size and send clusters below cluster.min_size to 0.
 """
@@ -29,20 +30,19 @@ import scipy.sparse as sp
 
 from replearn.clustering.components import find_components, label_components, neighbours_for, number_by_size
 from replearn.clustering.graph import as_embeddings, knn_graph
-from replearn.config import DEFAULT_RESOLUTION, DEFAULT_RESOLUTION_IMAGES, ClusterConfig
+from replearn.config import DEFAULT_RESOLUTION, ClusterConfig
 
 
-def effective_resolution(config: ClusterConfig, images: int) -> float:
-    """The calibrated resolution, scaled down for a graph smaller than the one it was calibrated on.
+def effective_resolution(config: ClusterConfig, graph: sp.csr_matrix) -> float:
+    """rho (cluster.resolution) times the number of connected components of at least min_size images (at least 1).
 
-    >>> effective_resolution(ClusterConfig(resolution=16.0, resolution_images=200), 50)
-    4.0
-    >>> effective_resolution(ClusterConfig(resolution=16.0, resolution_images=200), 5000)
-    16.0
+    >>> two_triangles = sp.csr_matrix(np.kron(np.eye(2), np.ones((3, 3))) - np.eye(6))
+    >>> effective_resolution(ClusterConfig(resolution=0.5, min_size=3), two_triangles)
+    1.0
     """
-    resolution = DEFAULT_RESOLUTION if config.resolution is None else config.resolution
-    calibrated_on = DEFAULT_RESOLUTION_IMAGES if config.resolution_images is None else config.resolution_images
-    return resolution * min(1.0, images / calibrated_on)
+    rho = DEFAULT_RESOLUTION if config.resolution is None else config.resolution
+    _, sizes = np.unique(label_components(graph), return_counts=True)
+    return rho * max(1, int((sizes >= config.min_size).sum()))
 
 
 def connected_within(graph: sp.csr_matrix, labels: np.ndarray) -> np.ndarray:
@@ -66,6 +66,8 @@ def find_communities(embeddings: np.ndarray, threshold: float, config: ClusterCo
     >>> e = np.array([[1, 0], [0.99, 0.141], [0, 1]], dtype=np.float32)
     >>> find_communities(e, 0.9, ClusterConfig(neighbors=2)).tolist()
     [0, 0, 1]
+    >>> find_communities(e, 0.999, ClusterConfig(neighbors=2)).tolist()
+    [0, 1, 2]
     """
     from sknetwork.clustering import Louvain
 
@@ -73,7 +75,9 @@ def find_communities(embeddings: np.ndarray, threshold: float, config: ClusterCo
     if len(embeddings) == 0:
         return np.zeros(0, dtype=np.int64)
     graph = knn_graph(neighbours_for(embeddings, config), threshold, mutual=False)
-    resolution = effective_resolution(config, len(embeddings))
+    if graph.nnz == 0:  # nothing links: every image alone (scikit-network refuses a graph without edges)
+        return np.arange(len(embeddings), dtype=np.int64)
+    resolution = effective_resolution(config, graph)
     louvain = Louvain(resolution=resolution, modularity="newman", random_state=config.seed)
     return connected_within(graph, np.asarray(louvain.fit_predict(graph), dtype=np.int64))
 

@@ -80,15 +80,17 @@ def context_of(registry: Registry, embeddings: np.ndarray, config: ClusterConfig
     return ids, registry.exemplars[rows]
 
 
-def group_owners(groups: np.ndarray, exemplar_ids: np.ndarray) -> tuple[dict[int, int], dict[int, int]]:
+def group_owners(
+    groups: np.ndarray, exemplar_ids: np.ndarray, totals: pd.Series | None = None
+) -> tuple[dict[int, int], dict[int, int]]:
     """Which cluster owns each group of the window, and which clusters merged, from where the exemplars fell.
 
     A cluster's main group is the one holding most of its exemplars (ties to the lower group). A
     group is owned by the cluster, among those whose main group it is, with most exemplars in it
     (ties to the lower id); a group that is no cluster's main group is owned by none: the window
     split it off, and its images may form a new cluster. A cluster with more than half of its
-    exemplars in a group owned by another merged into that one. An owner's main group is its own,
-    so an owner is never merged: no chains, no cycles.
+    exemplars (`totals`, per cluster id; by default those given) in a group owned by another merged
+    into that one. An owner's main group is its own, so an owner is never merged: no chains, no cycles.
 
     >>> group_owners(np.array([0, 0, 0, 0, 1, 1]), np.array([5, 5, 7, 7, 7, 9]))
     ({0: 5, 1: 9}, {7: 5})
@@ -99,7 +101,7 @@ def group_owners(groups: np.ndarray, exemplar_ids: np.ndarray) -> tuple[dict[int
         return {}, {}
     counts = pd.DataFrame({"group": groups, "cluster": exemplar_ids}).value_counts().rename("n").reset_index()
     main = counts.sort_values(["cluster", "n", "group"], ascending=[True, False, True]).drop_duplicates("cluster")
-    totals = counts.groupby("cluster")["n"].sum()
+    totals = counts.groupby("cluster")["n"].sum() if totals is None else totals
     leaders = main.sort_values(["group", "n", "cluster"], ascending=[True, False, True]).drop_duplicates("group")
     owners = dict(zip(leaders["group"].astype(int), leaders["cluster"].astype(int), strict=True))
     owner = main["group"].map(owners)
@@ -108,24 +110,48 @@ def group_owners(groups: np.ndarray, exemplar_ids: np.ndarray) -> tuple[dict[int
     return owners, merges
 
 
+def linked_to(embeddings: np.ndarray, candidates: np.ndarray, threshold: float, block_memory_mb: int) -> np.ndarray:
+    """Whether each candidate is at least `threshold` similar to some row of `embeddings`, in bounded blocks.
+
+    >>> linked_to(np.array([[1.0, 0.0]]), np.array([[0.8, 0.6], [0.0, 1.0]]), 0.5, 1).tolist()
+    [True, False]
+    """
+    linked = np.zeros(len(candidates), dtype=bool)
+    rows = block_rows_for(len(embeddings), block_memory_mb)
+    for start in range(0, len(candidates), rows):
+        block = candidates[start : start + rows] @ embeddings.T
+        linked[start : start + rows] = (block >= threshold).any(axis=1)
+    return linked
+
+
 def place_batch(registry: Registry, embeddings: np.ndarray, threshold: float, config: ClusterConfig) -> Placement:
-    """Cluster the window (nearby exemplars, pool, batch) and map its groups to existing or new cluster ids."""
+    """Cluster the window (nearby exemplars, pool, batch) and map its groups to existing or new cluster ids.
+
+    Only the exemplars and pool images linked to some new image (similarity >= threshold) enter the
+    window: the others have no edge to the batch, and leaving them out keeps the neighbour search the
+    size of the batch and its surroundings. Ownership counts a cluster's exemplars in the window;
+    merges need more than half of all its exemplars in the context.
+    """
     context_ids, context = context_of(registry, embeddings, config)
     pool = registry.pool_embeddings.reshape(len(registry.pool_keys), embeddings.shape[1])
-    window = np.concatenate([context, pool, embeddings]).astype(np.float32)
+    in_context = linked_to(embeddings, context, threshold, config.block_memory_mb)
+    in_pool = linked_to(embeddings, pool, threshold, config.block_memory_mb)
+    window = np.concatenate([context[in_context], pool[in_pool], embeddings]).astype(np.float32)
     groups = find_groups(window, threshold, config)
-    owners, merges = group_owners(groups[: len(context)], context_ids)
+    totals = pd.Series(context_ids).value_counts()
+    owners, merges = group_owners(groups[: in_context.sum()], context_ids[in_context], totals)
 
-    rest = groups[len(context) :]
+    rest = groups[in_context.sum() :]
     owned = np.array([int(g) in owners for g in rest], dtype=bool)
     ids = np.array([owners.get(int(g), UNCLUSTERED) for g in rest], dtype=np.int64)
     ranks = number_by_size(rest[~owned], config.min_size)
     ids[~owned] = np.where(ranks > 0, ranks + registry.next_cluster_id - 1, UNCLUSTERED)
-    batch_ids = ids[len(pool) :]
+    pool_ids = np.zeros(len(pool), dtype=np.int64)
+    pool_ids[in_pool] = ids[: in_pool.sum()]
     return Placement(
-        batch_ids=batch_ids,
-        pool_ids=ids[: len(pool)],
-        joined_existing=int(owned[len(pool) :].sum()),
+        batch_ids=ids[in_pool.sum() :],
+        pool_ids=pool_ids,
+        joined_existing=int(owned[in_pool.sum() :].sum()),
         new_clusters=int(ranks.max(initial=0)),
         merges=merges,
     )

@@ -141,7 +141,8 @@ class Registry:
             if index_path.is_file():
                 index = np.load(index_path)
                 positions = np.minimum(np.searchsorted(index, digests), max(len(index) - 1, 0))
-                candidates = np.flatnonzero(~found & (index[positions] == digests)) if len(index) else []
+                hits = ~found & (index[positions] == digests) if len(index) else np.zeros(len(keys), dtype=bool)
+                candidates: np.ndarray = np.flatnonzero(hits)
             else:  # a segment written before key digests existed
                 candidates = np.flatnonzero(~found)
             if len(candidates):

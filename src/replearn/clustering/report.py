@@ -147,8 +147,7 @@ def write_report(
             "Both keep their ids and members; clusters.json's merged_into records the link, and new images "
             "go to the cluster merged into.</p>"
         )
-        rows = [(source, target) for source, target in summary["merged_this_run"].items()]
-        parts.append(_table(["cluster", "merged into"], rows))
+        parts.append(_table(["cluster", "merged into"], list(summary["merged_this_run"].items())))
 
     clusters = pd.DataFrame(summary["clusters"], columns=["id", "size", "cohesion", "added_this_run", "new_this_run"])
     parts.append("<h2>Cluster sizes</h2>")

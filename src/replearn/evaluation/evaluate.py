@@ -41,7 +41,7 @@ from replearn.evaluation.plots import (
 )
 from replearn.evaluation.resolution import choose_resolution, clustering_quality, louvain_config
 from replearn.evaluation.retrieval import RetrievalScores, score_retrieval
-from replearn.evaluation.threshold import THRESHOLD_FILE, ClusteringCalibration, write_threshold
+from replearn.evaluation.threshold import THRESHOLD_FILE, write_threshold
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class EvaluationResult:
     out_dir: Path
     metrics: dict[str, float]
     threshold: float
-    clustering: ClusteringCalibration
+    resolution: float
 
 
 @dataclass
@@ -284,12 +284,15 @@ def evaluate(
         metrics |= prefixed(f"{subset}/", score_test_pairs(data, subset, choice.threshold, settings))
     vectors, codes = data.embeddings[calibration_rows], data.codes[calibration_rows]
     resolution = choose_resolution(vectors, codes, choice.threshold, config.cluster)
-    metrics |= {"cluster/resolution": resolution.resolution, "cluster/resolution_images": resolution.images}
+    metrics |= {
+        "cluster/resolution": resolution.resolution,
+        f"cluster/{calibration_split}_class_subsets/pairwise_f1": resolution.subsets_f1,
+    }
     metrics |= prefixed(f"cluster/{calibration_split}/", resolution.scores)
-    calibrated = louvain_config(config.cluster, resolution.resolution, resolution.images)
+    calibrated = louvain_config(config.cluster, resolution.resolution)
     for subset in evaluated:
-        rows = sample_rows(data.rows("test", subset), settings.calibration_max_images, settings.seed)
-        quality = clustering_quality(data.embeddings[rows], data.codes[rows], choice.threshold, calibrated)
+        test_rows = sample_rows(data.rows("test", subset), settings.calibration_max_images, settings.seed)
+        quality = clustering_quality(data.embeddings[test_rows], data.codes[test_rows], choice.threshold, calibrated)
         metrics |= prefixed(f"{subset}/clusters/", quality)
     metrics = {key: float(value) for key, value in sorted(metrics.items()) if math.isfinite(value)}
     threshold_details = {
@@ -304,7 +307,6 @@ def evaluate(
         "negative_pairs": int(curve.negative_counts.sum()),
         "model": str(model_path),
         "resolution": resolution.resolution,
-        "resolution_images": resolution.images,
         "resolution_f1": resolution.scores["pairwise_f1"],
     }
 
@@ -335,5 +337,5 @@ def evaluate(
         out_dir=out_dir,
         metrics=metrics,
         threshold=choice.threshold,
-        clustering=ClusteringCalibration(resolution.resolution, resolution.images),
+        resolution=resolution.resolution,
     )

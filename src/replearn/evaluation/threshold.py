@@ -1,7 +1,7 @@
 """threshold.json: how the calibrated clustering threshold travels from evaluation to export and `compare`.
 
-It also carries the Louvain resolution calibrated with that threshold (and the number of images it
-was calibrated on), which export stores in the model's metadata for the cluster stage.
+It also carries the Louvain resolution calibrated with that threshold, which export stores in the
+model's metadata for the cluster stage.
 
 A small JSON file rather than a pickle, so export (which copies it into the ONNX metadata), the
 clustering stage and a person reading the evaluation folder all see the same number and where it
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +21,12 @@ from replearn.errors import UserError
 THRESHOLD_FILE = "threshold.json"
 
 
-@dataclass(frozen=True)
-class ClusteringCalibration:
-    """The cluster stage's Louvain resolution and the number of val images it was chosen on."""
-
-    resolution: float | None
-    resolution_images: int | None
-
-
-def read_clustering_calibration(path: Path | str) -> ClusteringCalibration:
-    """The resolution in a threshold.json (or its folder); files from before it was calibrated give None."""
+def read_resolution(path: Path | str) -> float | None:
+    """The Louvain resolution in a threshold.json (or its folder); files from before it was calibrated give None."""
     path = Path(path)
     path = path / THRESHOLD_FILE if path.is_dir() else path
-    values = json.loads(path.read_text()) if path.is_file() else {}
-    resolution, images = values.get("resolution"), values.get("resolution_images")
-    return ClusteringCalibration(
-        None if resolution is None else float(resolution), None if images is None else int(images)
-    )
+    resolution = (json.loads(path.read_text()) if path.is_file() else {}).get("resolution")
+    return None if resolution is None else float(resolution)
 
 
 def write_threshold(path: Path, threshold: float, **details: Any) -> None:

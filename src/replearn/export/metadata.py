@@ -21,7 +21,7 @@ OUTPUT_NAME = "embeddings"
 
 ResizeMode = Literal["crop", "pad", "stretch"]
 # Keys a model may lack: files exported before them were written.
-OPTIONAL_KEYS = ("precision", "resolution", "resolution_images")
+OPTIONAL_KEYS = ("precision", "resolution")
 # fp32: the exported graph; int8 / fp16: the optional smaller variants written beside it.
 Precision = Literal["fp32", "int8", "fp16"]
 
@@ -43,9 +43,8 @@ class ModelMetadata:
     resize_mode: ResizeMode
     # Not in the contract's key list: files without it are the float32 graph.
     precision: Precision = "fp32"
-    # Optional too: the cluster stage's calibrated Louvain resolution and the val images it was chosen on.
+    # Optional too: the cluster stage's calibrated Louvain resolution (per connected component).
     resolution: float | None = None
-    resolution_images: int | None = None
 
     @property
     def resize(self) -> ResizeConfig:
@@ -74,7 +73,6 @@ class ModelMetadata:
                 raise ValueError(f"unknown resize_mode {resize_mode!r}")
             precision = props.get("precision", "fp32")
             resolution = json.loads(props.get("resolution", "null"))
-            resolution_images = json.loads(props.get("resolution_images", "null"))
             if precision not in ("fp32", "int8", "fp16"):
                 raise ValueError(f"unknown precision {precision!r}")
             return cls(
@@ -91,7 +89,6 @@ class ModelMetadata:
                 resize_mode=cast(ResizeMode, resize_mode),
                 precision=cast(Precision, precision),
                 resolution=None if resolution is None else float(resolution),
-                resolution_images=None if resolution_images is None else int(resolution_images),
             )
         except (ValueError, TypeError) as error:
             raise UserError(f"{source} has malformed replearn metadata: {error}") from None

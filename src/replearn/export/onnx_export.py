@@ -38,7 +38,7 @@ from replearn.atomic import atomic_path
 from replearn.config import Config, ExportConfig
 from replearn.data.images import DECODE_ERRORS, NORMALIZE_MEAN, NORMALIZE_STD, image_to_array, load_image
 from replearn.errors import UserError
-from replearn.evaluation.threshold import ClusteringCalibration, read_clustering_calibration, read_threshold
+from replearn.evaluation.threshold import read_resolution, read_threshold
 from replearn.export.embedder import OnnxEmbedder, list_images
 from replearn.export.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata, Precision
 
@@ -275,13 +275,13 @@ def export_model(
     threshold_file: Path | None = None,
     data_version: str | None = None,
     threshold: float | None = None,
-    clustering: ClusteringCalibration | None = None,
+    resolution: float | None = None,
 ) -> ExportResult:
     """The `export` stage: checkpoint -> parity-checked ONNX file with metadata (plus int8/fp16 variants).
 
     images_dir: folder of real images for the parity batch (a preprocessed folder also gives the
     data version: a hash of its splits.csv). threshold_file: evaluation's threshold.json (which also
-    gives the Louvain resolution); or threshold and clustering, the values themselves (as a pipeline
+    gives the Louvain resolution); or threshold and resolution, the values themselves (as a pipeline
     passes them along), never both.
     All files are renamed into place together, and only when every check passed.
     """
@@ -293,8 +293,7 @@ def export_model(
         if threshold is not None:
             raise UserError("give the threshold or a threshold file, not both")
         threshold = read_threshold(threshold_file)
-        clustering = read_clustering_calibration(threshold_file)
-    clustering = clustering or ClusteringCalibration(None, None)
+        resolution = read_resolution(threshold_file)
     model, train_config, classes = load_model(checkpoint, device="cpu")
     batch = load_parity_batch(images_dir, train_config, config.parity_images)
     with torch.no_grad():
@@ -308,8 +307,7 @@ def export_model(
         std=NORMALIZE_STD,
         embedding_dim=int(reference.shape[1]),
         threshold=threshold,
-        resolution=clustering.resolution,
-        resolution_images=clustering.resolution_images,
+        resolution=resolution,
         classes=tuple(classes),
         replearn_version=__version__,
         config_hash=hash_config(train_config),
