@@ -13,8 +13,11 @@ change. When most exemplars of a second cluster fall into a group led by another
 the second is recorded as merged into the first (`merged_into`), keeps its id and its members, and
 takes no new images. A group that is no cluster's main one (the window split a cluster that an
 early, small batch had formed from two classes) or holds no exemplars becomes a new cluster if its
-new and pool images reach cluster.min_size. The window is bounded by the batch, the pool (cluster.pool_max) and
-cluster.exemplars per nearby cluster, not by the history.
+new and pool images reach cluster.min_size.
+
+The window is bounded by the batch, not by the history: only exemplars and pool images linked to a
+new image enter it, the pool holds at most cluster.pool_max images and the context at most
+cluster.context_exemplars exemplars.
 """
 
 from __future__ import annotations
@@ -111,17 +114,12 @@ def group_owners(
 
 
 def linked_to(embeddings: np.ndarray, candidates: np.ndarray, threshold: float, block_memory_mb: int) -> np.ndarray:
-    """Whether each candidate is at least `threshold` similar to some row of `embeddings`, in bounded blocks.
+    """Whether each candidate is at least `threshold` similar to some row of `embeddings`.
 
     >>> linked_to(np.array([[1.0, 0.0]]), np.array([[0.8, 0.6], [0.0, 1.0]]), 0.5, 1).tolist()
     [True, False]
     """
-    linked = np.zeros(len(candidates), dtype=bool)
-    rows = block_rows_for(len(embeddings), block_memory_mb)
-    for start in range(0, len(candidates), rows):
-        block = candidates[start : start + rows] @ embeddings.T
-        linked[start : start + rows] = (block >= threshold).any(axis=1)
-    return linked
+    return nearest_prototypes(candidates, embeddings, block_memory_mb)[1] >= threshold
 
 
 def place_batch(registry: Registry, embeddings: np.ndarray, threshold: float, config: ClusterConfig) -> Placement:
@@ -157,12 +155,14 @@ def place_batch(registry: Registry, embeddings: np.ndarray, threshold: float, co
     )
 
 
-def latest_exemplars(ids: np.ndarray, embeddings: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
-    """The last `keep` rows of every cluster id, in their order: the exemplars after a run appended its members.
+def latest_exemplars(ids: np.ndarray, rows: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """Of the parallel arrays `ids` (cluster ids) and `rows`, the last `keep` entries of every id, in order.
+
+    The exemplars after a run appended its members, or the latest few of each cluster for a window.
 
     >>> latest_exemplars(np.array([1, 2, 1, 1]), np.arange(4.0)[:, None], 2)[0].tolist()
     [2, 1, 1]
     """
     from_end = pd.Series(ids).groupby(ids).cumcount(ascending=False).to_numpy()
     kept = from_end < keep
-    return ids[kept], embeddings[kept]
+    return ids[kept], rows[kept]
