@@ -39,7 +39,7 @@ from replearn.evaluation.plots import (
     plot_worst_queries,
     project_2d,
 )
-from replearn.evaluation.resolution import choose_resolution, clustering_quality, louvain_config
+from replearn.evaluation.resolution import ResolutionChoice, choose_resolution, clustering_quality, louvain_config
 from replearn.evaluation.retrieval import RetrievalScores, score_retrieval
 from replearn.evaluation.threshold import THRESHOLD_FILE, write_threshold
 
@@ -202,6 +202,22 @@ def calibrate(data: SplitData, settings: EvaluateConfig) -> tuple[str, np.ndarra
     raise UserError(f"{data.root / 'splits.csv'}: no split has two images of one class to calibrate a threshold on")
 
 
+def calibrate_resolution(
+    data: SplitData, split: str, rows: np.ndarray, threshold: float, config: Config, subsets: list[str]
+) -> tuple[ResolutionChoice, dict[str, float]]:
+    """Choose the cluster stage's Louvain resolution on the calibration rows, then cluster each test subset with it."""
+    choice = choose_resolution(data.embeddings[rows], data.codes[rows], threshold, config.cluster)
+    metrics = {"cluster/resolution": choice.resolution, f"cluster/{split}_class_subsets/pairwise_f1": choice.subsets_f1}
+    metrics |= prefixed(f"cluster/{split}/", choice.scores)
+    calibrated = louvain_config(config.cluster, choice.resolution)
+    settings = config.evaluate
+    for subset in subsets:
+        test_rows = sample_rows(data.rows("test", subset), settings.calibration_max_images, settings.seed)
+        quality = clustering_quality(data.embeddings[test_rows], data.codes[test_rows], threshold, calibrated)
+        metrics |= prefixed(f"{subset}/clusters/", quality)
+    return choice, metrics
+
+
 def score_test_pairs(data: SplitData, subset: str, threshold: float, settings: EvaluateConfig) -> dict[str, float]:
     """Pairwise precision/recall/F1 of the calibrated threshold on one subset's test images."""
     rows = sample_rows(data.rows("test", subset), settings.calibration_max_images, settings.seed)
@@ -282,18 +298,10 @@ def evaluate(
     metrics |= prefixed("threshold/", {"precision": choice.precision, "recall": choice.recall, "f1": choice.f1})
     for subset in evaluated:
         metrics |= prefixed(f"{subset}/", score_test_pairs(data, subset, choice.threshold, settings))
-    vectors, codes = data.embeddings[calibration_rows], data.codes[calibration_rows]
-    resolution = choose_resolution(vectors, codes, choice.threshold, config.cluster)
-    metrics |= {
-        "cluster/resolution": resolution.resolution,
-        f"cluster/{calibration_split}_class_subsets/pairwise_f1": resolution.subsets_f1,
-    }
-    metrics |= prefixed(f"cluster/{calibration_split}/", resolution.scores)
-    calibrated = louvain_config(config.cluster, resolution.resolution)
-    for subset in evaluated:
-        test_rows = sample_rows(data.rows("test", subset), settings.calibration_max_images, settings.seed)
-        quality = clustering_quality(data.embeddings[test_rows], data.codes[test_rows], choice.threshold, calibrated)
-        metrics |= prefixed(f"{subset}/clusters/", quality)
+    resolution, cluster_metrics = calibrate_resolution(
+        data, calibration_split, calibration_rows, choice.threshold, config, evaluated
+    )
+    metrics |= cluster_metrics
     metrics = {key: float(value) for key, value in sorted(metrics.items()) if math.isfinite(value)}
     threshold_details = {
         "objective": settings.threshold_objective,
