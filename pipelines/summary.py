@@ -77,6 +77,9 @@ def summary_table(training: Any, clustering: Any | None) -> Table:
     table.add_row(f"P@1, seen classes (test vs train gallery; {protocol})", f"{seen:.3f}")
     table.add_row("P@1, unseen classes", f"{metrics.get('unseen/precision_at_1', 0.0):.3f}")
     table.add_row("clustering threshold (max F1 on val)", f"{threshold:.3f}")
+    resolution = metrics.get("cluster/resolution")
+    if resolution is not None:
+        table.add_row("Louvain resolution per component (max F1 on val)", f"{resolution:g}")
     if clustering is not None:
         run = output(clustering, "cluster", ArtifactName.CLUSTER_RUN).load()
         # The materializer's metadata: loading the artifact would copy and hash the model file again.
