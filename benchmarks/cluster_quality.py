@@ -17,6 +17,7 @@ Infomap (igraph, GPL) and FINCH are benchmark-only: `pip install -e '.[bench]'`.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from replearn.clustering.cluster import (
     ImageBatch,
     class_labels,
     cluster_embeddings_into,
+    follow_merges,
     unit_rows,
     with_model_resolution,
 )
@@ -215,7 +217,7 @@ def class_counts(embeddings: np.ndarray, labels: list[str], threshold: float, co
 def stage_assignments(
     embeddings: np.ndarray, labels: list[str], threshold: float, config: ClusterConfig, batches: int
 ) -> np.ndarray:
-    """Cluster ids after feeding the inbox to the cluster stage in `batches` scheduled runs (shuffled, seeded)."""
+    """Current cluster ids (merges followed) after feeding the inbox to the stage in `batches` shuffled runs."""
     order = np.random.default_rng(0).permutation(len(labels))
     paths = [f"{labels[i]}/{i:06d}.png" for i in range(len(labels))]
     with tempfile.TemporaryDirectory(prefix="replearn-incremental-") as out:
@@ -228,7 +230,9 @@ def stage_assignments(
             )
             cluster_embeddings_into(config, batch, Path(out), threshold, "benchmark")
         view = pd.read_csv(Path(out) / "assignments.csv").drop_duplicates("path", keep="last").set_index("path")
-    return view.loc[paths, "cluster_id"].to_numpy()
+        merged_into = json.loads((Path(out) / "clusters.json").read_text())["merged_into"]
+    merges = {int(source): int(target) for source, target in merged_into.items()}
+    return follow_merges(view.loc[paths, "cluster_id"].to_numpy(), merges)
 
 
 def incremental_vs_one_shot(embeddings: np.ndarray, labels: list[str], threshold: float, config: ClusterConfig) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into
+from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into, follow_merges
 from replearn.clustering.graph import exact_knn, knn_graph
 from replearn.clustering.methods import cluster_embeddings, effective_resolution
 from replearn.clustering.metrics import clustering_scores
@@ -108,7 +108,8 @@ def test_scheduled_batches_match_one_run(tmp_path: Path) -> None:
         out = tmp_path / f"runs-{runs}"
         for part in np.array_split(rng.permutation(72), runs):
             cluster_embeddings_into(config, batch([paths[i] for i in part], points[part]), out, 0.8, "m")
-        ids = np.array([view(out)[path] for path in paths])
+        merged_into = {int(k): v for k, v in json.loads((out / "clusters.json").read_text())["merged_into"].items()}
+        ids = follow_merges(np.array([view(out)[path] for path in paths]), merged_into)
         scores.append(clustering_scores(labels, ids)["pairwise_f1"])
     assert scores[0] == pytest.approx(1.0) and scores[1] >= scores[0] - 0.02
 
