@@ -405,7 +405,9 @@ def export(
 @app.command("cluster")
 def cluster(
     ctx: typer.Context,
-    model: Annotated[Path, typer.Argument(help="ONNX model from `replearn export`; its metadata gives the threshold.")],
+    model: Annotated[
+        Path, typer.Argument(help="ONNX model from `replearn export`; its metadata gives the threshold and resolution.")
+    ],
     inbox: Annotated[Path, typer.Argument(help="Folder of images to cluster (recursive; hidden files skipped).")],
     out: Annotated[
         Path, typer.Argument(help="Folder of the cluster registry and one runs/run-NNNNNN per run; created if missing.")
@@ -418,7 +420,12 @@ def cluster(
         bool, typer.Option("--evaluate", help="INBOX holds class folders: score the clusters against them.")
     ] = False,
 ) -> None:
-    """Cluster the new images of INBOX into OUT: ids stay stable across runs; a batch seen before changes nothing."""
+    """Cluster the new images of INBOX into OUT: ids stay stable across runs; a batch seen before changes nothing.
+
+    New images are grouped with earlier unclustered images and with the clusters they are near.
+
+    cluster.method: louvain (the default) or components (the seed's rule). Merges are recorded, never renumbered.
+    """
     from replearn.clustering.cluster import cluster_images
 
     config = with_values(state(ctx).config, {"cluster.threshold": threshold, "cluster.min_size": min_size})
