@@ -90,18 +90,24 @@ def format_value(value: float | int) -> str:
     return str(value) if isinstance(value, int | np.integer) else f"{value:.4f}"
 
 
-def typical_and_atypical(members: pd.DataFrame, cluster_id: int, samples: int) -> tuple[list[str], list[str]]:
-    """Sources of a cluster's members most and least similar to its prototype, `samples` // 2 each (at least 1).
+def typical_and_atypical(members: pd.DataFrame, samples: int) -> dict[int, tuple[list[str], list[str]]]:
+    """Per cluster id: sources of its members most and least similar to its prototype, `samples` // 2 each.
+
+    One sort for every cluster, so a report of many clusters costs one pass over the run's members.
 
     >>> frame = pd.DataFrame({"cluster_id": [1, 1, 1, 2], "similarity": [0.9, 0.5, 0.7, 1.0], "source": list("abcd")})
-    >>> typical_and_atypical(frame, 1, 4)
-    (['a', 'c'], ['b'])
+    >>> typical_and_atypical(frame, 4)
+    {1: (['a', 'c'], ['b']), 2: (['d'], [])}
     """
-    ranked = members[members["cluster_id"] == cluster_id].sort_values("similarity", ascending=False, kind="stable")
     half = max(1, samples // 2)
-    typical = ranked.head(half)
-    atypical = ranked.iloc[len(typical) :].tail(half).iloc[::-1]
-    return list(typical["source"]), list(atypical["source"])
+    clustered = members[members["cluster_id"] > 0]
+    ranked = clustered.sort_values(["cluster_id", "similarity"], ascending=[True, False], kind="stable")
+    shown: dict[int, tuple[list[str], list[str]]] = {}
+    for cluster_id, group in ranked.groupby("cluster_id", sort=False):
+        sources = list(group["source"])
+        typical = sources[:half]
+        shown[int(cluster_id)] = typical, sources[len(typical) :][-half:][::-1]
+    return shown
 
 
 def _links(run_dir: Path) -> str:
@@ -171,8 +177,9 @@ def write_report(
         f"the least similar. Cohesion (mean similarity of members to the prototype) below the threshold "
         f"{threshold:.3f} is flagged: such a cluster likely mixes classes.</p>"
     )
+    montage_sources = typical_and_atypical(members, config.report_samples)
     for row in touched.head(config.report_clusters).itertuples():
-        typical, atypical = typical_and_atypical(members, row.id, config.report_samples)
+        typical, atypical = montage_sources.get(row.id, ([], []))
         montages = []
         for kind, sources in (("typical", typical), ("atypical", atypical)):
             name = f"cluster-{row.id:06d}-{kind}.jpg"
