@@ -36,7 +36,7 @@ from replearn.clustering.cluster import (
     with_model_resolution,
 )
 from replearn.clustering.components import number_by_size
-from replearn.clustering.graph import exact_knn
+from replearn.clustering.graph import exact_knn, knn_graph
 from replearn.clustering.methods import cluster_embeddings, find_groups
 from replearn.clustering.metrics import clustering_scores
 from replearn.config import ClusterConfig, load_config
@@ -48,14 +48,9 @@ Method = Callable[[np.ndarray, float], np.ndarray]
 GRAPH_K = 10
 
 
-def knn_graph_weighted(embeddings: np.ndarray, k: int, threshold: float | None = None) -> sp.csr_matrix:
-    """Symmetric kNN graph weighted by cosine similarity (negative similarities dropped; below `threshold` too)."""
-    neighbours = exact_knn(embeddings, k)
-    n = len(embeddings)
-    keep = (neighbours.ids >= 0) & (neighbours.similarities > (0.0 if threshold is None else threshold))
-    rows = np.nonzero(keep)[0]
-    graph = sp.csr_matrix((neighbours.similarities[keep], (rows, neighbours.ids[keep])), shape=(n, n))
-    return graph.maximum(graph.T).tocsr()
+def graph_of(embeddings: np.ndarray, threshold: float, threshold_edges: bool) -> sp.csr_matrix:
+    """The GRAPH_K-NN graph weighted by similarity: pairs at or above the threshold, or every non-negative pair."""
+    return knn_graph(exact_knn(embeddings, GRAPH_K), threshold if threshold_edges else 0.0, mutual=False)
 
 
 def seed_components(embeddings: np.ndarray, threshold: float) -> np.ndarray:
@@ -112,12 +107,11 @@ def finch_level(level: int) -> Method:
     return method
 
 
-def louvain(threshold_edges: bool, resolution: float = 1.0) -> Method:
+def leiden(threshold_edges: bool) -> Method:
     def method(embeddings: np.ndarray, threshold: float) -> np.ndarray:
         from sknetwork.clustering import Leiden
 
-        graph = knn_graph_weighted(embeddings, GRAPH_K, threshold if threshold_edges else None)
-        return Leiden(resolution=resolution, random_state=0).fit_predict(graph)
+        return Leiden(random_state=0).fit_predict(graph_of(embeddings, threshold, threshold_edges))
 
     return method
 
@@ -126,7 +120,7 @@ def infomap(threshold_edges: bool) -> Method:
     def method(embeddings: np.ndarray, threshold: float) -> np.ndarray:
         import igraph
 
-        graph = sp.triu(knn_graph_weighted(embeddings, GRAPH_K, threshold if threshold_edges else None)).tocoo()
+        graph = sp.triu(graph_of(embeddings, threshold, threshold_edges)).tocoo()
         network = igraph.Graph(n=len(embeddings), edges=list(zip(graph.row.tolist(), graph.col.tolist(), strict=True)))
         return np.asarray(network.community_infomap(edge_weights=graph.data.tolist()).membership)
 
@@ -150,8 +144,8 @@ def methods(config: ClusterConfig) -> dict[str, Method]:
         "HDBSCAN min_cluster_size 5 (scikit-learn)": hdbscan(5),
         "FINCH, first partition": finch_level(0),
         "FINCH, second partition": finch_level(1),
-        f"Leiden, kNN graph k={GRAPH_K} (scikit-network)": louvain(False),
-        f"Leiden, kNN graph k={GRAPH_K} >= threshold": louvain(True),
+        f"Leiden, kNN graph k={GRAPH_K} (scikit-network)": leiden(False),
+        f"Leiden, kNN graph k={GRAPH_K} >= threshold": leiden(True),
         f"Infomap, kNN graph k={GRAPH_K} (igraph, GPL)": infomap(False),
         f"Infomap, kNN graph k={GRAPH_K} >= threshold": infomap(True),
     }

@@ -140,8 +140,9 @@ def place_batch(registry: Registry, embeddings: np.ndarray, threshold: float, co
     owners, merges = group_owners(groups[: in_context.sum()], context_ids[in_context], totals)
 
     rest = groups[in_context.sum() :]
-    owned = np.array([int(g) in owners for g in rest], dtype=bool)
-    ids = np.array([owners.get(int(g), UNCLUSTERED) for g in rest], dtype=np.int64)
+    owner_of = pd.Series(rest).map(owners)
+    owned = owner_of.notna().to_numpy()
+    ids = owner_of.fillna(UNCLUSTERED).to_numpy(dtype=np.int64, copy=True)
     ranks = number_by_size(rest[~owned], config.min_size)
     ids[~owned] = np.where(ranks > 0, ranks + registry.next_cluster_id - 1, UNCLUSTERED)
     pool_ids = np.zeros(len(pool), dtype=np.int64)

@@ -117,7 +117,7 @@ class Registry:
     @property
     def active(self) -> np.ndarray:
         """Rows of the clusters that new images can join: all but those merged into another."""
-        return np.array([int(i) not in self.merged_into for i in self.cluster_ids], dtype=bool)
+        return ~np.isin(self.cluster_ids, list(self.merged_into))
 
     def members(self) -> pd.DataFrame:
         """Current assignment of every image ever registered: the segments, last row per key wins."""
