@@ -82,7 +82,9 @@ def test_clusters_found_to_be_one_are_merged_on_record_not_renumbered(tmp_path: 
     # Run 2: images in the gap link both groups' exemplars into one group of the window.
     gap = on_circle([8, 13, 18, 23, 26])
     result = cluster_embeddings_into(config, batch([f"b/{i}.png" for i in range(5)], gap), tmp_path, THRESHOLD, "m")
-    summary = json.loads((tmp_path / "runs" / "run-000002" / "clusters.json").read_text())
+    run_summary = tmp_path / "runs" / "run-000002" / "clusters.json"
+    assert (tmp_path / "clusters.json").read_bytes() == run_summary.read_bytes()
+    summary = json.loads(run_summary.read_text())
     assert summary["merged_this_run"] == {"2": 1} and summary["merged_into"] == {"2": 1}
     assert {c["id"]: c["merged_into"] for c in summary["clusters"]} == {1: None, 2: 1}
     assert result.new_clusters == 0 and result.assigned_to_existing == 5

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from replearn.atomic import atomic_directory, atomic_path, write_json_atomic
+from replearn.atomic import atomic_directory, atomic_path, write_bytes_atomic, write_json_atomic
 from replearn.clustering.graph import as_embeddings
 from replearn.clustering.inbox import HASH_CACHE_NAME, hash_inbox, sha256_file
 from replearn.clustering.placement import latest_exemplars, place_batch
@@ -332,7 +332,8 @@ def record_batch(
     registry.assignments_bytes = len(view_bytes) + (0 if replace_view else registry.assignments_bytes)
     commit_registry(registry, members, run_info)
     update_assignments_view(view, view_bytes, replace_view, registry.assignments_bytes)
-    write_json_atomic(out_dir / "clusters.json", summary)
+    # The same bytes as the run's own clusters.json: serialising every cluster once is enough.
+    write_bytes_atomic(out_dir / "clusters.json", (run_dir / "clusters.json").read_bytes())
     log.info(
         "run %d: %d new images, %d joined existing clusters, %d new clusters, %d unclustered",
         registry.run,
