@@ -20,7 +20,7 @@ def training(params_file: str = "params.yaml", overrides: list[str] | None = Non
     data_dir = require_data(config.data.raw_dir)
     outputs = str(config.data.outputs_dir)
     dataset = validate(
-        config=sections(config, "validate", "train.classes_per_batch", "train.images_per_class"),
+        config=sections(config, "validate", "train.images_per_class"),
         data_dir=str(data_dir),
         data_version=data_version(data_dir),
         outputs_dir=outputs,

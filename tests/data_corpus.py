@@ -16,7 +16,7 @@ from PIL import Image
 
 from replearn.config import Config
 
-# Small thresholds so the corpus stays tiny: K=2 images per class, P=2 classes, bomb guard at 10,000 px.
+# Small thresholds so the corpus stays tiny: K=2 images per class, bomb guard at 10,000 px.
 CONFIG = Config.model_validate(
     {
         "validate": {"max_pixels": 10_000, "workers": 1},

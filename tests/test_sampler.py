@@ -34,6 +34,14 @@ def test_batches_are_reproducible_and_ranks_independent() -> None:
     assert not np.array_equal(first.batch(0), PKSampler(labels, 8, 2, seed=4).batch(0))
 
 
-def test_too_few_classes_is_a_clear_error() -> None:
-    with pytest.raises(UserError, match="classes_per_batch=8 but the training split has only 3 classes"):
-        PKSampler(np.array([0, 1, 2]), classes_per_batch=8, images_per_class=2, seed=0)
+def test_fewer_classes_than_p_puts_all_in_every_batch(caplog: pytest.LogCaptureFixture) -> None:
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    sampler = PKSampler(labels, classes_per_batch=8, images_per_class=2, seed=0)
+    assert "classes_per_batch=8 but the training split has 3 classes" in caplog.text
+    assert sampler.batch_size == 6
+    assert all(sorted(set(labels[sampler.batch(i)])) == [0, 1, 2] for i in range(5))
+
+
+def test_one_class_is_a_clear_error() -> None:
+    with pytest.raises(UserError, match="the training split has 1 class; training needs at least 2"):
+        PKSampler(np.array([0, 0, 0]), classes_per_batch=8, images_per_class=2, seed=0)

@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from data_corpus import CONFIG, EXPECTED_CLASS_FAILURES, EXPECTED_FAILURES, build_corpus, snapshot
+from data_corpus import CONFIG, EXPECTED_CLASS_FAILURES, EXPECTED_FAILURES, build_corpus, noise, snapshot
 from replearn import cli
 from replearn.cli import app
 from replearn.data.validation import ValidationResult, validate_dataset
@@ -134,7 +134,6 @@ def test_cli_on_clean_data_exits_0(chars_dir: Path, tmp_path: Path) -> None:
 def test_cli_on_bad_data_exits_1_with_a_report(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli, "stdout", Console(width=200))
     overrides = [f"--set={key}" for key in ("validate.max_pixels=10000", "train.images_per_class=2")]
-    overrides.append("--set=train.classes_per_batch=2")
     result = runner.invoke(app, [*overrides, "validate", str(corpus), str(tmp_path)])
     assert result.exit_code == 1
     assert "data is NOT valid" in result.output
@@ -143,6 +142,19 @@ def test_cli_on_bad_data_exits_1_with_a_report(corpus: Path, tmp_path: Path, mon
     assert "... and 1 more" in result.output  # four files fail to decode; three are shown
     quarantined = runner.invoke(app, [*overrides, "validate", str(corpus), str(tmp_path), "--on-error", "quarantine"])
     assert quarantined.exit_code == 0, quarantined.output
+
+
+@pytest.mark.parametrize(("classes", "valid"), [(1, False), (2, True)])
+def test_min_classes_is_two_whatever_p(classes: int, valid: bool, tmp_path: Path) -> None:
+    data = tmp_path / "raw"
+    for label in range(classes):
+        (data / f"c{label}").mkdir(parents=True)
+        for index in range(2):
+            noise(10 * label + index).save(data / f"c{label}" / f"{index}.png")
+    config = CONFIG.model_copy(update={"train": CONFIG.train.model_copy(update={"classes_per_batch": 8})})
+    result = validate_dataset(config, data, tmp_path / "report")
+    verdicts = {check.name: check.success for check in result.checks}
+    assert (result.valid, verdicts["min_classes"]) == (valid, valid)
 
 
 def test_missing_data_dir_exits_1_without_traceback(tmp_path: Path) -> None:

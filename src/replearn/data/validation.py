@@ -35,6 +35,7 @@ BAD_FILES_NAME = "bad_files.csv"
 GOOD_FILES_NAME = "good_files.csv"
 DATA_DOCS_NAME = "data_docs"
 EXAMPLES = 10  # offending files kept per check in the summary; bad_files.csv lists them all
+MIN_CLASSES = 2  # a loss needs negatives; fewer than train.classes_per_batch fill every batch with all of them
 BAD_COLUMNS = ["path", "class", "check", "detail"]
 
 
@@ -172,7 +173,7 @@ def _file_expectations(gxe: Any, config: Config) -> list[tuple[str, str, Any]]:
 
 
 def _class_expectations(gxe: Any, config: Config) -> list[tuple[str, str, Any]]:
-    k, p = config.train.images_per_class, config.train.classes_per_batch
+    k = config.train.images_per_class
     return [
         (
             "min_images",
@@ -186,8 +187,8 @@ def _class_expectations(gxe: Any, config: Config) -> list[tuple[str, str, Any]]:
         ),
         (
             "min_classes",
-            f">= {p} classes with {k} usable images (P, train.classes_per_batch)",
-            gxe.ExpectColumnUniqueValueCountToBeBetween(column="trainable", min_value=p),
+            f">= {MIN_CLASSES} classes with {k} usable images (a loss needs negatives)",
+            gxe.ExpectColumnUniqueValueCountToBeBetween(column="trainable", min_value=MIN_CLASSES),
         ),
     ]
 
@@ -334,7 +335,6 @@ def _summary(result: ValidationResult, config: Config, data_dir: Path) -> dict[s
         "thresholds": {
             **config.validate_.model_dump(mode="json", include={"allowed_formats", "min_width", "min_height"}),
             "max_pixels": config.validate_.max_pixels,
-            "classes_per_batch": config.train.classes_per_batch,
             "images_per_class": config.train.images_per_class,
         },
         "checks": [

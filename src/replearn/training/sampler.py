@@ -8,9 +8,13 @@ and every distributed rank has its own independent stream.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from replearn.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def iteration_seed(seed: int, rank: int, iteration: int, stream: int = 0) -> int:
@@ -24,16 +28,25 @@ def iteration_seed(seed: int, rank: int, iteration: int, stream: int = 0) -> int
 
 
 class PKSampler:
-    """Indices of P distinct classes x K images each; a class with fewer than K images is drawn with replacement."""
+    """Indices of P distinct classes x K images each; a class with fewer than K images is drawn with replacement.
+
+    A training split with fewer than P classes (but at least two: a loss needs negatives) puts all of
+    them in every batch, with a warning, so the default P suits small datasets too.
+    """
 
     def __init__(self, labels: np.ndarray, classes_per_batch: int, images_per_class: int, seed: int, rank: int = 0):
         self.members = [np.flatnonzero(labels == label) for label in np.unique(labels)]
-        if len(self.members) < classes_per_batch:
+        if len(self.members) < 2:
             raise UserError(
-                f"train.classes_per_batch={classes_per_batch} but the training split has only "
-                f"{len(self.members)} classes; lower it or add classes"
+                f"the training split has {len(self.members)} class; training needs at least 2 (negatives for the loss)"
             )
-        self.classes_per_batch = classes_per_batch
+        if len(self.members) < classes_per_batch:
+            log.warning(
+                "train.classes_per_batch=%d but the training split has %d classes: every batch holds all of them",
+                classes_per_batch,
+                len(self.members),
+            )
+        self.classes_per_batch = min(classes_per_batch, len(self.members))
         self.images_per_class = images_per_class
         self.seed = seed
         self.rank = rank
