@@ -27,7 +27,7 @@ data/raw: | $(STAMP)
 data/inbox: | $(STAMP)
 	$(BIN)/replearn --set data.seed=1 data chars data/inbox --per-class 4
 
-# Both pipelines with the quick demo profile (zenml_config.demo.yaml), then a summary of the results.
+# Both pipelines with the demo profile (zenml_config.demo.yaml), then a summary of the results.
 demo: $(STAMP) data/raw data/inbox
 	$(BIN)/zenml pipeline run training -c zenml_config.demo.yaml
 	$(BIN)/zenml pipeline run clustering -c zenml_config.demo.yaml

@@ -138,7 +138,7 @@ def methods(config: ClusterConfig) -> dict[str, Method]:
     return {
         f"replearn {config.method}, k={config.neighbors} (the default)": stage_method(config),
         "threshold + components (seed)": seed_components,
-        "mutual kNN k=3 (demo profile)": mutual_knn(3),
+        "mutual kNN k=3 (the old demo profile)": mutual_knn(3),
         "mutual kNN k=32 (refine: mutual_knn)": mutual_knn(32),
         "size-capped components, cap 60 (CDP-style)": size_capped_components(60),
         "HDBSCAN min_cluster_size 5 (scikit-learn)": hdbscan(5),

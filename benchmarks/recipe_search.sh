@@ -29,5 +29,6 @@ queue() { dvc exp run --queue --name "$1" "${@:2}"; }
 queue before -S train.classes_per_batch=16 -S train.iterations=1000 -S train.loss.margin=0.25
 queue margin-0.25 -S train.loss.margin=0.25
 dvc queue start --jobs 1  # (dvc exp run --run-all, version 3, can hang after its last task here)
-while dvc queue status | grep -qE 'Queued|Running'; do sleep 30; done
+# grep reads all of it: with -q and pipefail, dvc's SIGPIPE would end the wait at once
+while dvc queue status | grep -E 'Queued|Running' >/dev/null; do sleep 30; done
 show

@@ -76,10 +76,12 @@ def summary_table(training: Any, clustering: Any | None) -> Table:
     seen = metrics.get("seen/precision_at_1", 0.0)
     table.add_row(f"P@1, seen classes (test vs train gallery; {protocol})", f"{seen:.3f}")
     table.add_row("P@1, unseen classes", f"{metrics.get('unseen/precision_at_1', 0.0):.3f}")
-    table.add_row("clustering threshold (max F1 on val)", f"{threshold:.3f}")
-    resolution = metrics.get("cluster/resolution")
-    if resolution is not None:
-        table.add_row("Louvain resolution per component (max F1 on val)", f"{resolution:g}")
+    table.add_row("pair threshold (max F1 on val pairs)", f"{threshold:.3f}")
+    resolution, cluster_threshold = metrics.get("cluster/resolution"), metrics.get("cluster/threshold")
+    if resolution is not None and cluster_threshold is not None:
+        table.add_row(
+            "clusters: threshold, Louvain resolution (max F1 on val)", f"{cluster_threshold:.3f}, {resolution:g}"
+        )
     if clustering is not None:
         run = output(clustering, "cluster", ArtifactName.CLUSTER_RUN).load()
         # The materializer's metadata: loading the artifact would copy and hash the model file again.

@@ -27,7 +27,7 @@ def training(params_file: str = "params.yaml", overrides: list[str] | None = Non
     )
     preprocessed = preprocess(config=sections(config, "preprocess"), dataset=dataset, outputs_dir=outputs)
     checkpoint, _ = train(config=sections(config, "train"), preprocessed=preprocessed, outputs_dir=outputs)
-    metrics, threshold, resolution = evaluate(
+    metrics, threshold, resolution, cluster_threshold = evaluate(
         config=sections(
             config, "evaluate", "embed", "train.devices", "cluster.neighbors", "cluster.min_size", "cluster.seed"
         ),
@@ -40,6 +40,7 @@ def training(params_file: str = "params.yaml", overrides: list[str] | None = Non
         checkpoint=checkpoint,
         threshold=threshold,
         resolution=resolution,
+        cluster_threshold=cluster_threshold,
         preprocessed=preprocessed,
         outputs_dir=outputs,
     )

@@ -32,6 +32,7 @@ class ArtifactName(StrEnum):
     METRICS = "metrics"
     THRESHOLD = "threshold"
     RESOLUTION = "resolution"
+    CLUSTER_THRESHOLD = "cluster_threshold"
     ONNX_MODEL = "onnx_model"
     PROMOTED = "promoted"
     PRODUCTION_MODEL = "production_model"

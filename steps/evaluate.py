@@ -16,11 +16,12 @@ def evaluate(
     Annotated[dict[str, float], ArtifactName.METRICS],
     Annotated[float, ArtifactName.THRESHOLD],
     Annotated[float, ArtifactName.RESOLUTION],
+    Annotated[float, ArtifactName.CLUSTER_THRESHOLD],
 ]:
-    """kNN metrics on seen and unseen classes, plots, and the clustering threshold and resolution calibrated on val."""
+    """kNN metrics of seen and unseen classes, plots, the pair threshold, the cluster stage's calibration."""
     from replearn.evaluation.evaluate import evaluate as evaluate_model
 
     out_dir = stage_dir(outputs_dir, "evaluate", config, checkpoint.sha256, preprocessed.digest)
     result = evaluate_model(rebuild(config), Path(checkpoint.path), preprocessed.checked(), out_dir, force=True)
     log_metadata(metadata={"metrics": dict(result.metrics), "report_dir": str(out_dir)})
-    return dict(result.metrics), float(result.threshold), float(result.resolution)
+    return dict(result.metrics), float(result.threshold), float(result.resolution), float(result.cluster_threshold)

@@ -18,13 +18,16 @@ def export(
     checkpoint: ModelFile,
     threshold: float,
     resolution: float,
+    cluster_threshold: float,
     preprocessed: FolderRef,
     outputs_dir: str,
 ) -> Annotated[ModelFile, ArtifactName.ONNX_MODEL]:
-    """ONNX with the calibrated threshold and resolution in its metadata, parity-checked on real images."""
+    """ONNX with the calibrated thresholds and resolution in its metadata, parity-checked on real images."""
     from replearn.export.onnx_export import export_model
 
-    out_dir = stage_dir(outputs_dir, "export", config, checkpoint.sha256, threshold, resolution, preprocessed.digest)
+    out_dir = stage_dir(
+        outputs_dir, "export", config, checkpoint.sha256, threshold, resolution, cluster_threshold, preprocessed.digest
+    )
     result = export_model(
         rebuild(config).export,
         Path(checkpoint.path),
@@ -32,6 +35,7 @@ def export(
         images_dir=preprocessed.checked(),
         threshold=threshold,
         resolution=resolution,
+        cluster_threshold=cluster_threshold,
     )
     log_metadata(
         metadata={"exporter": result.exporter, "max_abs_diff": result.parity.max_abs_diff, "path": str(result.path)}

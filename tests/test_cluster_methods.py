@@ -13,11 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into, follow_merges
+from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into, follow_merges, resolve_threshold
 from replearn.clustering.graph import exact_knn, knn_graph
 from replearn.clustering.methods import cluster_embeddings, effective_resolution
 from replearn.clustering.metrics import clustering_scores
 from replearn.config import ClusterConfig
+from replearn.export.metadata import ModelMetadata
 
 
 def on_circle(degrees: list[float]) -> np.ndarray:
@@ -123,3 +124,32 @@ def test_the_pool_keeps_only_the_newest_unclustered_images(tmp_path: Path) -> No
     summary = json.loads((result.run_dir / "clusters.json").read_text())
     assert (summary["unclustered"], summary["pool"], summary["retired_from_pool"]) == (5, 2, 3)
     assert set(view(tmp_path).values()) == {0}
+
+
+@pytest.mark.parametrize(
+    ("settings", "cluster_threshold", "expected"),
+    [
+        ({}, 0.8, 0.8),  # louvain: the threshold calibrated with the resolution
+        ({"method": "components"}, 0.8, 0.9),  # the seed's rule: the pair threshold
+        ({}, None, 0.9),  # a model exported before the cluster threshold was calibrated
+        ({"threshold": 0.7}, 0.8, 0.7),  # cluster.threshold (--threshold) wins
+    ],
+)
+def test_cluster_stage_threshold_comes_from_the_model(
+    settings: dict, cluster_threshold: float | None, expected: float
+) -> None:
+    metadata = ModelMetadata(
+        input_size=32,
+        channel_order="RGB",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        embedding_dim=8,
+        threshold=0.9,
+        classes=("a", "b"),
+        replearn_version="0",
+        config_hash="0",
+        data_version="0",
+        resize_mode="pad",
+        cluster_threshold=cluster_threshold,
+    )
+    assert resolve_threshold(ClusterConfig(**settings), metadata, Path("model.onnx")) == expected

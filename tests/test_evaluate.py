@@ -17,7 +17,7 @@ from replearn.data.splits import read_splits
 from replearn.errors import UserError
 from replearn.evaluation.compare import compare_images
 from replearn.evaluation.evaluate import evaluate
-from replearn.evaluation.resolution import RESOLUTIONS
+from replearn.evaluation.resolution import CLUSTER_THRESHOLD_STEPS, RESOLUTIONS
 from replearn.evaluation.threshold import read_threshold, write_threshold
 from replearn.export.embedder import read_metadata
 
@@ -126,8 +126,11 @@ def test_threshold_file_matches_the_metrics(evaluated: Path) -> None:
     assert -1.0 <= record["threshold"] <= 1.0
     assert record["split"] == "val" and record["positive_pairs"] > 0
     assert record["f1"] == metrics["threshold/f1"]
-    # The cluster stage's Louvain resolution, chosen on the same val images with that threshold.
+    # The cluster stage's Louvain resolution and threshold, chosen together on the same val images,
+    # the threshold one of the steps at or below the pair threshold.
     assert record["resolution"] in RESOLUTIONS and record["resolution"] == metrics["cluster/resolution"]
+    steps = [round(record["threshold"] - step, 6) for step in CLUSTER_THRESHOLD_STEPS]
+    assert record["cluster_threshold"] in steps and record["cluster_threshold"] == metrics["cluster/threshold"]
     assert record["resolution_f1"] == metrics["cluster/val/pairwise_f1"]
     assert 0.0 <= metrics["seen/clusters/pairwise_f1"] <= 1.0 and "unseen/clusters/unclustered_fraction" in metrics
 
@@ -201,7 +204,7 @@ def test_onnx_model_evaluates_like_its_checkpoint_and_carries_the_threshold(
     export_model(config.export, checkpoint, model, images_dir=preprocessed, threshold_file=evaluated / "threshold.json")
     record = json.loads((evaluated / "threshold.json").read_text())
     metadata = read_metadata(model)
-    assert metadata.resolution == record["resolution"]
+    assert (metadata.resolution, metadata.cluster_threshold) == (record["resolution"], record["cluster_threshold"])
     out = tmp_path / "eval_onnx"
     evaluate(config, model, preprocessed, out)
     from_onnx = json.loads((out / "metrics.json").read_text())

@@ -281,8 +281,9 @@ def evaluate_command(
     if "precision_drop" in result.metrics:
         stdout.print(f"precision drop, seen - unseen P@1: {result.metrics['precision_drop']:.3f}")
     stdout.print(
-        f"threshold {result.threshold:.4f} (pairwise F1 {result.metrics.get('threshold/f1', float('nan')):.3f}), "
-        f"clustering resolution {result.resolution:g}, on {result.out_dir / 'threshold.json'}"
+        f"threshold {result.threshold:.4f} (pairwise F1 {result.metrics.get('threshold/f1', float('nan')):.3f}); "
+        f"clusters: threshold {result.cluster_threshold:.4f}, resolution {result.resolution:g}; "
+        f"in {result.out_dir / 'threshold.json'}"
     )
 
 

@@ -389,10 +389,16 @@ def cluster_embeddings_into(
         return record_batch(registry, subset, threshold, config, out_dir, evaluate, images=len(batch.paths))
 
 
-def resolve_threshold(config: ClusterConfig, model_threshold: float | None, model_path: Path) -> float:
-    """cluster.threshold when set, else the threshold calibrated at evaluation and stored in the model."""
+def resolve_threshold(config: ClusterConfig, metadata: ModelMetadata, model_path: Path) -> float:
+    """cluster.threshold when set, else the model's: calibrated with the resolution for louvain, the pair one else.
+
+    A model exported before the cluster stage's own threshold was calibrated gives its pair threshold.
+    """
     if config.threshold is not None:
         return config.threshold
+    if config.method == "louvain" and metadata.cluster_threshold is not None:
+        return metadata.cluster_threshold
+    model_threshold = metadata.threshold
     if model_threshold is None:
         raise UserError(
             f"{model_path} carries no calibrated threshold in its metadata; "
@@ -436,7 +442,7 @@ def cluster_images(config: Config, model_path: Path, inbox: Path, out_dir: Path,
         embedder = OnnxEmbedder(model_path, provider=config.embed.provider, threads=config.embed.threads)
         model_id = f"sha256:{sha256_file(model_path)}"
         check_compatible(registry, model_id, embedder.metadata.embedding_dim)
-        threshold = resolve_threshold(config.cluster, embedder.metadata.threshold, model_path)
+        threshold = resolve_threshold(config.cluster, embedder.metadata, model_path)
         settings = with_model_resolution(config.cluster, embedder.metadata)
         with tempfile.TemporaryDirectory(prefix="replearn-cluster-") as staging:
             # The embedder takes a folder: give it one that links to the new images only.

@@ -69,14 +69,22 @@ def find_communities(embeddings: np.ndarray, threshold: float, config: ClusterCo
     >>> find_communities(e, 0.999, ClusterConfig(neighbors=2)).tolist()
     [0, 1, 2]
     """
-    from sknetwork.clustering import Louvain
-
     embeddings = as_embeddings(embeddings)
     if len(embeddings) == 0:
         return np.zeros(0, dtype=np.int64)
-    graph = knn_graph(neighbours_for(embeddings, config), threshold, mutual=False)
+    return communities_of(knn_graph(neighbours_for(embeddings, config), threshold, mutual=False), config)
+
+
+def communities_of(graph: sp.csr_matrix, config: ClusterConfig) -> np.ndarray:
+    """Louvain communities of a pruned, similarity-weighted kNN graph, each split into its connected parts.
+
+    Apart from find_communities so that calibration builds the kNN graph of its images once for
+    every threshold and resolution it tries.
+    """
+    from sknetwork.clustering import Louvain
+
     if graph.nnz == 0:  # nothing links: every image alone (scikit-network refuses a graph without edges)
-        return np.arange(len(embeddings), dtype=np.int64)
+        return np.arange(graph.shape[0], dtype=np.int64)
     resolution = effective_resolution(config, graph)
     louvain = Louvain(resolution=resolution, modularity="newman", random_state=config.seed)
     return connected_within(graph, np.asarray(louvain.fit_predict(graph), dtype=np.int64))

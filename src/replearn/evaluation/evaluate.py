@@ -6,8 +6,9 @@ Protocols (per subset, seen and unseen classes separately):
   keys `<subset>/loo/<metric>`.
 Micro averages (over queries) carry the plain name, macro averages (over classes) `macro/` before it.
 The precision drop is seen minus unseen precision@1: how much worse the model does on classes it
-never trained on. The clustering threshold is calibrated on the val split and checked on test pairs;
-so is the cluster stage's Louvain resolution (resolution.py), checked as clusters of each test subset
+never trained on. The pair threshold (same class at or above it) is calibrated on the val split and
+checked on test pairs; the cluster stage's threshold and Louvain resolution are calibrated together on
+the same images, at or below it (resolution.py), and checked as clusters of each test subset
 (`<subset>/clusters/<metric>`).
 """
 
@@ -39,7 +40,7 @@ from replearn.evaluation.plots import (
     plot_worst_queries,
     project_2d,
 )
-from replearn.evaluation.resolution import ResolutionChoice, choose_resolution, clustering_quality, louvain_config
+from replearn.evaluation.resolution import ClusteringChoice, choose_clustering, clustering_quality, louvain_config
 from replearn.evaluation.retrieval import RetrievalScores, score_retrieval
 from replearn.evaluation.threshold import THRESHOLD_FILE, write_threshold
 
@@ -54,7 +55,8 @@ THRESHOLD_CURVE_FILE = "threshold_curve.csv"
 class EvaluationResult:
     out_dir: Path
     metrics: dict[str, float]
-    threshold: float
+    threshold: float  # pairs: two images are the same class at or above it (compare, cluster.method components)
+    cluster_threshold: float  # the Louvain graph's pruning, calibrated with the resolution
     resolution: float
 
 
@@ -202,18 +204,22 @@ def calibrate(data: SplitData, settings: EvaluateConfig) -> tuple[str, np.ndarra
     raise UserError(f"{data.root / 'splits.csv'}: no split has two images of one class to calibrate a threshold on")
 
 
-def calibrate_resolution(
-    data: SplitData, split: str, rows: np.ndarray, threshold: float, config: Config, subsets: list[str]
-) -> tuple[ResolutionChoice, dict[str, float]]:
-    """Choose the cluster stage's Louvain resolution on the calibration rows, then cluster each test subset with it."""
-    choice = choose_resolution(data.embeddings[rows], data.codes[rows], threshold, config.cluster)
-    metrics = {"cluster/resolution": choice.resolution, f"cluster/{split}_class_subsets/pairwise_f1": choice.subsets_f1}
+def calibrate_clustering(
+    data: SplitData, split: str, rows: np.ndarray, pair_threshold: float, config: Config, subsets: list[str]
+) -> tuple[ClusteringChoice, dict[str, float]]:
+    """Choose the cluster stage's threshold and resolution on the calibration rows, then cluster each test subset."""
+    choice = choose_clustering(data.embeddings[rows], data.codes[rows], pair_threshold, config.cluster)
+    metrics = {
+        "cluster/threshold": choice.threshold,
+        "cluster/resolution": choice.resolution,
+        f"cluster/{split}_class_subsets/pairwise_f1": choice.subsets_f1,
+    }
     metrics |= prefixed(f"cluster/{split}/", choice.scores)
     calibrated = louvain_config(config.cluster, choice.resolution)
     settings = config.evaluate
     for subset in subsets:
         test_rows = sample_rows(data.rows("test", subset), settings.calibration_max_images, settings.seed)
-        quality = clustering_quality(data.embeddings[test_rows], data.codes[test_rows], threshold, calibrated)
+        quality = clustering_quality(data.embeddings[test_rows], data.codes[test_rows], choice.threshold, calibrated)
         metrics |= prefixed(f"{subset}/clusters/", quality)
     return choice, metrics
 
@@ -298,7 +304,7 @@ def evaluate(
     metrics |= prefixed("threshold/", {"precision": choice.precision, "recall": choice.recall, "f1": choice.f1})
     for subset in evaluated:
         metrics |= prefixed(f"{subset}/", score_test_pairs(data, subset, choice.threshold, settings))
-    resolution, cluster_metrics = calibrate_resolution(
+    clustering, cluster_metrics = calibrate_clustering(
         data, calibration_split, calibration_rows, choice.threshold, config, evaluated
     )
     metrics |= cluster_metrics
@@ -314,8 +320,9 @@ def evaluate(
         "positive_pairs": int(curve.positive_counts.sum()),
         "negative_pairs": int(curve.negative_counts.sum()),
         "model": str(model_path),
-        "resolution": resolution.resolution,
-        "resolution_f1": resolution.scores["pairwise_f1"],
+        "cluster_threshold": clustering.threshold,
+        "resolution": clustering.resolution,
+        "resolution_f1": clustering.scores["pairwise_f1"],
     }
 
     with atomic_directory(out_dir, replace=force) as temporary:
@@ -333,11 +340,12 @@ def evaluate(
             if rows:
                 plot_worst_queries(rows, plots / f"worst_queries_{subset}.png", f"worst {subset} test queries")
     log.info(
-        "evaluation written to %s (threshold %.4f, Louvain resolution %g); test queries from %d groups, "
-        "%d of them also in train",
+        "evaluation written to %s (threshold %.4f; clusters: threshold %.4f, Louvain resolution %g); "
+        "test queries from %d groups, %d of them also in train",
         out_dir,
         choice.threshold,
-        resolution.resolution,
+        clustering.threshold,
+        clustering.resolution,
         metrics["groups/test"],
         metrics["groups/test_in_train"],
     )
@@ -345,5 +353,6 @@ def evaluate(
         out_dir=out_dir,
         metrics=metrics,
         threshold=choice.threshold,
-        resolution=resolution.resolution,
+        cluster_threshold=clustering.threshold,
+        resolution=clustering.resolution,
     )

@@ -1,7 +1,7 @@
 """threshold.json: how the calibrated clustering threshold travels from evaluation to export and `compare`.
 
-It also carries the Louvain resolution calibrated with that threshold, which export stores in the
-model's metadata for the cluster stage.
+It also carries the cluster stage's own threshold and Louvain resolution, calibrated together at or
+below it, which export stores in the model's metadata.
 
 A small JSON file rather than a pickle, so export (which copies it into the ONNX metadata), the
 clustering stage and a person reading the evaluation folder all see the same number and where it
@@ -21,12 +21,12 @@ from replearn.errors import UserError
 THRESHOLD_FILE = "threshold.json"
 
 
-def read_resolution(path: Path | str) -> float | None:
-    """The Louvain resolution in a threshold.json (or its folder); files from before it was calibrated give None."""
+def read_calibrated(path: Path | str, key: str) -> float | None:
+    """An optional value of a threshold.json (or its folder), such as "resolution"; older files give None."""
     path = Path(path)
     path = path / THRESHOLD_FILE if path.is_dir() else path
-    resolution = (json.loads(path.read_text()) if path.is_file() else {}).get("resolution")
-    return None if resolution is None else float(resolution)
+    value = (json.loads(path.read_text()) if path.is_file() else {}).get(key)
+    return None if value is None else float(value)
 
 
 def write_threshold(path: Path, threshold: float, **details: Any) -> None:

@@ -21,7 +21,7 @@ OUTPUT_NAME = "embeddings"
 
 ResizeMode = Literal["crop", "pad", "stretch"]
 # Keys a model may lack: files exported before them were written.
-OPTIONAL_KEYS = ("precision", "resolution")
+OPTIONAL_KEYS = ("precision", "resolution", "cluster_threshold")
 # fp32: the exported graph; int8 / fp16: the optional smaller variants written beside it.
 Precision = Literal["fp32", "int8", "fp16"]
 
@@ -43,8 +43,10 @@ class ModelMetadata:
     resize_mode: ResizeMode
     # Not in the contract's key list: files without it are the float32 graph.
     precision: Precision = "fp32"
-    # Optional too: the cluster stage's calibrated Louvain resolution (per connected component).
+    # Optional too: the cluster stage's Louvain resolution (per connected component) and the threshold
+    # its graph is pruned at, calibrated together at or below `threshold` (which decides pairs).
     resolution: float | None = None
+    cluster_threshold: float | None = None
 
     @property
     def resize(self) -> ResizeConfig:
@@ -73,6 +75,7 @@ class ModelMetadata:
                 raise ValueError(f"unknown resize_mode {resize_mode!r}")
             precision = props.get("precision", "fp32")
             resolution = json.loads(props.get("resolution", "null"))
+            cluster_threshold = json.loads(props.get("cluster_threshold", "null"))
             if precision not in ("fp32", "int8", "fp16"):
                 raise ValueError(f"unknown precision {precision!r}")
             return cls(
@@ -89,6 +92,7 @@ class ModelMetadata:
                 resize_mode=cast(ResizeMode, resize_mode),
                 precision=cast(Precision, precision),
                 resolution=None if resolution is None else float(resolution),
+                cluster_threshold=None if cluster_threshold is None else float(cluster_threshold),
             )
         except (ValueError, TypeError) as error:
             raise UserError(f"{source} has malformed replearn metadata: {error}") from None

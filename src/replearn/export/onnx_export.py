@@ -38,7 +38,7 @@ from replearn.atomic import atomic_path
 from replearn.config import Config, ExportConfig
 from replearn.data.images import DECODE_ERRORS, NORMALIZE_MEAN, NORMALIZE_STD, image_to_array, load_image
 from replearn.errors import UserError
-from replearn.evaluation.threshold import read_resolution, read_threshold
+from replearn.evaluation.threshold import read_calibrated, read_threshold
 from replearn.export.embedder import OnnxEmbedder, list_images
 from replearn.export.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata, Precision
 
@@ -276,13 +276,14 @@ def export_model(
     data_version: str | None = None,
     threshold: float | None = None,
     resolution: float | None = None,
+    cluster_threshold: float | None = None,
 ) -> ExportResult:
     """The `export` stage: checkpoint -> parity-checked ONNX file with metadata (plus int8/fp16 variants).
 
     images_dir: folder of real images for the parity batch (a preprocessed folder also gives the
     data version: a hash of its splits.csv). threshold_file: evaluation's threshold.json (which also
-    gives the Louvain resolution); or threshold and resolution, the values themselves (as a pipeline
-    passes them along), never both.
+    gives the cluster stage's threshold and Louvain resolution); or the values themselves (as a
+    pipeline passes them along), never both.
     All files are renamed into place together, and only when every check passed.
     """
     import torch
@@ -293,7 +294,8 @@ def export_model(
         if threshold is not None:
             raise UserError("give the threshold or a threshold file, not both")
         threshold = read_threshold(threshold_file)
-        resolution = read_resolution(threshold_file)
+        resolution = read_calibrated(threshold_file, "resolution")
+        cluster_threshold = read_calibrated(threshold_file, "cluster_threshold")
     model, train_config, classes = load_model(checkpoint, device="cpu")
     batch = load_parity_batch(images_dir, train_config, config.parity_images)
     with torch.no_grad():
@@ -308,6 +310,7 @@ def export_model(
         embedding_dim=int(reference.shape[1]),
         threshold=threshold,
         resolution=resolution,
+        cluster_threshold=cluster_threshold,
         classes=tuple(classes),
         replearn_version=__version__,
         config_hash=hash_config(train_config),
