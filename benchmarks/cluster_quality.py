@@ -32,6 +32,7 @@ from replearn.clustering.cluster import (
     class_labels,
     cluster_embeddings_into,
     follow_merges,
+    resolve_threshold,
     unit_rows,
     with_model_resolution,
 )
@@ -128,8 +129,10 @@ def infomap(threshold_edges: bool) -> Method:
 
 
 def stage_method(config: ClusterConfig) -> Method:
-    def method(embeddings: np.ndarray, threshold: float) -> np.ndarray:
-        return find_groups(embeddings, threshold, config)
+    """The cluster stage at its own threshold (config.threshold: the model's, calibrated with the resolution)."""
+
+    def method(embeddings: np.ndarray, pair_threshold: float) -> np.ndarray:
+        return find_groups(embeddings, config.threshold or pair_threshold, config)
 
     return method
 
@@ -166,7 +169,7 @@ def embed(model: OnnxEmbedder, folder: Path) -> tuple[np.ndarray, list[str]]:
 
 
 def score_all(name: str, embeddings: np.ndarray, labels: list[str], threshold: float, config: ClusterConfig) -> None:
-    print(f"\n== {name}: {len(labels):,} images, {len(set(labels))} classes, threshold {threshold:.4f}")
+    print(f"\n== {name}: {len(labels):,} images, {len(set(labels))} classes, pair threshold {threshold:.4f}")
     columns = f"{'pairwise F (P / R)':>22} {'BCubed F':>9} {'NMI':>6} {'in 0':>6} {'clusters':>8} {'s':>6}"
     header = f"{'method':<46} {columns}"
     print(header)
@@ -255,8 +258,15 @@ def main() -> None:
     threshold = model.metadata.threshold
     if threshold is None:
         raise SystemExit(f"{args.model} carries no calibrated threshold")
-    config.cluster = with_model_resolution(config.cluster, model.metadata)
-    print(f"model {args.model}: threshold {threshold:.4f}, resolution {config.cluster.resolution}")
+    # The stage's own threshold; the other methods take the pair threshold, as the seed's rule does.
+    stage_threshold = resolve_threshold(config.cluster, model.metadata, args.model)
+    config.cluster = with_model_resolution(config.cluster, model.metadata).model_copy(
+        update={"threshold": stage_threshold}
+    )
+    print(
+        f"model {args.model}: pair threshold {threshold:.4f}; the cluster stage: threshold {stage_threshold:.4f}, "
+        f"resolution {config.cluster.resolution}"
+    )
     if args.demo_inbox.is_dir():
         score_all(f"demo inbox {args.demo_inbox}", *embed(model, args.demo_inbox), threshold, config.cluster)
     with tempfile.TemporaryDirectory(prefix="replearn-inbox-") as folder:
@@ -265,7 +275,7 @@ def main() -> None:
         embeddings, labels = embed(model, inbox)
         score_all(title, embeddings, labels, threshold, config.cluster)
         class_counts(embeddings, labels, threshold, config.cluster)
-        incremental_vs_one_shot(embeddings, labels, threshold, config.cluster)
+        incremental_vs_one_shot(embeddings, labels, stage_threshold, config.cluster)
 
 
 if __name__ == "__main__":
