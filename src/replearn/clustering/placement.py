@@ -49,7 +49,8 @@ def nearest_prototypes(embeddings: np.ndarray, prototypes: np.ndarray) -> tuple[
     """Index of and similarity to the most similar prototype of each embedding (-inf when there are none).
 
     faiss' brute-force search with k=1 keeps the best in the same pass as the product, in blocks of
-    its own, so memory stays bounded; it took about half the time of numpy's product then argmax and max.
+    its own, so memory stays bounded; at the sizes of a scheduled run (5,000-10,000 x 4,000-5,000) it
+    took 1.0-1.4x less time than numpy's blocked product followed by argmax and max.
 
     >>> nearest_prototypes(np.eye(2, dtype=np.float32), np.array([[0.0, 1.0]], dtype=np.float32))
     (array([0, 0]), array([0., 1.], dtype=float32))
