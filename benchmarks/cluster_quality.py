@@ -132,7 +132,7 @@ def stage_method(config: ClusterConfig) -> Method:
     """The cluster stage at its own threshold (config.threshold: the model's, calibrated with the resolution)."""
 
     def method(embeddings: np.ndarray, pair_threshold: float) -> np.ndarray:
-        return find_groups(embeddings, config.threshold or pair_threshold, config)
+        return find_groups(embeddings, pair_threshold if config.threshold is None else config.threshold, config)
 
     return method
 

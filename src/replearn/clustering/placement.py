@@ -136,20 +136,21 @@ def place_batch(registry: Registry, embeddings: np.ndarray, threshold: float, co
     window = np.concatenate([context[in_context], pool[in_pool], embeddings]).astype(np.float32)
     groups = find_groups(window, threshold, config)
     totals = pd.Series(context_ids).value_counts()
-    owners, merges = group_owners(groups[: in_context.sum()], context_ids[in_context], totals)
+    n_context, n_pool = int(in_context.sum()), int(in_pool.sum())
+    owners, merges = group_owners(groups[:n_context], context_ids[in_context], totals)
 
-    rest = groups[in_context.sum() :]
+    rest = groups[n_context:]
     owner_of = pd.Series(rest).map(owners)
     owned = owner_of.notna().to_numpy()
     ids = owner_of.fillna(UNCLUSTERED).to_numpy(dtype=np.int64, copy=True)
     ranks = number_by_size(rest[~owned], config.min_size)
     ids[~owned] = np.where(ranks > 0, ranks + registry.next_cluster_id - 1, UNCLUSTERED)
     pool_ids = np.zeros(len(pool), dtype=np.int64)
-    pool_ids[in_pool] = ids[: in_pool.sum()]
+    pool_ids[in_pool] = ids[:n_pool]
     return Placement(
-        batch_ids=ids[in_pool.sum() :],
+        batch_ids=ids[n_pool:],
         pool_ids=pool_ids,
-        joined_existing=int(owned[in_pool.sum() :].sum()),
+        joined_existing=int(owned[n_pool:].sum()),
         new_clusters=int(ranks.max(initial=0)),
         merges=merges,
     )

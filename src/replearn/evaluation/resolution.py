@@ -59,7 +59,12 @@ def clustering_quality(
     embeddings: np.ndarray, labels: np.ndarray, threshold: float, config: ClusterConfig
 ) -> dict[str, float]:
     """Pairwise precision, recall, F1 and the fraction unclustered of the stage's clusters against the classes."""
-    scores = clustering_scores(labels, cluster_embeddings(embeddings, threshold, config))
+    return reported_scores(labels, cluster_embeddings(embeddings, threshold, config))
+
+
+def reported_scores(labels: np.ndarray, cluster_ids: np.ndarray) -> dict[str, float]:
+    """The REPORTED scores of cluster ids against the classes."""
+    scores = clustering_scores(labels, cluster_ids)
     return {key: scores[key] for key in REPORTED}
 
 
@@ -107,8 +112,8 @@ def choose_clustering(
             graph = knn_graph(neighbours, threshold, mutual=False)
             for resolution in RESOLUTIONS:
                 groups = communities_of(graph, louvain_config(config, resolution))
-                found = clustering_scores(labels[mask], number_by_size(groups, config.min_size))
-                scores[threshold, resolution].append({key: found[key] for key in REPORTED})
+                ids = number_by_size(groups, config.min_size)
+                scores[threshold, resolution].append(reported_scores(labels[mask], ids))
     choices = [
         ClusteringChoice(t, r, scores[t, r][0], float(np.mean([s["pairwise_f1"] for s in scores[t, r]])))
         for t, r in candidates

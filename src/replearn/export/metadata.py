@@ -26,6 +26,16 @@ OPTIONAL_KEYS = ("precision", "resolution", "cluster_threshold")
 Precision = Literal["fp32", "int8", "fp16"]
 
 
+def _optional_float(text: str) -> float | None:
+    """A JSON number or null, as metadata_props store the optional values.
+
+    >>> _optional_float("0.5"), _optional_float("null")
+    (0.5, None)
+    """
+    value = json.loads(text)
+    return None if value is None else float(value)
+
+
 @dataclass(frozen=True)
 class ModelMetadata:
     """Everything besides the weights that inference and clustering need to know about a model."""
@@ -66,7 +76,6 @@ class ModelMetadata:
         try:
             mean = tuple(float(v) for v in json.loads(props["mean"]))
             std = tuple(float(v) for v in json.loads(props["std"]))
-            threshold = json.loads(props["threshold"])
             classes = json.loads(props["classes"])
             resize_mode = props["resize_mode"]
             if len(mean) != 3 or len(std) != 3:
@@ -74,8 +83,6 @@ class ModelMetadata:
             if resize_mode not in ("crop", "pad", "stretch"):
                 raise ValueError(f"unknown resize_mode {resize_mode!r}")
             precision = props.get("precision", "fp32")
-            resolution = json.loads(props.get("resolution", "null"))
-            cluster_threshold = json.loads(props.get("cluster_threshold", "null"))
             if precision not in ("fp32", "int8", "fp16"):
                 raise ValueError(f"unknown precision {precision!r}")
             return cls(
@@ -84,15 +91,15 @@ class ModelMetadata:
                 mean=cast(tuple[float, float, float], mean),
                 std=cast(tuple[float, float, float], std),
                 embedding_dim=int(json.loads(props["embedding_dim"])),
-                threshold=None if threshold is None else float(threshold),
+                threshold=_optional_float(props["threshold"]),
                 classes=tuple(str(name) for name in classes),
                 replearn_version=props["replearn_version"],
                 config_hash=props["config_hash"],
                 data_version=props["data_version"],
                 resize_mode=cast(ResizeMode, resize_mode),
                 precision=cast(Precision, precision),
-                resolution=None if resolution is None else float(resolution),
-                cluster_threshold=None if cluster_threshold is None else float(cluster_threshold),
+                resolution=_optional_float(props.get("resolution", "null")),
+                cluster_threshold=_optional_float(props.get("cluster_threshold", "null")),
             )
         except (ValueError, TypeError) as error:
             raise UserError(f"{source} has malformed replearn metadata: {error}") from None
