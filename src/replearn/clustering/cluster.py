@@ -220,17 +220,19 @@ def clusters_summary(
     """
     added = members[members["cluster_id"] > 0].groupby("cluster_id").size()
     first_id_this_run = registry.next_cluster_id - counts["new_clusters"]
-    clusters = [
+    ids = pd.Series(registry.cluster_ids)
+    table = pd.DataFrame(
         {
-            "id": int(cluster_id),
-            "size": int(size),
-            "cohesion": round(float(cohesion), 6),
-            "added_this_run": int(added.get(cluster_id, 0)),
-            "new_this_run": bool(cluster_id >= first_id_this_run),
-            "merged_into": registry.merged_into.get(int(cluster_id)),
+            "id": ids,
+            "size": registry.sizes,
+            "cohesion": registry.cohesion.round(6),
+            "added_this_run": ids.map(added).fillna(0).astype(np.int64),
+            "new_this_run": ids >= first_id_this_run,
         }
-        for cluster_id, size, cohesion in zip(registry.cluster_ids, registry.sizes, registry.cohesion, strict=True)
-    ]
+    )
+    clusters = table.to_dict("records")
+    for cluster in clusters:
+        cluster["merged_into"] = registry.merged_into.get(cluster["id"])
     return {
         "run": registry.run,
         "threshold": threshold,
@@ -321,7 +323,7 @@ def record_batch(
     with atomic_directory(run_dir, replace=True) as staging:
         write_assignments(staging / "assignments.csv", members)
         pd.DataFrame(failures, columns=["path", "error"]).to_csv(staging / "failures.csv", index=False)
-        write_json_atomic(staging / "clusters.json", summary)
+        write_json_atomic(staging / "clusters.json", summary, compact=True)
         if metrics:
             write_json_atomic(staging / "metrics.json", metrics)
         write_report(staging, summary, members, failures, metrics, config)

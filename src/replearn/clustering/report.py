@@ -93,7 +93,7 @@ def format_value(value: float | int) -> str:
 def typical_and_atypical(members: pd.DataFrame, samples: int) -> dict[int, tuple[list[str], list[str]]]:
     """Per cluster id: sources of its members most and least similar to its prototype, `samples` // 2 each.
 
-    One sort for every cluster, so a report of many clusters costs one pass over the run's members.
+    One sort for all the clusters given, so a report costs one pass over the members it shows.
 
     >>> frame = pd.DataFrame({"cluster_id": [1, 1, 1, 2], "similarity": [0.9, 0.5, 0.7, 1.0], "source": list("abcd")})
     >>> typical_and_atypical(frame, 4)
@@ -177,8 +177,9 @@ def write_report(
         f"the least similar. Cohesion (mean similarity of members to the prototype) below the threshold "
         f"{threshold:.3f} is flagged: such a cluster likely mixes classes.</p>"
     )
-    montage_sources = typical_and_atypical(members, config.report_samples)
-    for row in touched.head(config.report_clusters).itertuples():
+    shown = touched.head(config.report_clusters)
+    montage_sources = typical_and_atypical(members[members["cluster_id"].isin(shown["id"])], config.report_samples)
+    for row in shown.itertuples():
         typical, atypical = montage_sources.get(row.id, ([], []))
         montages = []
         for kind, sources in (("typical", typical), ("atypical", atypical)):
