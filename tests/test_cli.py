@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,31 @@ def test_help_lists_the_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     assert "data" in result.output
+
+
+COMMANDS = [
+    [],
+    *[[name] for name in ("validate", "preprocess", "train", "evaluate", "compare", "embed", "export", "cluster")],
+    ["data", "chars"],
+    ["data", "digits"],
+    ["schedule", "install"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda command: " ".join(command) or "replearn")
+def test_help_shows_defaults_as_text_and_flags_without_a_type(command: list[str]) -> None:
+    """"[default: ...]" in a help text is text, not markup to drop; a plain flag takes no value to show."""
+    result = runner.invoke(app, [*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.output
+    # What was left of "Iterations to train [default: train.iterations]." when Rich took the brackets for a style:
+    assert not re.search(r"[a-z] \.(\s|$)", result.output, re.MULTILINE), result.output
+
+
+def test_help_names_the_config_key_behind_a_default() -> None:
+    result = runner.invoke(app, ["train", "--help"], terminal_width=200)
+    assert "Iterations to train [default: train.iterations]." in result.output
+    assert "--force " in result.output and "--no-force" not in result.output
 
 
 def test_version() -> None:

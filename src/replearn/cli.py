@@ -33,8 +33,11 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,  # help texts say "[default: train.iterations]": text, not Rich markup
 )
-data_app = typer.Typer(help="Generate the bundled demo datasets as class folders.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Generate the bundled demo datasets as class folders.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(data_app, name="data")
 
 
@@ -68,7 +71,12 @@ def main(
     ] = None,
     overrides: Annotated[
         list[str] | None,
-        typer.Option("--set", "-s", help="Override one value, e.g. --set train.iterations=100 (repeatable)."),
+        typer.Option(
+            "--set",
+            "-s",
+            metavar="<key=value>",
+            help="Override one value, e.g. --set train.iterations=100 (repeatable).",
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logging.")] = False,
     version: Annotated[
@@ -107,12 +115,13 @@ def data_chars(
     size: Annotated[int | None, typer.Option(help="Image side in pixels [default: data.size].")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed [default: data.seed].")] = None,
     fonts: Annotated[
-        list[Path] | None, typer.Option("--fonts", help="Extra .ttf/.otf files or folders (repeatable).")
+        list[Path] | None,
+        typer.Option("--fonts", metavar="<path>", help="Extra .ttf/.otf files or folders (repeatable)."),
     ] = None,
     only_given_fonts: Annotated[
-        bool, typer.Option(help="Use only the --fonts, not the fonts found in site-packages.")
+        bool, typer.Option("--only-given-fonts", help="Use only the --fonts, not the fonts found in site-packages.")
     ] = False,
-    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Render the 62 alphanumeric classes (digit_0.., upper_A.., lower_a..) from installed fonts."""
     from replearn.data.chars import generate_chars
@@ -135,7 +144,7 @@ def data_digits(
     ctx: typer.Context,
     out: Annotated[Path, typer.Argument(help="Folder to create; one sub-folder per digit.")],
     size: Annotated[int | None, typer.Option(help="Image side in pixels [default: data.size].")] = None,
-    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Write scikit-learn's 1,797 handwritten digit scans (10 classes), upscaled, as PNG class folders."""
     from replearn.data.digits import generate_digits
@@ -229,8 +238,10 @@ def train_command(
         str | None,
         typer.Option("--nproc-per-node", help="Processes on this machine: N or auto [default: train.nproc_per_node]."),
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in OUT_DIR from its last checkpoint.")] = False,
-    force: Annotated[bool, typer.Option(help="Start over even if OUT_DIR holds a run.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in OUT_DIR from its last checkpoint.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Start over even if OUT_DIR holds a run.")] = False,
 ) -> None:
     """Train the embedding model (ResNet + transformer, Circle loss, PK batches) on the seen train split."""
     import os
@@ -263,7 +274,7 @@ def evaluate_command(
     model: Annotated[Path, typer.Argument(help="A checkpoint from `replearn train` (.pt) or an ONNX model (.onnx).")],
     preprocessed_dir: Annotated[Path, typer.Argument(help="Output of `replearn preprocess` (images/ and splits.csv).")],
     out_dir: Annotated[Path, typer.Argument(help="Folder to create: metrics, per-class table, threshold, plots.")],
-    force: Annotated[bool, typer.Option(help="Replace OUT_DIR if it exists.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT_DIR if it exists.")] = False,
 ) -> None:
     """kNN retrieval metrics on seen and unseen classes, and the similarity threshold calibrated for clustering."""
     from replearn.evaluation.evaluate import evaluate
@@ -333,7 +344,7 @@ def embed(
     file_format: Annotated[
         Literal["npy", "parquet"] | None, typer.Option("--format", help="Output format [default: embed.format].")
     ] = None,
-    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Embed a folder of images with onnxruntime alone (no torch); unreadable images are skipped and listed."""
     import time
@@ -458,7 +469,9 @@ def cluster(
 
 
 schedule_app = typer.Typer(
-    help="Scheduled batch clustering with the local orchestrator, through your crontab.", no_args_is_help=True
+    help="Scheduled batch clustering with the local orchestrator, through your crontab.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(schedule_app, name="schedule")
 
