@@ -33,7 +33,7 @@ COMMANDS = [
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda command: " ".join(command) or "replearn")
 def test_help_shows_defaults_as_text_and_flags_without_a_type(command: list[str]) -> None:
-    """"[default: ...]" in a help text is text, not markup to drop; a plain flag takes no value to show."""
+    """ "[default: ...]" in a help text is text, not markup to drop; a plain flag takes no value to show."""
     result = runner.invoke(app, [*command, "--help"], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "<bool>" not in result.output

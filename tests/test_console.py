@@ -1,6 +1,8 @@
 """Progress where nobody watches a terminal (DVC, ZenML, cron): log lines instead of a bar."""
 
 import logging
+import subprocess
+import sys
 
 import pytest
 from rich.console import Console
@@ -32,3 +34,10 @@ def test_a_hidden_progress_says_nothing(every_update: pytest.LogCaptureFixture) 
         task = progress.add_task("training", total=10, unit="it")
         progress.advance(task, 5)
     assert every_update.text == ""
+
+
+def test_faiss_loader_misses_are_not_shown() -> None:
+    """faiss logs every CPU-specific build it fails to load at INFO; after replearn is imported, it does not."""
+    script = "import logging; logging.basicConfig(level=logging.INFO); import replearn, faiss; faiss.IndexFlatIP(2)"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert "Could not load library" not in result.stderr and "Loading faiss" not in result.stderr
