@@ -157,6 +157,42 @@ def test_min_classes_is_two_whatever_p(classes: int, valid: bool, tmp_path: Path
     assert (result.valid, verdicts["min_classes"]) == (valid, valid)
 
 
+def test_classes_of_two_images_are_valid_below_k_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Training needs an anchor and a positive; K only says how many a batch draws (with replacement)."""
+    data = tmp_path / "raw"
+    for label, images in enumerate((2, 2, 1, 4)):
+        (data / f"c{label}").mkdir(parents=True)
+        for index in range(images):
+            noise(10 * label + index).save(data / f"c{label}" / f"{index}.png")
+    config = CONFIG.model_copy(update={"train": CONFIG.train.model_copy(update={"images_per_class": 4})})
+    with caplog.at_level(logging.WARNING):
+        result = validate_dataset(config, data, tmp_path / "report", on_error="quarantine")
+    assert result.valid
+    assert result.dropped_classes == ["c2"]
+    assert sorted(result.good["class"].unique()) == ["c0", "c1", "c3"]
+    assert "2 classes have fewer than K=4 images (train.images_per_class), e.g. c0, c1" in caplog.text
+    strict = validate_dataset(config, data, tmp_path / "strict")
+    assert not strict.valid
+    assert {item for check in strict.checks if check.name == "min_images" for item, _ in check.examples} == {"c2"}
+
+
+def test_default_report_folder_is_outside_the_usual_data_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`replearn validate data` with the data in ./data must not collide with its own report folder."""
+    data = tmp_path / "data"
+    for label in range(2):
+        (data / f"c{label}").mkdir(parents=True)
+        for index in range(2):
+            noise(10 * label + index).save(data / f"c{label}" / f"{index}.png")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["--set", "train.images_per_class=2", "validate", "data"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "outputs" / "validate" / "validation.json").is_file()
+
+
 def test_missing_data_dir_exits_1_without_traceback(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "replearn", "validate", str(tmp_path / "nope"), str(tmp_path / "out")]
     result = subprocess.run(command, capture_output=True, text=True)

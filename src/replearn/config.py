@@ -44,11 +44,12 @@ class ValidateConfig(StrictModel):
     on_error: Literal["fail", "quarantine"] = Field(
         "fail",
         description="fail: any failed check makes the data invalid; quarantine: list bad files in bad_files.csv, "
-        "leave them and classes with fewer than train.images_per_class images out, and go on.",
+        "leave them and classes with fewer than 2 usable images out, and go on.",
     )
     workers: int = Field(0, ge=0, description="Processes for the manifest; 0 means all cores.")
     out_dir: Path = Field(
-        Path("data/validation"), description="Where `replearn validate` writes its report when OUT is not given."
+        Path("outputs/validate"),
+        description="Where `replearn validate` writes its report when OUT is not given; outside any DATA_DIR.",
     )
 
 

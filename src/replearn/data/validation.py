@@ -36,6 +36,7 @@ GOOD_FILES_NAME = "good_files.csv"
 DATA_DOCS_NAME = "data_docs"
 EXAMPLES = 10  # offending files kept per check in the summary; bad_files.csv lists them all
 MIN_CLASSES = 2  # a loss needs negatives; fewer than train.classes_per_batch fill every batch with all of them
+MIN_IMAGES = 2  # an anchor and a positive; the PK sampler draws a class with fewer than K with replacement
 BAD_COLUMNS = ["path", "class", "check", "detail"]
 
 
@@ -104,15 +105,28 @@ def files_frame(manifest: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def classes_frame(class_folders: list[str], usable: pd.DataFrame, images_per_class: int) -> pd.DataFrame:
+def classes_frame(class_folders: list[str], usable: pd.DataFrame) -> pd.DataFrame:
     """One row per class folder (empty ones too) with its usable images; `trainable` names the classes PK can use."""
     frame = pd.DataFrame({"class": pd.Series(sorted(class_folders), dtype="string")})
     counts = usable["class"].value_counts()
     frame["images"] = frame["class"].map(counts).fillna(0).astype("Int64")
     frame["folded"] = frame["class"].str.casefold()
     unique_name = ~frame["folded"].duplicated(keep=False)
-    frame["trainable"] = frame["class"].where(unique_name & (frame["images"] >= images_per_class))
+    frame["trainable"] = frame["class"].where(unique_name & (frame["images"] >= MIN_IMAGES))
     return frame
+
+
+def warn_below_k(classes: pd.DataFrame, images_per_class: int) -> None:
+    """The trainable classes with fewer than K images, with a warning: valid, but their batches repeat images."""
+    short = classes.loc[classes["trainable"].notna() & (classes["images"] < images_per_class), "class"].tolist()
+    if short:
+        log.warning(
+            "%d classes have fewer than K=%d images (train.images_per_class), e.g. %s: valid, but the PK sampler "
+            "draws their images with replacement, so their batches repeat images",
+            len(short),
+            images_per_class,
+            ", ".join(short[:EXAMPLES]),
+        )
 
 
 def _file_expectations(gxe: Any, config: Config) -> list[tuple[str, str, Any]]:
@@ -173,12 +187,11 @@ def _file_expectations(gxe: Any, config: Config) -> list[tuple[str, str, Any]]:
 
 
 def _class_expectations(gxe: Any, config: Config) -> list[tuple[str, str, Any]]:
-    k = config.train.images_per_class
     return [
         (
             "min_images",
-            f"every class has >= {k} usable images (K, train.images_per_class)",
-            gxe.ExpectColumnValuesToBeBetween(column="images", min_value=k),
+            f"every class has >= {MIN_IMAGES} usable images (an anchor and a positive)",
+            gxe.ExpectColumnValuesToBeBetween(column="images", min_value=MIN_IMAGES),
         ),
         (
             "unique_class_names",
@@ -187,7 +200,7 @@ def _class_expectations(gxe: Any, config: Config) -> list[tuple[str, str, Any]]:
         ),
         (
             "min_classes",
-            f">= {MIN_CLASSES} classes with {k} usable images (a loss needs negatives)",
+            f">= {MIN_CLASSES} classes with {MIN_IMAGES} usable images (a loss needs negatives)",
             gxe.ExpectColumnUniqueValueCountToBeBetween(column="trainable", min_value=MIN_CLASSES),
         ),
     ]
@@ -389,12 +402,13 @@ def validate_dataset(
         runner = ExpectationRunner(docs_dir)
         file_checks, bad = _file_checks(runner, files, config)
         usable = manifest[~manifest["path"].isin(bad["path"])]
-        classes = classes_frame(stats.class_folders, usable, config.train.images_per_class)
+        classes = classes_frame(stats.class_folders, usable)
         class_checks, dropped_classes = _class_checks(runner, classes, config)
         runner.build_docs()
     if mode == "quarantine":
         for name, reason in dropped_classes.items():
             log.warning("quarantine: class %s is left out: %s", name, reason)
+    warn_below_k(classes, config.train.images_per_class)
     left_out = usable[usable["class"].isin(dropped_classes)]
     bad = pd.concat(
         [
