@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export ZENML_ANALYTICS_OPT_IN ?= false
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test demo train docs repro bench lint constraints clean
+.PHONY: install test demo train docs repro schedule bench lint constraints clean
 
 install: $(STAMP)
 
@@ -47,6 +47,10 @@ repro: $(STAMP)
 		echo "$$folder is missing: run 'make demo' first, or put your images there (README: DVC)"; exit 1; }; done
 	@for folder in data/raw data/inbox; do test -f $$folder.dvc || $(BIN)/dvc add $$folder || exit 1; done
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+# Scheduled batch clustering: a crontab entry that runs the clustering pipeline (SCHEDULE="*/15 * * * *").
+schedule: $(STAMP)
+	$(BIN)/python pipelines/schedule.py install $(if $(SCHEDULE),--cron "$(SCHEDULE)")
 
 bench: $(STAMP)
 	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

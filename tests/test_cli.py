@@ -27,7 +27,6 @@ COMMANDS = [
     *[[name] for name in ("validate", "preprocess", "train", "evaluate", "compare", "embed", "export", "cluster")],
     ["data", "chars"],
     ["data", "digits"],
-    ["schedule", "install"],
 ]
 
 

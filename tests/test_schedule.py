@@ -1,12 +1,11 @@
-"""The crontab entry for scheduled clustering, checked against a fake `crontab` that stores its table in a file."""
+"""`python pipelines/schedule.py`: the crontab entry for scheduled clustering, against a fake `crontab` that stores
+its table in a file."""
 
 import os
 import stat
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 FAKE_CRONTAB = """#!/usr/bin/env bash
 table="$FAKE_CRONTAB_FILE"
@@ -19,16 +18,9 @@ fi
 """
 
 
-def replearn(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "replearn", *args], capture_output=True, text=True, env=env, cwd=cwd)
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    root = tmp_path / "repo"
-    root.mkdir()
-    (root / "clustering.py").write_text("")
-    return root
+def schedule(*args: str, env: dict[str, str], repo_root: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, str(repo_root / "pipelines" / "schedule.py"), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=repo_root)
 
 
 def environment(tmp_path: Path, with_cron: bool) -> dict[str, str]:
@@ -43,12 +35,12 @@ def environment(tmp_path: Path, with_cron: bool) -> dict[str, str]:
     return env
 
 
-def test_install_is_idempotent_keeps_other_entries_and_remove_cleans_up(tmp_path: Path, repo: Path) -> None:
+def test_install_is_idempotent_keeps_other_entries_and_remove_cleans_up(tmp_path: Path, repo_root: Path) -> None:
     env = environment(tmp_path, with_cron=True)
     table = tmp_path / "table"
     table.write_text("5 4 * * * backup.sh\n")
     for _ in range(2):
-        result = replearn("schedule", "install", "--cron", "*/15 * * * *", env=env, cwd=repo)
+        result = schedule("install", "--cron", "*/15 * * * *", env=env, repo_root=repo_root)
         assert result.returncode == 0, result.stderr
     lines = table.read_text().splitlines()
     assert lines[0] == "5 4 * * * backup.sh"
@@ -56,29 +48,36 @@ def test_install_is_idempotent_keeps_other_entries_and_remove_cleans_up(tmp_path
     assert lines[1].startswith("*/15 * * * * cd ")
     assert "flock -n .zen/clustering.lock" in lines[1] and "pipeline run clustering" in lines[1]
 
-    shown = replearn("schedule", "show", env=env, cwd=repo)
+    shown = schedule("show", env=env, repo_root=repo_root)
     assert shown.returncode == 0 and "installed" in shown.stderr
 
-    removed = replearn("schedule", "remove", env=env, cwd=repo)
+    removed = schedule("remove", env=env, repo_root=repo_root)
     assert removed.returncode == 0
     assert table.read_text().splitlines() == ["5 4 * * * backup.sh"]
 
 
-def test_without_cron_show_prints_the_line_and_install_refuses(tmp_path: Path, repo: Path) -> None:
+def test_without_cron_show_prints_the_line_and_install_refuses(tmp_path: Path, repo_root: Path) -> None:
     env = environment(tmp_path, with_cron=False)
-    shown = replearn("schedule", "show", env=env, cwd=repo)
+    shown = schedule("show", env=env, repo_root=repo_root)
     assert shown.returncode == 0
     assert "pipeline run clustering" in shown.stdout
     assert "crontab is not installed" in shown.stderr
-    installed = replearn("schedule", "install", env=env, cwd=repo)
+    installed = schedule("install", env=env, repo_root=repo_root)
     assert installed.returncode == 1
     assert "nothing was installed" in installed.stderr
     assert not (tmp_path / "table").exists()
 
 
-def test_bad_cron_and_wrong_folder_are_clear_errors(tmp_path: Path, repo: Path) -> None:
+def test_bad_cron_is_a_clear_error(tmp_path: Path, repo_root: Path) -> None:
+    bad = schedule("show", "--cron", "every hour", env=environment(tmp_path, with_cron=True), repo_root=repo_root)
+    assert bad.returncode == 1 and "5 fields" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_entry_runs_in_this_repository_and_is_found_by_its_tag(tmp_path: Path, repo_root: Path) -> None:
+    """The line cds into the checkout that holds pipelines/, and install replaces an entry of the old format."""
     env = environment(tmp_path, with_cron=True)
-    bad = replearn("schedule", "show", "--cron", "every hour", env=env, cwd=repo)
-    assert bad.returncode == 1 and "5 fields" in bad.stderr
-    elsewhere = replearn("schedule", "show", env=env, cwd=tmp_path)
-    assert elsewhere.returncode == 1 and "repository root" in elsewhere.stderr
+    table = tmp_path / "table"
+    table.write_text(f"0 * * * * old command # replearn scheduled clustering {repo_root}\n")
+    assert schedule("install", env=env, repo_root=repo_root).returncode == 0
+    (line,) = table.read_text().splitlines()
+    assert line.startswith(f"0 * * * * cd {repo_root} && ")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -20,9 +20,6 @@ from replearn import __version__
 from replearn.config import Config, ConfigError, default_config_path, load_config, with_values
 from replearn.console import setup_logging
 from replearn.errors import UserError
-
-if TYPE_CHECKING:
-    from replearn.schedule import CronEntry
 
 log = logging.getLogger(__name__)
 stdout = Console()
@@ -466,63 +463,6 @@ def cluster(
         stdout.print(scores)
     assert result.run_dir is not None
     stdout.print(f"report: {result.run_dir / 'report.html'}")
-
-
-schedule_app = typer.Typer(
-    help="Scheduled batch clustering with the local orchestrator, through your crontab.",
-    no_args_is_help=True,
-    rich_markup_mode=None,
-)
-app.add_typer(schedule_app, name="schedule")
-
-
-def _schedule_entry(ctx: typer.Context, repo: Path, cron: str | None) -> CronEntry:
-    from replearn.schedule import CronEntry, validate_cron
-
-    root = repo.resolve()
-    if not (root / "clustering.py").is_file():
-        raise UserError(f"{root} is not the replearn repository root (no clustering.py); pass --repo")
-    return CronEntry(cron=validate_cron(cron or state(ctx).config.schedule.cron), repo_root=root)
-
-
-RepoOption = Annotated[Path, typer.Option(help="The replearn repository the entry runs in.")]
-CronOption = Annotated[str | None, typer.Option(help="Crontab expression [default: schedule.cron].")]
-
-
-@schedule_app.command("show")
-def schedule_show(ctx: typer.Context, repo: RepoOption = Path("."), cron: CronOption = None) -> None:
-    """Print the crontab line that runs the clustering pipeline, and whether it is installed."""
-    from replearn.schedule import crontab_available, installed_entries
-
-    entry = _schedule_entry(ctx, repo, cron)
-    stdout.print(entry.line(), soft_wrap=True, highlight=False)
-    if not crontab_available():
-        log.warning("crontab is not installed here: add the line above to your scheduler by hand")
-    elif installed := installed_entries(entry.repo_root):
-        log.info("installed: %s", installed[0])
-    else:
-        log.info("not installed; run `replearn schedule install`")
-
-
-@schedule_app.command("install")
-def schedule_install(ctx: typer.Context, repo: RepoOption = Path("."), cron: CronOption = None) -> None:
-    """Add (or replace) the crontab entry that runs `zenml pipeline run clustering` under flock."""
-    from replearn.schedule import install_schedule
-
-    entry = _schedule_entry(ctx, repo, cron)
-    if not install_schedule(entry):
-        stdout.print(entry.line(), soft_wrap=True, highlight=False)
-        raise UserError("crontab is not installed here, so nothing was installed: add the line above to your scheduler")
-    log.info("installed: %s", entry.line())
-
-
-@schedule_app.command("remove")
-def schedule_remove(repo: RepoOption = Path(".")) -> None:
-    """Remove this repository's clustering entry from the crontab."""
-    from replearn.schedule import remove_schedule
-
-    removed = remove_schedule(repo.resolve())
-    log.info("removed %d entr%s", removed, "y" if removed == 1 else "ies")
 
 
 def run() -> None:

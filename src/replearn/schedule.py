@@ -1,46 +1,41 @@
-"""A crontab entry for scheduled batch clustering with ZenML's local orchestrator, which refuses schedules.
+"""Crontab entries that a tag finds again: show, install (idempotent) and remove, keeping the user's other lines.
 
-The entry runs `zenml pipeline run clustering` from the repository root under `flock -n`, so a
-run that is still going makes the next one skip instead of piling up. Remote orchestrators
-(Kubeflow, Kubernetes, ...) take a run configuration with a `schedule:` block instead, as the
-comment at the end of zenml_config.yaml shows.
+Generic on purpose: what the entry runs (pipelines/schedule.py builds the `zenml pipeline run
+clustering` line) is the caller's business, not the library's.
 """
 
 from __future__ import annotations
 
-import shlex
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from replearn.errors import UserError
-
-MARKER = "# replearn scheduled clustering"
 
 
 @dataclass(frozen=True)
 class CronEntry:
-    """One crontab line with the marker comment that lets install/remove find it again."""
+    """One crontab line: when, what, and a trailing `# tag` comment that install and remove find it by."""
 
     cron: str
-    repo_root: Path
-
-    def command(self) -> str:
-        root = shlex.quote(str(self.repo_root))
-        zenml = shlex.quote(str(Path(sys.executable).with_name("zenml")))
-        return (
-            f"cd {root} && mkdir -p outputs/logs && ZENML_ANALYTICS_OPT_IN=false "
-            f"flock -n .zen/clustering.lock {zenml} pipeline run clustering >> outputs/logs/clustering.log 2>&1"
-        )
+    command: str
+    tag: str
 
     def line(self) -> str:
-        return f"{self.cron} {self.command()} {MARKER} {self.repo_root}"
+        """The crontab line.
+
+        >>> CronEntry("@hourly", "echo hi", "demo /repo").line()
+        '@hourly echo hi # demo /repo'
+        """
+        return f"{self.cron} {self.command} # {self.tag}"
 
 
 def validate_cron(cron: str) -> str:
-    """Five whitespace-separated fields, or an @-shortcut such as @hourly."""
+    """Five whitespace-separated fields, or an @-shortcut such as @hourly.
+
+    >>> validate_cron("*/15  * * * *")
+    '*/15 * * * *'
+    """
     fields = cron.split()
     if cron.startswith("@") and len(fields) == 1:
         return cron
@@ -66,30 +61,30 @@ def write_crontab(lines: list[str]) -> None:
         raise UserError(f"crontab refused the new table: {result.stderr.strip()}")
 
 
-def _is_ours(line: str, repo_root: Path) -> bool:
-    return line.endswith(f"{MARKER} {repo_root}")
+def _is_tagged(line: str, tag: str) -> bool:
+    return line.endswith(f"# {tag}")
 
 
-def installed_entries(repo_root: Path) -> list[str]:
-    """This repository's clustering entries in the user's crontab (empty without cron)."""
-    return [line for line in read_crontab() if _is_ours(line, repo_root)] if crontab_available() else []
+def installed_entries(tag: str) -> list[str]:
+    """The crontab lines carrying `tag` (empty without cron)."""
+    return [line for line in read_crontab() if _is_tagged(line, tag)] if crontab_available() else []
 
 
 def install_schedule(entry: CronEntry) -> bool:
-    """Add or replace this repository's entry; returns False (installing nothing) when cron is missing."""
+    """Add or replace the entry with the same tag; returns False (installing nothing) when cron is missing."""
     if not crontab_available():
         return False
-    kept = [line for line in read_crontab() if not _is_ours(line, entry.repo_root)]
+    kept = [line for line in read_crontab() if not _is_tagged(line, entry.tag)]
     write_crontab(kept + [entry.line()])
     return True
 
 
-def remove_schedule(repo_root: Path) -> int:
-    """Remove this repository's entries; returns how many there were."""
+def remove_schedule(tag: str) -> int:
+    """Remove the entries carrying `tag`; returns how many there were."""
     if not crontab_available():
         return 0
     lines = read_crontab()
-    kept = [line for line in lines if not _is_ours(line, repo_root)]
+    kept = [line for line in lines if not _is_tagged(line, tag)]
     if len(kept) != len(lines):
         write_crontab(kept)
     return len(lines) - len(kept)

@@ -1,0 +1,105 @@
+"""`python pipelines/schedule.py show|install|remove`: scheduled batch clustering through the user's crontab.
+
+Run as a script, not with -m: importing the `pipelines` package imports ZenML and every step, which
+writing a crontab line does not need.
+
+ZenML's local orchestrator refuses schedules, so cron runs `zenml pipeline run clustering` from
+this repository's root, under `flock -n`: a run that is still going makes the next one skip
+instead of piling up. Remote orchestrators (Kubeflow, Kubernetes, ...) take a run configuration
+with a `schedule:` block instead, as the comment at the end of zenml_config.yaml shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from replearn.config import default_config_path, load_config
+from replearn.console import setup_logging
+from replearn.errors import UserError
+from replearn.schedule import (
+    CronEntry,
+    crontab_available,
+    install_schedule,
+    installed_entries,
+    remove_schedule,
+    validate_cron,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TAG = f"replearn scheduled clustering {REPO_ROOT}"
+
+log = logging.getLogger(__name__)
+stdout = Console()
+app = typer.Typer(
+    help="Scheduled batch clustering with ZenML's local orchestrator, through your crontab.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+)
+CronOption = Annotated[str | None, typer.Option(help="Crontab expression [default: schedule.cron of ./params.yaml].")]
+
+
+def clustering_command(repo_root: Path) -> str:
+    """The shell command cron runs: the clustering pipeline from the repository root, skipped while one runs."""
+    root = shlex.quote(str(repo_root))
+    zenml = shlex.quote(str(Path(sys.executable).with_name("zenml")))
+    return (
+        f"cd {root} && mkdir -p outputs/logs && ZENML_ANALYTICS_OPT_IN=false "
+        f"flock -n .zen/clustering.lock {zenml} pipeline run clustering >> outputs/logs/clustering.log 2>&1"
+    )
+
+
+def entry(cron: str | None) -> CronEntry:
+    when = validate_cron(cron or load_config(default_config_path()).schedule.cron)
+    return CronEntry(cron=when, command=clustering_command(REPO_ROOT), tag=TAG)
+
+
+@app.callback()
+def main() -> None:
+    setup_logging()
+
+
+@app.command("show")
+def show(cron: CronOption = None) -> None:
+    """Print the crontab line that runs the clustering pipeline, and whether it is installed."""
+    line = entry(cron).line()
+    stdout.print(line, soft_wrap=True, highlight=False)
+    if not crontab_available():
+        log.warning("crontab is not installed here: add the line above to your scheduler by hand")
+    elif installed := installed_entries(TAG):
+        log.info("installed: %s", installed[0])
+    else:
+        log.info("not installed; run `python pipelines/schedule.py install`")
+
+
+@app.command("install")
+def install(cron: CronOption = None) -> None:
+    """Add (or replace) the crontab entry that runs `zenml pipeline run clustering` under flock."""
+    scheduled = entry(cron)
+    if not install_schedule(scheduled):
+        stdout.print(scheduled.line(), soft_wrap=True, highlight=False)
+        raise UserError("crontab is not installed here, so nothing was installed: add the line above to your scheduler")
+    log.info("installed: %s", scheduled.line())
+
+
+@app.command("remove")
+def remove() -> None:
+    """Remove this repository's clustering entry from the crontab."""
+    removed = remove_schedule(TAG)
+    log.info("removed %d entr%s", removed, "y" if removed == 1 else "ies")
+
+
+if __name__ == "__main__":
+    try:
+        app()
+    except UserError as error:
+        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
+        raise SystemExit(1) from None
