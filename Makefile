@@ -44,7 +44,7 @@ docs: $(STAMP)
 # dvc repro with the venv's replearn on PATH; folders not yet versioned are `dvc add`ed first.
 repro: $(STAMP)
 	@for folder in data/raw data/inbox; do test -d $$folder || { \
-		echo "$$folder is missing: run 'make demo' first, or put your images there (README: DVC)"; exit 1; }; done
+		echo "$$folder is missing: run 'make demo' first, or put your images there (docs/dvc.md)"; exit 1; }; done
 	@for folder in data/raw data/inbox; do test -f $$folder.dvc || $(BIN)/dvc add $$folder || exit 1; done
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 

@@ -16,7 +16,7 @@ the mean and the spread (standard deviation and worst family) over the families.
 Time is bounded by folds x iterations: the script prints its plan first. The default budget is a
 cheap proxy that shows the spread across families, not the recipe's quality: 200 iterations of the
 default 128-image batch (25,600 images, as many as 400 of the earlier 64-image batch) left the model
-near raw pixels on the 2-core development CPU (README, Training). The data is DATA_DIR
+near raw pixels on the 2-core development CPU (docs/train.md). The data is DATA_DIR
 (default data/raw, or the chars data rendered into a temporary folder when that is missing).
 """
 

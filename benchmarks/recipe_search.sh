@@ -7,7 +7,7 @@
 #
 # Every experiment runs the whole dvc.yaml pipeline on the committed data and params.yaml plus its -S
 # overrides, so its evaluate numbers come from the same split as the default's: the test fonts are of
-# typeface families that training never sees (preprocess.split.group_pattern, README: Training).
+# typeface families that training never sees (preprocess.split.group_pattern, docs/train.md).
 # On your own data: edit the levers, commit, run; `dvc exp apply NAME` takes the winner into params.yaml.
 # Each lever costs one pipeline run: about 11 minutes (8 of them training) on the 2-core development CPU.
 set -euo pipefail

@@ -262,13 +262,14 @@ def test_image_builds_when_a_docker_engine_is_reachable(repo_root: Path, tmp_pat
         assert version.returncode == 0 and "Usage" in version.stdout, version.stderr[-2000:]
 
 
-def scaling_yaml(repo_root: Path, first_line: str) -> dict:
-    """The YAML block of the README's "Scaling out" section that starts with `first_line`."""
-    section = (repo_root / "README.md").read_text().split("## Scaling out", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)
-    matches = [block for block in blocks if block.startswith(first_line)]
-    assert len(matches) == 1, f"README: no single yaml block starting with {first_line!r}"
-    loaded: dict = yaml.safe_load(matches[0])
+def scaling_yaml(repo_root: Path, name: str) -> dict:
+    """One of the run configurations under deploy/ that docs/scaling.md refers to, e.g. `k8s-gpu.yaml`."""
+    path = repo_root / "deploy" / name
+    text = path.read_text()
+    assert text.startswith(f"# {name}"), f"{path}: the first line should name the file"
+    scaling = (repo_root / "docs" / "scaling.md").read_text()
+    assert f"deploy/{name}" in scaling, f"docs/scaling.md does not refer to {path}"
+    loaded: dict = yaml.safe_load(text)
     return loaded
 
 
@@ -299,14 +300,14 @@ def docker_target(step_config: Any) -> str:
 
 
 @pytest.mark.slow
-def test_readme_gpu_run_config_gives_the_train_step_gpus_and_keeps_the_image(
+def test_deploy_gpu_run_config_gives_the_train_step_gpus_and_keeps_the_image(
     repo_root: Path, chars_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Compiled on the local stack: `-c k8s-gpu.yaml` adds to zenml_config.yaml as the README says."""
+    """Compiled on the local stack: `-c deploy/k8s-gpu.yaml` adds to zenml_config.yaml as docs/scaling.md says."""
     from pipelines import training
     from pipelines.preflight import apply_run_config
 
-    run_config = scaling_yaml(repo_root, "# k8s-gpu.yaml")
+    run_config = scaling_yaml(repo_root, "k8s-gpu.yaml")
     check_orchestrator_settings(run_config)
     overrides = run_config["parameters"]["overrides"]
     overrides[:] = [f"data.raw_dir={chars_dir}" if o.startswith("data.raw_dir=") else o for o in overrides]
@@ -363,19 +364,19 @@ def test_preflight_reads_the_parameters_of_the_run_config_given_with_c(tmp_path:
     assert run_parameters(["zenml", "pipeline", "run", "training"]) == ours
 
 
-def test_readme_schedule_and_pytorchjob_are_well_formed(repo_root: Path) -> None:
+def test_deploy_schedule_and_pytorchjob_are_well_formed(repo_root: Path) -> None:
     from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
 
     from replearn.training.__main__ import train_arguments
 
-    hourly = scaling_yaml(repo_root, "# clustering-hourly.yaml")
+    hourly = scaling_yaml(repo_root, "clustering-hourly.yaml")
     schedule = PipelineRunConfiguration.model_validate(hourly).schedule
     assert schedule is not None and schedule.cron_expression == "0 * * * *"
     check_orchestrator_settings(hourly)
     # Its pods need the stack's packages (Kubernetes entrypoint, S3 artifact store) as the GPU run's do.
-    assert hourly["settings"]["docker"] == scaling_yaml(repo_root, "# k8s-gpu.yaml")["settings"]["docker"]
+    assert hourly["settings"]["docker"] == scaling_yaml(repo_root, "k8s-gpu.yaml")["settings"]["docker"]
 
-    job = scaling_yaml(repo_root, "apiVersion: kubeflow.org/v1")
+    job = scaling_yaml(repo_root, "pytorchjob.yaml")
     assert job["kind"] == "PyTorchJob"
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
         container = replica["template"]["spec"]["containers"][0]

@@ -124,7 +124,7 @@ def dvc_repo(tmp_path_factory: pytest.TempPathFactory) -> DvcRepo:
 def test_repro_without_data_names_the_missing_folder(dvc_repo: DvcRepo) -> None:
     result = dvc_repo.repro_without_data
     assert result.returncode != 0
-    assert "missing data 'source': data/raw" in result.stdout + result.stderr  # the README quotes this
+    assert "missing data 'source': data/raw" in result.stdout + result.stderr  # docs/dvc.md quotes this
 
 
 def test_repro_runs_every_stage(dvc_repo: DvcRepo) -> None:

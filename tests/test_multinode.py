@@ -1,4 +1,4 @@
-"""Two local processes as two "nodes" of one DDP job, started the way a cluster starts them (README "Scaling out").
+"""Two local processes as two "nodes" of one DDP job, started the way a cluster starts them (docs/scaling.md).
 
 `env`: each process gets what a Kubeflow PyTorchJob puts into each pod (MASTER_ADDR, MASTER_PORT, WORLD_SIZE,
 RANK; LOCAL_RANK 0 with one process per pod) and runs `python -m replearn.training`. `torchrun`: one agent per
