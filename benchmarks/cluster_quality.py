@@ -33,17 +33,17 @@ from replearn.clustering.cluster import (
     cluster_embeddings_into,
     follow_merges,
     resolve_threshold,
-    unit_rows,
     with_model_resolution,
 )
 from replearn.clustering.components import number_by_size
-from replearn.clustering.graph import exact_knn, knn_graph
+from replearn.clustering.graph import knn_graph
 from replearn.clustering.methods import cluster_embeddings, find_groups
 from replearn.clustering.metrics import clustering_scores
 from replearn.config import ClusterConfig, load_config
 from replearn.data.chars import generate_chars
 from replearn.data.fonts import discover_fonts
 from replearn.export.embedder import OnnxEmbedder, embed_folder
+from replearn.similarity import exact_knn, unit_rows
 
 Method = Callable[[np.ndarray, float], np.ndarray]
 GRAPH_K = 10
@@ -51,7 +51,7 @@ GRAPH_K = 10
 
 def graph_of(embeddings: np.ndarray, threshold: float, threshold_edges: bool) -> sp.csr_matrix:
     """The GRAPH_K-NN graph weighted by similarity: pairs at or above the threshold, or every non-negative pair."""
-    return knn_graph(exact_knn(embeddings, GRAPH_K), threshold if threshold_edges else 0.0, mutual=False)
+    return knn_graph(exact_knn(embeddings, GRAPH_K, memory_mb=64), threshold if threshold_edges else 0.0, mutual=False)
 
 
 def seed_components(embeddings: np.ndarray, threshold: float) -> np.ndarray:

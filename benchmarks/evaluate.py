@@ -18,7 +18,7 @@ import time
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from replearn.evaluation.knn import search_neighbors
+from replearn.similarity import search_neighbors
 
 DIM = 128
 K = 10

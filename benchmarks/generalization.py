@@ -33,7 +33,6 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from replearn.clustering.cluster import unit_rows
 from replearn.config import Config, load_config
 from replearn.console import setup_logging
 from replearn.data.chars import generate_chars
@@ -41,6 +40,7 @@ from replearn.data.preprocess import preprocess
 from replearn.data.splits import SUBSETS, read_splits
 from replearn.evaluation.evaluate import evaluate
 from replearn.evaluation.retrieval import score_retrieval
+from replearn.similarity import unit_rows
 from replearn.training.data import decode_files
 from replearn.training.loop import train
 

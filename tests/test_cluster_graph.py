@@ -12,10 +12,11 @@ from replearn.clustering.components import (
     find_components,
     number_by_size,
 )
-from replearn.clustering.graph import exact_knn, iter_threshold_edges, knn_graph
+from replearn.clustering.graph import knn_graph
 from replearn.clustering.methods import cluster_embeddings
 from replearn.clustering.metrics import clustering_scores
 from replearn.config import ClusterConfig
+from replearn.similarity import exact_knn, threshold_edges
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -58,7 +59,7 @@ def test_blocked_edges_equal_the_dense_matrix() -> None:
     expected = {(i, j) for i, j in zip(*np.nonzero(dense >= 0.5), strict=True) if i < j}
     found = {
         (int(i), int(j))
-        for rows, cols in iter_threshold_edges(embeddings, 0.5, block_rows=7)
+        for rows, cols in threshold_edges(embeddings, 0.5, block_rows=7)
         for i, j in zip(rows, cols, strict=True)
     }
     assert found == expected
@@ -151,7 +152,7 @@ def test_mutual_knn_cuts_a_bridge_between_two_blobs() -> None:
 
 def test_knn_graph_respects_the_threshold() -> None:
     embeddings, _ = blobs([5, 5])
-    neighbours = exact_knn(embeddings, 9)
+    neighbours = exact_knn(embeddings, 9, memory_mb=1)
     graph = knn_graph(neighbours, 0.8, mutual=False)
     rows, cols = graph.nonzero()
     assert (np.einsum("ij,ij->i", embeddings[rows], embeddings[cols]) >= 0.8).all()

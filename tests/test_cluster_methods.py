@@ -14,11 +14,12 @@ import pandas as pd
 import pytest
 
 from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into, follow_merges, resolve_threshold
-from replearn.clustering.graph import exact_knn, knn_graph
+from replearn.clustering.graph import knn_graph
 from replearn.clustering.methods import cluster_embeddings, effective_resolution
 from replearn.clustering.metrics import clustering_scores
 from replearn.config import ClusterConfig
 from replearn.export.metadata import ModelMetadata
+from replearn.similarity import exact_knn
 
 
 def on_circle(degrees: list[float]) -> np.ndarray:
@@ -59,7 +60,7 @@ def test_one_class_is_not_shattered_whatever_its_size() -> None:
         points = np.eye(16)[np.zeros(size, dtype=int)] + 0.05 * rng.normal(size=(size, 16))
         points /= np.linalg.norm(points, axis=1, keepdims=True)
         config = ClusterConfig(resolution=0.4)
-        graph = knn_graph(exact_knn(points.astype(np.float32), config.neighbors), 0.9, mutual=False)
+        graph = knn_graph(exact_knn(points.astype(np.float32), config.neighbors, memory_mb=1), 0.9, mutual=False)
         assert effective_resolution(config, graph) == pytest.approx(0.4)
         assert cluster_embeddings(points, 0.9, config).tolist() == [1] * size
 

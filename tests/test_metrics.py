@@ -140,7 +140,7 @@ def test_leave_one_out_equals_pytorch_metric_learning() -> None:
 
 def test_nmi_and_ami_equal_pytorch_metric_learning_given_the_same_clustering() -> None:
     """PML clusters with its own k-means; handed ours (kmeans_func), its NMI/AMI must equal ours."""
-    from replearn.evaluation.knn import cluster_kmeans
+    from replearn.evaluation.kmeans import cluster_kmeans
 
     embeddings, labels = clustered_embeddings(3, classes=5, per_class=12)
     cluster_ids = cluster_kmeans(embeddings, 5, seed=0)

@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 
 from replearn.atomic import atomic_directory, atomic_path, write_bytes_atomic, write_json_atomic
-from replearn.clustering.graph import as_embeddings
 from replearn.clustering.inbox import HASH_CACHE_NAME, hash_inbox, sha256_file
 from replearn.clustering.placement import latest_exemplars, place_batch
 from replearn.clustering.registry import MEMBER_COLUMNS, Registry, commit_registry, load_registry, registry_lock
@@ -35,6 +34,7 @@ from replearn.clustering.report import write_report
 from replearn.config import ClusterConfig, Config
 from replearn.errors import UserError
 from replearn.export.metadata import ModelMetadata
+from replearn.similarity import unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +79,6 @@ class ClusterRun:
     failures: list[tuple[str, str]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     assignments: pd.DataFrame | None = None
-
-
-def unit_rows(embeddings: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length, so inner products are cosine similarities whatever the caller passed."""
-    embeddings = as_embeddings(embeddings)
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    return embeddings / np.maximum(norms, 1e-12)
 
 
 def add_to_clusters(registry: Registry, cluster_ids: np.ndarray, embeddings: np.ndarray) -> None:

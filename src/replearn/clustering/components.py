@@ -16,17 +16,10 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from replearn.clustering.graph import (
-    Neighbours,
-    approximate_knn,
-    as_embeddings,
-    block_rows_for,
-    exact_knn,
-    iter_threshold_edges,
-    knn_graph,
-)
+from replearn.clustering.graph import approximate_knn, knn_graph
 from replearn.config import ClusterConfig
 from replearn.console import track
+from replearn.similarity import FLOAT_BYTES, Neighbours, as_rows, exact_knn, rows_per_block, threshold_edges
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +97,7 @@ def number_by_size(labels: np.ndarray, min_size: int) -> np.ndarray:
 def neighbours_for(embeddings: np.ndarray, config: ClusterConfig) -> Neighbours:
     """The k = config.neighbors nearest neighbours: exact up to config.exact_max_n images, faiss' approximate above."""
     if len(embeddings) <= config.exact_max_n:
-        return exact_knn(embeddings, config.neighbors)
+        return exact_knn(embeddings, config.neighbors, config.block_memory_mb)
     log.info(
         "%s images > cluster.exact_max_n: approximate %s kNN graph (k=%d)",
         f"{len(embeddings):,}",
@@ -124,14 +117,14 @@ def find_components(embeddings: np.ndarray, threshold: float, config: ClusterCon
     >>> find_components(e, 0.9, ClusterConfig()).tolist()
     [0, 0, 1]
     """
-    embeddings = as_embeddings(embeddings)
+    embeddings = as_rows(embeddings)
     n = len(embeddings)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     if n > config.exact_max_n or config.refine == "mutual_knn":
         neighbours = neighbours_for(embeddings, config)
         return label_components(knn_graph(neighbours, threshold, mutual=config.refine == "mutual_knn"))
-    block_rows = block_rows_for(n, config.block_memory_mb)
-    blocks = iter_threshold_edges(embeddings, threshold, block_rows)
+    block_rows = rows_per_block(n * FLOAT_BYTES, config.block_memory_mb)
+    blocks = threshold_edges(embeddings, threshold, block_rows)
     total = -(-n // block_rows)
     return components_from_edge_blocks(n, track(blocks, total, "similarity graph", unit="blocks"), max_edges=8 * n)

@@ -1,13 +1,11 @@
-"""Similarity graphs over L2-normalised embeddings, built without ever holding an N x N matrix.
+"""kNN similarity graphs over L2-normalised embeddings, and the approximate neighbours that scale them out.
 
-Two builders keep memory bounded:
+The exact builders (blocked threshold edges, exact kNN) live in replearn.similarity. Here:
 
-- exact: the similarity matrix is computed one block of rows at a time (a BLAS matrix product
-  of `block_rows x N`), and only the pairs at or above the threshold leave the block. The block
-  height follows from a memory budget, so N can grow without the peak growing with N squared.
 - approximate: faiss finds the k nearest neighbours of every embedding (IVF or HNSW over inner
   products), and the threshold is applied to those k. This is what makes millions of images
   tractable; the price is that a pair can be missed when the index does not return it.
+- `knn_graph`: the sparse, similarity-weighted graph of kNN pairs at or above a threshold.
 
 Both work on inner products, which equal cosine similarities because the model L2-normalises.
 """
@@ -15,76 +13,12 @@ Both work on inner products, which equal cosine similarities because the model L
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
 
-FLOAT_BYTES = 4
-
-
-def block_rows_for(n: int, block_memory_mb: int) -> int:
-    """Rows per block so that one float32 block of `rows x n` similarities fits the budget.
-
-    >>> block_rows_for(1000, 1)
-    262
-    """
-    return max(1, min(n, block_memory_mb * 2**20 // (max(n, 1) * FLOAT_BYTES)))
-
-
-def as_embeddings(embeddings: np.ndarray) -> np.ndarray:
-    """C-contiguous float32 (N, D): what BLAS and faiss want, without copying when it already is."""
-    array = np.ascontiguousarray(embeddings, dtype=np.float32)
-    if array.ndim != 2:
-        raise ValueError(f"embeddings must be a 2-D array (N, D), got shape {array.shape}")
-    return array
-
-
-def iter_threshold_edges(
-    embeddings: np.ndarray, threshold: float, block_rows: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (rows, cols) of every pair i < j with similarity >= threshold, one block of rows at a time.
-
-    Only the upper triangle is computed, which halves the work; each pair appears once.
-
-    >>> e = np.array([[1, 0], [1, 0], [0, 1]], dtype=np.float32)
-    >>> [(r.tolist(), c.tolist()) for r, c in iter_threshold_edges(e, 0.9, block_rows=2)]
-    [([0], [1]), ([], [])]
-    """
-    embeddings = as_embeddings(embeddings)
-    n = len(embeddings)
-    for start in range(0, n, block_rows):
-        stop = min(start + block_rows, n)
-        block = embeddings[start:stop] @ embeddings[start:].T
-        # flatnonzero is several times faster than a 2-D nonzero on a sparse mask
-        rows, cols = np.divmod(np.flatnonzero(block >= threshold), block.shape[1])
-        upper = cols > rows  # drop the diagonal and the pairs an earlier row already yielded
-        yield rows[upper] + start, cols[upper] + start
-
-
-@dataclass(frozen=True)
-class Neighbours:
-    """The k nearest other embeddings of every embedding: ids (N, k), -1 where there is none, and similarities."""
-
-    ids: np.ndarray
-    similarities: np.ndarray
-
-
-def exact_knn(embeddings: np.ndarray, k: int) -> Neighbours:
-    """Exact k nearest neighbours by inner product (self excluded), by faiss' blocked brute-force search.
-
-    >>> e = np.array([[1, 0], [0.8, 0.6], [0, 1]], dtype=np.float32)
-    >>> exact_knn(e, 1).ids.ravel().tolist()
-    [1, 0, 1]
-    """
-    import faiss
-
-    embeddings = as_embeddings(embeddings)
-    k = max(0, min(k, len(embeddings) - 1))
-    similarities, ids = faiss.knn(embeddings, embeddings, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
-    return drop_self(ids, similarities, k)
+from replearn.similarity import Neighbours, as_rows
 
 
 def approximate_knn(
@@ -101,7 +35,7 @@ def approximate_knn(
     `nprobe` nearest lists; it builds in seconds even at a million vectors. HNSW (M=32) builds
     slower but recalls better at the same search cost.
     """
-    embeddings = as_embeddings(embeddings)
+    embeddings = as_rows(embeddings)
     n = len(embeddings)
     k = max(0, min(k, n - 1))
     if k == 0:

@@ -29,8 +29,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from replearn.clustering.components import find_components, label_components, neighbours_for, number_by_size
-from replearn.clustering.graph import as_embeddings, knn_graph
+from replearn.clustering.graph import knn_graph
 from replearn.config import DEFAULT_RESOLUTION, ClusterConfig
+from replearn.similarity import as_rows
 
 
 def effective_resolution(config: ClusterConfig, graph: sp.csr_matrix) -> float:
@@ -69,7 +70,7 @@ def find_communities(embeddings: np.ndarray, threshold: float, config: ClusterCo
     >>> find_communities(e, 0.999, ClusterConfig(neighbors=2)).tolist()
     [0, 1, 2]
     """
-    embeddings = as_embeddings(embeddings)
+    embeddings = as_rows(embeddings)
     if len(embeddings) == 0:
         return np.zeros(0, dtype=np.int64)
     return communities_of(knn_graph(neighbours_for(embeddings, config), threshold, mutual=False), config)

@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from replearn.evaluation.knn import as_unit_float32
+from replearn.similarity import checked_unit_rows, rows_per_block
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +90,13 @@ def count_pairs(embeddings: np.ndarray, labels: np.ndarray, bins: int, memory_mb
     >>> curve.positive_counts.tolist(), curve.negative_counts.tolist()
     ([0, 0, 0, 1], [0, 0, 1, 1])
     """
-    data = as_unit_float32(embeddings)
+    data = checked_unit_rows(embeddings)
     labels = np.asarray(labels)
     edges = np.linspace(-1.0, 1.0, bins + 1).astype(np.float32)
     positive = np.zeros(bins, np.int64)
     negative = np.zeros(bins, np.int64)
     # A block of rows holds similarities, labels-equal mask, bin indices and temporaries: about 32 bytes a pair.
-    step = max(1, int(memory_mb * 2**20) // max(1, 32 * len(data)))
+    step = rows_per_block(32 * len(data), memory_mb)
     for start in range(0, len(data), step):
         stop = min(start + step, len(data))
         similarities = data[start:stop] @ data[start:].T

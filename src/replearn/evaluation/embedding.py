@@ -20,6 +20,7 @@ from replearn.config import Config, ResizeConfig
 from replearn.console import make_progress
 from replearn.data.images import image_to_array, load_image
 from replearn.errors import UserError
+from replearn.similarity import unit_rows
 
 
 class Embedder(Protocol):
@@ -104,6 +105,4 @@ def embed_files(embedder: Embedder, paths: list[Path], batch_size: int, descript
             progress.advance(task, len(batch))
     if not chunks:
         raise UserError("no images to embed")
-    embeddings = np.concatenate(chunks).astype(np.float32, copy=False)
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    return embeddings / np.maximum(norms, 1e-12)
+    return unit_rows(np.concatenate(chunks))

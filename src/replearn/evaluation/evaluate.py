@@ -28,7 +28,7 @@ from replearn.data.splits import SUBSETS, read_splits
 from replearn.errors import UserError
 from replearn.evaluation.calibration import PairCurve, ThresholdChoice, choose_threshold, count_pairs, score_threshold
 from replearn.evaluation.embedding import embed_files, open_model
-from replearn.evaluation.knn import cluster_kmeans
+from replearn.evaluation.kmeans import cluster_kmeans
 from replearn.evaluation.metrics import score_clustering
 from replearn.evaluation.plots import (
     Neighbor,

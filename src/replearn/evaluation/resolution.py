@@ -26,10 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from replearn.clustering.components import neighbours_for, number_by_size
-from replearn.clustering.graph import as_embeddings, knn_graph
+from replearn.clustering.graph import knn_graph
 from replearn.clustering.methods import cluster_embeddings, communities_of
 from replearn.clustering.metrics import clustering_scores
 from replearn.config import ClusterConfig
+from replearn.similarity import as_rows
 
 RESOLUTIONS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0)
 CLUSTER_THRESHOLD_STEPS = (0.0, 0.025, 0.05, 0.075, 0.1)  # below the pair threshold
@@ -107,7 +108,7 @@ def choose_clustering(
     scores: dict[tuple[float, float], list[dict[str, float]]] = {candidate: [] for candidate in candidates}
     for mask in class_subsets(labels, config.seed):
         # One kNN search per subset; each threshold prunes it, each resolution splits the pruned graph.
-        neighbours = neighbours_for(as_embeddings(embeddings[mask]), config)
+        neighbours = neighbours_for(as_rows(embeddings[mask]), config)
         for threshold in thresholds:
             graph = knn_graph(neighbours, threshold, mutual=False)
             for resolution in RESOLUTIONS:

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from replearn.console import make_progress
-from replearn.evaluation.knn import iterate_neighbors
 from replearn.evaluation.metrics import (
     average_macro,
     average_micro,
@@ -27,6 +26,7 @@ from replearn.evaluation.metrics import (
     r_precision,
     recall_at_k,
 )
+from replearn.similarity import iterate_neighbors
 
 
 @dataclass

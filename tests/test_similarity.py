@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from replearn.evaluation.knn import cluster_kmeans, iterate_neighbors, search_neighbors
+from replearn.evaluation.kmeans import cluster_kmeans
 from replearn.evaluation.metrics import score_clustering
+from replearn.similarity import iterate_neighbors, search_neighbors
 
 
 def unit_rows(rows: int, dim: int, seed: int) -> np.ndarray:
