@@ -42,7 +42,7 @@ from replearn.evaluation.evaluate import evaluate
 from replearn.evaluation.retrieval import score_retrieval
 from replearn.similarity import unit_rows
 from replearn.training.data import decode_files
-from replearn.training.loop import train
+from replearn.training.train import train
 
 
 def pixel_vectors(preprocessed_dir: Path, paths: list[str]) -> np.ndarray:

@@ -16,7 +16,7 @@ def train(
     config: dict[str, Any], preprocessed: FolderRef, outputs_dir: str
 ) -> tuple[Annotated[ModelFile, ArtifactName.CHECKPOINT], Annotated[dict[str, Any], ArtifactName.TRAIN_SUMMARY]]:
     """Train on the seen train split; with train.nproc_per_node > 1 the same call launches DDP workers."""
-    from replearn.training.loop import train as train_model
+    from replearn.training.train import train as train_model
 
     out_dir = stage_dir(outputs_dir, "train", config, preprocessed.digest)
     result = train_model(rebuild(config), preprocessed.checked(), out_dir, force=True)

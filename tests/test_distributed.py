@@ -124,10 +124,10 @@ def test_cli_launches_two_processes_and_the_checkpoint_loads_in_one(tiny_preproc
     with torch.no_grad():
         assert model(torch.rand(2, 3, 32, 32)).shape == (2, 32)
 
-    # torchrun -m replearn.training resumes the same run with one process (a different number of ranks)
+    # torchrun -m replearn ... train resumes the same run with one process (a different number of ranks)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "--standalone"]
     resumed = subprocess.run(
-        [*torchrun, "-m", "replearn.training", *args, "--set", "train.iterations=4", str(tiny_preprocessed), str(out)]
+        [*torchrun, "-m", "replearn", *args, "--set", "train.iterations=4", "train", str(tiny_preprocessed), str(out)]
         + ["--resume"],
         capture_output=True,
         text=True,

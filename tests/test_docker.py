@@ -367,7 +367,6 @@ def test_preflight_reads_the_parameters_of_the_run_config_given_with_c(tmp_path:
 def test_deploy_schedule_and_pytorchjob_are_well_formed(repo_root: Path) -> None:
     from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
 
-    from replearn.training.__main__ import train_arguments
 
     hourly = scaling_yaml(repo_root, "clustering-hourly.yaml")
     schedule = PipelineRunConfiguration.model_validate(hourly).schedule
@@ -380,5 +379,5 @@ def test_deploy_schedule_and_pytorchjob_are_well_formed(repo_root: Path) -> None
     assert job["kind"] == "PyTorchJob"
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
         container = replica["template"]["spec"]["containers"][0]
-        assert container["command"] == ["torchrun", "-m", "replearn.training"]
-        assert train_arguments(container["args"])[2] == "train"
+        assert container["command"] == ["torchrun", "-m", "replearn"]
+        assert container["args"][2] == "train"  # the global --config first, as `replearn` wants it

@@ -1,7 +1,7 @@
 """Two local processes as two "nodes" of one DDP job, started the way a cluster starts them (docs/scaling.md).
 
 `env`: each process gets what a Kubeflow PyTorchJob puts into each pod (MASTER_ADDR, MASTER_PORT, WORLD_SIZE,
-RANK; LOCAL_RANK 0 with one process per pod) and runs `python -m replearn.training`. `torchrun`: one agent per
+RANK; LOCAL_RANK 0 with one process per pod) and runs `python -m replearn ... train`. `torchrun`: one agent per
 node with --nnodes 2 --node-rank N, as in torchrun across pods. All traffic stays on 127.0.0.1.
 """
 
@@ -41,15 +41,15 @@ def node_environment() -> dict[str, str]:
 
 
 def node_command(launcher: str, node_rank: int, port: int, preprocessed: Path, out: Path) -> tuple[list[str], dict]:
-    arguments = [*(arg for override in RUN for arg in ("--set", override)), str(preprocessed), str(out)]
+    arguments = [*(arg for override in RUN for arg in ("--set", override)), "train", str(preprocessed), str(out)]
     env = node_environment()
     if launcher == "env":
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(NODES), RANK=str(node_rank))
         env.update(LOCAL_RANK="0")
-        return [sys.executable, "-m", "replearn.training", *arguments], env
+        return [sys.executable, "-m", "replearn", *arguments], env
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(NODES), "--node-rank", str(node_rank)]
     torchrun += ["--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port)]
-    return [*torchrun, "-m", "replearn.training", *arguments], env
+    return [*torchrun, "-m", "replearn", *arguments], env
 
 
 @pytest.mark.slow

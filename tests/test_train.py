@@ -14,7 +14,7 @@ from replearn.data.splits import read_splits
 from replearn.errors import UserError
 from replearn.training import loop
 from replearn.training.checkpoint import load_model, read_checkpoint
-from replearn.training.loop import train
+from replearn.training.train import train
 
 TINY = [
     "preprocess.resize.size=32",

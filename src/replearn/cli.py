@@ -243,7 +243,7 @@ def train_command(
     """Train the embedding model (ResNet + transformer, Circle loss, PK batches) on the seen train split."""
     import os
 
-    from replearn.training.loop import train
+    from replearn.training.train import train
 
     options = {"train.iterations": iterations, "train.devices": devices, "train.nproc_per_node": nproc_per_node}
     config = with_values(state(ctx).config, options)

@@ -19,6 +19,32 @@ from replearn.errors import UserError
 from replearn.training.model import EmbeddingModel, build_model
 
 
+def checkpoint_payload(
+    *,
+    model: torch.nn.Module,
+    config: Config,
+    classes: list[str],
+    iteration: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    rng_states: list[tuple[torch.Tensor, torch.Tensor | None]],
+    metrics: dict[str, float],
+) -> dict[str, Any]:
+    """The checkpoint dict in the layout above; `rng_states` holds every rank's (CPU, CUDA or None) state."""
+    return {
+        "model": model.state_dict(),
+        "config": config.model_dump(mode="json", by_alias=True),
+        "classes": classes,
+        "iteration": iteration,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": {"torch": [cpu for cpu, _ in rng_states], "cuda": [gpu for _, gpu in rng_states if gpu is not None]},
+        "metrics": metrics,
+    }
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """torch.save to a temporary file beside `path`, renamed into place only once complete."""
     with atomic_path(path) as temporary:

@@ -1,8 +1,8 @@
 """Distributed data parallel: ranks from the environment, one launcher, and embeddings gathered with gradients.
 
 The same code runs as one process or as many: `RANK`, `WORLD_SIZE` and `LOCAL_RANK` come from the
-environment (set by torchrun or by `launch_training`), and with a world of one every helper here is
-the identity. Each rank embeds its own PK batch; the embeddings of all ranks are gathered with
+environment (set by torchrun or by `replearn.training.train.launch_training`), and with a world of one
+every helper here is the identity. Each rank embeds its own PK batch; the embeddings of all ranks are gathered with
 their gradients, so every anchor sees the negatives of every rank and the loss over the global batch
 is the single-process loss over the same images.
 """
@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
-import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 
-from replearn.config import Config, TrainConfig
+from replearn.config import TrainConfig
 from replearn.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -153,45 +150,3 @@ def barrier() -> None:
     """Wait for every rank (while rank 0 validates and writes); bounded by the group's timeout."""
     if is_distributed():
         dist.barrier()
-
-
-def _train_worker(config_values: dict[str, Any], preprocessed_dir: Path, out_dir: Path, resume: bool, force: bool):
-    """Entry point of each launched process: the ranks come from the environment the launcher set."""
-    from replearn.config import build_config
-    from replearn.console import setup_logging
-    from replearn.training.loop import train_process
-
-    setup_logging()
-    return train_process(build_config(config_values), preprocessed_dir, out_dir, resume=resume, force=force)
-
-
-def launch_training(config: Config, preprocessed_dir: Path, out_dir: Path, nproc: int, resume: bool, force: bool):
-    """Start `nproc` training processes on this machine through torch's elastic launch API; rank 0's result.
-
-    No shell script and no torchrun needed; for several machines use `torchrun -m replearn.training`.
-    When one rank dies the agent stops the others (max_restarts=0), so nothing is left hanging.
-    The agent's per-run folder (workers' error files) lives in a temporary folder removed afterwards:
-    left to itself, torch leaves a /tmp/torchelastic_* folder behind on every run.
-    """
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    values = config.model_dump(mode="json", by_alias=True)
-    log.info("launching %d training processes", nproc)
-    with tempfile.TemporaryDirectory(prefix="replearn-elastic-") as agent_dir:
-        launch_config = LaunchConfig(
-            min_nodes=1,
-            max_nodes=1,
-            nproc_per_node=nproc,
-            logs_specs=DefaultLogsSpecs(log_dir=agent_dir),
-            run_id=f"replearn-{uuid.uuid4().hex[:8]}",
-            rdzv_backend="c10d",
-            rdzv_endpoint="localhost:0",
-            max_restarts=0,
-            monitor_interval=1,
-        )
-        try:
-            results = elastic_launch(launch_config, _train_worker)(values, preprocessed_dir, out_dir, resume, force)
-        except Exception as error:
-            raise UserError(f"distributed training failed: {str(error).strip()[:2000]}") from None
-    return results[0]

@@ -1,4 +1,4 @@
-"""The training stage: `train(config, preprocessed_dir, out_dir) -> TrainResult`.
+"""One training process: `train_process(config, preprocessed_dir, out_dir) -> TrainResult` (train.py launches it).
 
 PK batches by iterations, Circle loss, SGD (or AdamW) with warm-up and cosine decay, gradient
 clipping, optional autocast. Every `checkpoint_every` iterations rank 0 validates (precision@1 of
@@ -11,11 +11,9 @@ Outputs in OUT_DIR: last.pt, best.pt, metrics.csv, train_summary.json.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,14 +26,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from replearn.atomic import write_json_atomic, write_text_atomic
+from replearn.atomic import write_json_atomic
 from replearn.config import Config, ResizeConfig, TrainConfig
 from replearn.console import make_progress
 from replearn.data.preprocess import SUMMARY_FILE
 from replearn.data.splits import SPLITS_FILE, read_splits
 from replearn.errors import UserError
 from replearn.training.augment import build_augmentation
-from replearn.training.checkpoint import read_checkpoint, save_checkpoint
+from replearn.training.checkpoint import checkpoint_payload, read_checkpoint, save_checkpoint
 from replearn.training.data import PreprocessedImages
 from replearn.training.datasets import PKBatchDataset
 from replearn.training.distributed import (
@@ -44,20 +42,18 @@ from replearn.training.distributed import (
     gather,
     gather_objects,
     gather_with_grad,
-    launch_training,
     process_group,
-    resolve_nproc_per_node,
     select_device,
 )
 from replearn.training.loss import CircleLoss
 from replearn.training.model import build_model
+from replearn.training.run_state import MetricsLog, RunState, restore_rng, rng_state
 from replearn.training.sampler import PKSampler, iteration_seed
 from replearn.training.validation import capped_rows, embed_images, precision_at_1
 
 log = logging.getLogger(__name__)
 
 LAST, BEST, METRICS, SUMMARY = "last.pt", "best.pt", "metrics.csv", "train_summary.json"
-METRIC_COLUMNS = ["iteration", "loss", "lr", "grad_norm", "images_per_second", "elapsed_seconds", "val_precision_at_1"]
 # Keys that may change between a run and its resume: they decide how the work is done, not what is learned.
 RESUMABLE_CHANGES = {
     "iterations",
@@ -184,25 +180,6 @@ def prepare_out_dir(out_dir: Path, resume: bool, force: bool) -> None:
         raise UserError(f"{out_dir} already holds a training run; pass --resume to continue it or --force to restart")
 
 
-def train(
-    config: Config, preprocessed_dir: Path, out_dir: Path, resume: bool = False, force: bool = False
-) -> TrainResult:
-    """Train the embedding model on the seen train split of `preprocessed_dir`; outputs go to `out_dir`.
-
-    Under torchrun (RANK/WORLD_SIZE set) this process is one rank of the job. Otherwise, with
-    train.nproc_per_node above one, it launches that many local processes and returns rank 0's
-    result; with one, it trains right here.
-    """
-    if "WORLD_SIZE" not in os.environ:
-        nproc = resolve_nproc_per_node(config.train)
-        if nproc > 1:
-            prepare_out_dir(Path(out_dir), resume, force)
-            read_splits(preprocessed_dir)
-            result: TrainResult = launch_training(config, Path(preprocessed_dir), Path(out_dir), nproc, resume, force)
-            return result
-    return train_process(config, preprocessed_dir, out_dir, resume, force)
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
     """The autocast precision to use: `precision` itself, or for auto the fastest one the device computes natively."""
     if precision != "auto":
@@ -234,10 +211,19 @@ def train_process(
         return _run(config, data, out_dir, resume, ranks, device)
 
 
-def _run(
-    config: Config, data: TrainingData, out_dir: Path, resume: bool, ranks: RankInfo, device: torch.device
-) -> TrainResult:
-    cfg = config.train
+@dataclass
+class Trainer:
+    """The model and what updates it, built in the order that fixes every RNG draw."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    precision: str
+
+
+def build_trainer(cfg: TrainConfig, ranks: RankInfo, device: torch.device) -> Trainer:
+    """Model (seeded), optimiser, schedule and gradient scaler; then this rank's dropout stream is seeded."""
     torch.manual_seed(cfg.seed)
     model: nn.Module = build_model(cfg.model).to(device)
     if cfg.sync_batchnorm and ranks.world_size > 1:
@@ -248,39 +234,117 @@ def _run(
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     # Dropout draws from the global RNG: one stream per rank, restored on resume.
     torch.manual_seed(iteration_seed(cfg.seed, ranks.rank, 0, stream=2))
-    state = RunState()
-    if resume:
-        saved = read_checkpoint(out_dir / LAST)
-        check_resumable(saved["config"], config, out_dir / LAST)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        if saved["scaler"]:  # empty when the run so far had no fp16 (precision auto resolves per device)
-            scaler.load_state_dict(saved["scaler"])
-        state = RunState.from_checkpoint(saved)
-        restore_rng(saved["rng"], ranks.rank, device, iteration_seed(cfg.seed, ranks.rank, state.start, stream=2))
-        if ranks.is_main:
-            log.info("resuming %s at iteration %d of %d", out_dir, state.start, cfg.iterations)
-    if state.start >= cfg.iterations:
-        raise UserError(f"{out_dir / LAST} is already at iteration {state.start} of train.iterations={cfg.iterations}")
-    trained = (
-        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if ranks.world_size > 1
-        else model
-    )
+    return Trainer(model, optimizer, scheduler, scaler, precision)
+
+
+def resume_from(path: Path, trainer: Trainer, config: Config, ranks: RankInfo, device: torch.device) -> RunState:
+    """Load last.pt into the trainer and restore this rank's RNG streams; the loop's state to go on from."""
+    cfg = config.train
+    saved = read_checkpoint(path)
+    check_resumable(saved["config"], config, path)
+    trainer.model.load_state_dict(saved["model"])
+    trainer.optimizer.load_state_dict(saved["optimizer"])
+    trainer.scheduler.load_state_dict(saved["scheduler"])
+    if saved["scaler"]:  # empty when the run so far had no fp16 (precision auto resolves per device)
+        trainer.scaler.load_state_dict(saved["scaler"])
+    state = RunState.from_checkpoint(saved)
+    restore_rng(saved["rng"], ranks.rank, device, iteration_seed(cfg.seed, ranks.rank, state.start, stream=2))
+    if ranks.is_main:
+        log.info("resuming %s at iteration %d of %d", path.parent, state.start, cfg.iterations)
+    return state
+
+
+def batch_loader(
+    config: Config, data: TrainingData, ranks: RankInfo, device: torch.device, start: int
+) -> tuple[DataLoader, int]:
+    """This rank's augmented PK batches from iteration `start` on, and the global batch size."""
+    cfg = config.train
     sampler = PKSampler(data.train.labels, cfg.classes_per_batch, cfg.images_per_class, cfg.seed, ranks.rank)
     augment = build_augmentation(cfg.augmentations, config.preprocess.resize.size)
     loader = DataLoader(
         PKBatchDataset(data.train, sampler, augment),
-        sampler=range(state.start, cfg.iterations),
+        sampler=range(start, cfg.iterations),
         batch_size=None,
         num_workers=cfg.loader_workers,
         pin_memory=device.type == "cuda",
         generator=torch.Generator(),  # its own seed source: creating the loader must not consume the global RNG
     )
+    return loader, sampler.batch_size * ranks.world_size
+
+
+def train_step(
+    trainer: Trainer,
+    trained: nn.Module,
+    loss_fn: nn.Module,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    cfg: TrainConfig,
+    device: torch.device,
+) -> tuple[float, float, float]:
+    """One optimiser step on one batch: (loss, the learning rate it used, the gradient norm before clipping)."""
+    images, labels = batch
+    loss = batch_loss(trained, loss_fn, images, labels, device, _DTYPES.get(trainer.precision))
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.scaler.scale(loss).backward()
+    trainer.scaler.unscale_(trainer.optimizer)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), cfg.grad_clip or math.inf))
+    trainer.scaler.step(trainer.optimizer)
+    trainer.scaler.update()
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    trainer.scheduler.step()
+    return float(loss.detach()), lr, grad_norm
+
+
+def save_checkpoints(
+    out_dir: Path,
+    trainer: Trainer,
+    config: Config,
+    data: TrainingData,
+    state: RunState,
+    row: dict[str, float],
+    rng_states: list[tuple[torch.Tensor, torch.Tensor | None]],
+) -> None:
+    """last.pt, and best.pt when this iteration validated best (rank 0 only)."""
+    iteration = int(row["iteration"])
+    payload = checkpoint_payload(
+        model=trainer.model,
+        config=config,
+        classes=data.classes,
+        iteration=iteration,
+        optimizer=trainer.optimizer,
+        scheduler=trainer.scheduler,
+        scaler=trainer.scaler,
+        rng_states=rng_states,
+        metrics=state.metrics(row["elapsed_seconds"]),
+    )
+    save_checkpoint(out_dir / LAST, payload)
+    if state.best_iteration == iteration:
+        save_checkpoint(out_dir / BEST, payload)
+    log.info(
+        "iteration %d/%d: loss %.4f, val precision@1 %.4f (best %.4f at %d)",
+        iteration,
+        config.train.iterations,
+        state.loss,
+        state.val,
+        state.best,
+        state.best_iteration,
+    )
+
+
+def _run(
+    config: Config, data: TrainingData, out_dir: Path, resume: bool, ranks: RankInfo, device: torch.device
+) -> TrainResult:
+    cfg = config.train
+    trainer = build_trainer(cfg, ranks, device)
+    state = resume_from(out_dir / LAST, trainer, config, ranks, device) if resume else RunState()
+    if state.start >= cfg.iterations:
+        raise UserError(f"{out_dir / LAST} is already at iteration {state.start} of train.iterations={cfg.iterations}")
+    trained = (
+        DistributedDataParallel(trainer.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if ranks.world_size > 1
+        else trainer.model
+    )
+    loader, global_batch = batch_loader(config, data, ranks, device, state.start)
     loss_fn = CircleLoss(cfg.loss.margin, cfg.loss.gamma)
-    autocast_dtype = _DTYPES.get(precision)
-    global_batch = sampler.batch_size * ranks.world_size
     log_file = MetricsLog(out_dir / METRICS, keep_until=state.start if resume else None, enabled=ranks.is_main)
     if ranks.is_main and not resume:
         (out_dir / BEST).unlink(missing_ok=True)
@@ -289,17 +353,9 @@ def _run(
     with progress, log_file:
         task = progress.add_task("training", total=cfg.iterations, completed=state.start, unit="it", loss=0.0, lr=0.0)
         step_started = time.perf_counter()
-        for index, (images, labels) in enumerate(loader, start=state.start):
-            loss = batch_loss(trained, loss_fn, images, labels, device, autocast_dtype)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf))
-            scaler.step(optimizer)
-            scaler.update()
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            iteration, state.loss = index + 1, float(loss.detach())
+        for index, batch in enumerate(loader, start=state.start):
+            state.loss, lr, grad_norm = train_step(trainer, trained, loss_fn, batch, cfg, device)
+            iteration = index + 1
             now = time.perf_counter()
             row = {
                 "iteration": iteration,
@@ -312,44 +368,40 @@ def _run(
             checkpoint_due = iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations
             rng_states = gather_objects(rng_state(device)) if checkpoint_due else []
             if checkpoint_due and ranks.is_main:
-                val_p1 = validate(model, data, cfg, device)
-                row["val_precision_at_1"] = state.record_validation(val_p1, iteration)
+                row["val_precision_at_1"] = state.record_validation(
+                    validate(trainer.model, data, cfg, device), iteration
+                )
             # The row goes out before the checkpoint, so every iteration a checkpoint covers has its row.
             log_file.write(row)
             if checkpoint_due:
                 if ranks.is_main:
-                    payload = {
-                        "model": model.state_dict(),
-                        "config": config.model_dump(mode="json", by_alias=True),
-                        "classes": data.classes,
-                        "iteration": iteration,
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "rng": {
-                            "torch": [cpu for cpu, _ in rng_states],
-                            "cuda": [gpu for _, gpu in rng_states if gpu is not None],
-                        },
-                        "metrics": state.metrics(row["elapsed_seconds"]),
-                    }
-                    save_checkpoint(out_dir / LAST, payload)
-                    if state.best_iteration == iteration:
-                        save_checkpoint(out_dir / BEST, payload)
-                    log.info(
-                        "iteration %d/%d: loss %.4f, val precision@1 %.4f (best %.4f at %d)",
-                        iteration,
-                        cfg.iterations,
-                        state.loss,
-                        state.val,
-                        state.best,
-                        state.best_iteration,
-                    )
+                    save_checkpoints(out_dir, trainer, config, data, state, row, rng_states)
                 barrier()
                 now = time.perf_counter()
             progress.update(task, advance=1, loss=state.loss, lr=lr)
             step_started = now
     seconds = time.perf_counter() - started
-    summary = {
+    summary = train_summary(config, data, state, resume, seconds, global_batch, device, ranks, trainer.precision)
+    if ranks.is_main:
+        write_json_atomic(out_dir / SUMMARY, summary)
+    barrier()
+    return TrainResult(out_dir, out_dir / LAST, out_dir / BEST, cfg.iterations, state.best, summary)
+
+
+def train_summary(
+    config: Config,
+    data: TrainingData,
+    state: RunState,
+    resume: bool,
+    seconds: float,
+    global_batch: int,
+    device: torch.device,
+    ranks: RankInfo,
+    precision: str,
+) -> dict[str, Any]:
+    """train_summary.json: how long, how fast, how well, and on what."""
+    cfg = config.train
+    return {
         "iterations": cfg.iterations,
         "resumed_from": state.start if resume else None,
         "seconds": state.elapsed_before + seconds,
@@ -366,104 +418,6 @@ def _run(
         "train_images": len(data.train),
         "val_images": len(data.val),
     }
-    if ranks.is_main:
-        write_json_atomic(out_dir / SUMMARY, summary)
-    barrier()
-    return TrainResult(out_dir, out_dir / LAST, out_dir / BEST, cfg.iterations, state.best, summary)
-
-
-@dataclass
-class RunState:
-    """What the loop carries from checkpoint to checkpoint besides the weights."""
-
-    start: int = 0
-    elapsed_before: float = 0.0
-    loss: float = math.nan
-    val: float = math.nan
-    best: float = -1.0
-    best_iteration: int = 0
-
-    @classmethod
-    def from_checkpoint(cls, saved: dict[str, Any]) -> RunState:
-        metrics = saved["metrics"]
-        return cls(
-            start=int(saved["iteration"]),
-            elapsed_before=float(metrics["elapsed_seconds"]),
-            loss=float(metrics["loss"]),
-            val=float(metrics["val_precision_at_1"]),
-            best=float(metrics["best_val_precision_at_1"]),
-            best_iteration=int(metrics["best_iteration"]),
-        )
-
-    def record_validation(self, value: float, iteration: int) -> float:
-        """Remember a validation result; the best so far (any result, without a val split) is kept."""
-        self.val = value
-        if not value <= self.best:
-            self.best, self.best_iteration = value, iteration
-        return value
-
-    def metrics(self, elapsed: float) -> dict[str, float]:
-        return {
-            "loss": self.loss,
-            "val_precision_at_1": self.val,
-            "best_val_precision_at_1": self.best,
-            "best_iteration": self.best_iteration,
-            "elapsed_seconds": elapsed,
-        }
-
-
-def rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-
-def restore_rng(states: dict[str, list[torch.Tensor]], rank: int, device: torch.device, fallback_seed: int) -> None:
-    """This rank's saved RNG states; a rank the checkpoint did not have (more ranks now) gets a fresh stream."""
-    if rank >= len(states["torch"]):
-        torch.manual_seed(fallback_seed)
-        return
-    torch.set_rng_state(states["torch"][rank])
-    if device.type == "cuda" and rank < len(states["cuda"]):
-        torch.cuda.set_rng_state(states["cuda"][rank], device)
-
-
-class MetricsLog:
-    """metrics.csv, one row per iteration, flushed as it goes so DVC plots and tail -f see progress.
-
-    On resume it keeps the rows up to the checkpoint and drops the ones an interrupted run wrote after it.
-    Only rank 0 writes (`enabled`).
-    """
-
-    def __init__(self, path: Path, keep_until: int | None, enabled: bool) -> None:
-        self.path, self.keep_until, self.enabled = path, keep_until, enabled
-        self.handle: Any = None
-
-    def __enter__(self) -> MetricsLog:
-        if not self.enabled:
-            return self
-        rows: list[dict[str, str]] = []
-        if self.keep_until is not None and self.path.is_file():
-            with self.path.open(newline="") as handle:
-                rows = [row for row in csv.DictReader(handle) if int(row["iteration"]) <= self.keep_until]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lines = [",".join(METRIC_COLUMNS)] + [",".join(row.get(c, "") for c in METRIC_COLUMNS) for row in rows]
-        write_text_atomic(self.path, "\n".join(lines) + "\n")
-        self.handle = self.path.open("a", newline="")
-        return self
-
-    def write(self, row: dict[str, float]) -> None:
-        if self.handle is not None:
-            self.handle.write(",".join(_format(row.get(column)) for column in METRIC_COLUMNS) + "\n")
-            self.handle.flush()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.handle is not None:
-            self.handle.close()
-
-
-def _format(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return str(value) if isinstance(value, int) else f"{value:.6g}"
 
 
 def batch_loss(
