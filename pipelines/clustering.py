@@ -5,6 +5,7 @@ from __future__ import annotations
 from zenml import pipeline
 
 from pipelines.inputs import MODEL_NAME, load_run_config
+from replearn.stages import STAGES
 from steps import cluster, load_production_model, report
 from steps.stage_config import sections
 
@@ -19,7 +20,7 @@ def clustering(params_file: str = "params.yaml", overrides: list[str] | None = N
     config = load_run_config(params_file, overrides)
     onnx_model = load_production_model(model_name=MODEL_NAME)
     cluster_run = cluster(
-        config=sections(config, "cluster", "embed"),
+        config=sections(config, *STAGES["cluster"].config_keys),
         onnx_model=onnx_model,
         inbox_dir=str(config.data.inbox_dir),
         clusters_dir=str(config.data.outputs_dir / "zenml" / "clusters"),

@@ -6,6 +6,7 @@ from zenml import Model, pipeline
 
 from pipelines.inputs import MODEL_NAME, load_run_config, require_data
 from replearn.data.version import data_version
+from replearn.stages import STAGES
 from steps import evaluate, export, preprocess, register, train, validate
 from steps.stage_config import sections
 
@@ -20,23 +21,25 @@ def training(params_file: str = "params.yaml", overrides: list[str] | None = Non
     data_dir = require_data(config.data.raw_dir)
     outputs = str(config.data.outputs_dir)
     dataset = validate(
-        config=sections(config, "validate", "train.images_per_class"),
+        config=sections(config, *STAGES["validate"].config_keys),
         data_dir=str(data_dir),
         data_version=data_version(data_dir),
         outputs_dir=outputs,
     )
-    preprocessed = preprocess(config=sections(config, "preprocess"), dataset=dataset, outputs_dir=outputs)
-    checkpoint, _ = train(config=sections(config, "train"), preprocessed=preprocessed, outputs_dir=outputs)
+    preprocessed = preprocess(
+        config=sections(config, *STAGES["preprocess"].config_keys), dataset=dataset, outputs_dir=outputs
+    )
+    checkpoint, _ = train(
+        config=sections(config, *STAGES["train"].config_keys), preprocessed=preprocessed, outputs_dir=outputs
+    )
     metrics, threshold, resolution, cluster_threshold = evaluate(
-        config=sections(
-            config, "evaluate", "embed", "train.devices", "cluster.neighbors", "cluster.min_size", "cluster.seed"
-        ),
+        config=sections(config, *STAGES["evaluate"].config_keys),
         checkpoint=checkpoint,
         preprocessed=preprocessed,
         outputs_dir=outputs,
     )
     onnx_model = export(
-        config=sections(config, "export"),
+        config=sections(config, *STAGES["export"].config_keys),
         checkpoint=checkpoint,
         threshold=threshold,
         resolution=resolution,

@@ -27,13 +27,11 @@ def cluster(
     Each production model keeps its own registry (ids are only comparable within one embedding
     space), so promoting a new model starts new cluster ids instead of failing on the old registry.
     """
-    from replearn.clustering.cluster import cluster_images
+    from replearn.stages.cluster import stage
 
     settings = rebuild(config)
     registry = Path(clusters_dir) / onnx_model.sha256[:12]
-    run = cluster_images(
-        settings, Path(onnx_model.path), Path(inbox_dir), registry, evaluate=settings.cluster.evaluate_labels
-    )
+    run = stage(settings, Path(onnx_model.path), Path(inbox_dir), registry)
     summary: dict[str, Any] = {
         "images": run.images,
         "new_images": run.new_images,

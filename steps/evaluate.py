@@ -19,9 +19,9 @@ def evaluate(
     Annotated[float, ArtifactName.CLUSTER_THRESHOLD],
 ]:
     """kNN metrics of seen and unseen classes, plots, the pair threshold, the cluster stage's calibration."""
-    from replearn.evaluation.evaluate import evaluate as evaluate_model
+    from replearn.stages.evaluate import stage
 
     out_dir = stage_dir(outputs_dir, "evaluate", config, checkpoint.sha256, preprocessed.digest)
-    result = evaluate_model(rebuild(config), Path(checkpoint.path), preprocessed.checked(), out_dir, force=True)
+    result = stage(rebuild(config), Path(checkpoint.path), preprocessed.checked(), out_dir, force=True)
     log_metadata(metadata={"metrics": dict(result.metrics), "report_dir": str(out_dir)})
     return dict(result.metrics), float(result.threshold), float(result.resolution), float(result.cluster_threshold)

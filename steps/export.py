@@ -23,13 +23,13 @@ def export(
     outputs_dir: str,
 ) -> Annotated[ModelFile, ArtifactName.ONNX_MODEL]:
     """ONNX with the calibrated thresholds and resolution in its metadata, parity-checked on real images."""
-    from replearn.export.onnx_export import export_model
+    from replearn.stages.export import stage
 
     out_dir = stage_dir(
         outputs_dir, "export", config, checkpoint.sha256, threshold, resolution, cluster_threshold, preprocessed.digest
     )
-    result = export_model(
-        rebuild(config).export,
+    result = stage(
+        rebuild(config),
         Path(checkpoint.path),
         out_dir / "model.onnx",
         images_dir=preprocessed.checked(),

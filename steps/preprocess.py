@@ -16,12 +16,12 @@ def preprocess(
     config: dict[str, Any], dataset: FolderRef, outputs_dir: str
 ) -> Annotated[FolderRef, ArtifactName.PREPROCESSED]:
     """Resized copies and splits of the files validation kept, in a folder keyed by the settings (incremental)."""
-    from replearn.data.preprocess import preprocess as preprocess_images
     from replearn.data.splits import SPLITS_FILE
+    from replearn.stages.preprocess import stage
 
     out_dir = stage_dir(outputs_dir, "preprocess", config)
     only = Path(dataset.file_list) if dataset.file_list else None
-    result = preprocess_images(rebuild(config), dataset.checked(), out_dir, only)
+    result = stage(rebuild(config), dataset.checked(), out_dir, only)
     log_metadata(
         metadata={
             "images": result.images,

@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from zenml.config import CachePolicy
 
 from replearn.config import Config
+from replearn.stages import STAGES
 
 
 def sections(config: Config, *names: str) -> dict[str, Any]:
@@ -42,21 +42,12 @@ def stage_dir(outputs_dir: str, stage: str, *parts: Any) -> Path:
     return Path(outputs_dir) / "zenml" / stage / digest(*parts)
 
 
-SOURCE_ROOT = Path(__file__).resolve().parents[1]
-
-
 def library_cache_policy(stage: str) -> CachePolicy:
     """Also key the cache on the library files the stage runs (ZenML hashes only the step's own code).
 
-    The files are the stage's code deps in dvc.yaml, so both orchestrators rerun a stage on the
-    same edits, and tests/test_dvc.py checks that list against the modules the stage imports.
-    File dependencies, not source dependencies: ZenML hashes files without importing them, so a
-    fully cached run never pays for importing torch. Folders are expanded to their .py files.
+    The files are the stage module and everything in replearn it imports (`STAGES[stage].code_files()`),
+    which tests/test_dvc.py checks dvc.yaml's deps against, so both orchestrators rerun a stage on the
+    same edits. File dependencies, not source dependencies: ZenML hashes files without importing
+    them, so a fully cached run never pays for importing torch.
     """
-    deps = yaml.safe_load((SOURCE_ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]
-    files: list[str] = []
-    for path in (dep for dep in deps if dep.startswith("src/")):
-        full = SOURCE_ROOT / path
-        found = sorted(full.rglob("*.py")) if full.is_dir() else [full]
-        files.extend(p.relative_to(SOURCE_ROOT).as_posix() for p in found)
-    return CachePolicy(file_dependencies=files)
+    return CachePolicy(file_dependencies=[path.as_posix() for path in STAGES[stage].code_files()])

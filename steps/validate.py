@@ -37,11 +37,11 @@ def validate(
     config: dict[str, Any], data_dir: str, data_version: str, outputs_dir: str
 ) -> Annotated[FolderRef, ArtifactName.DATASET]:
     """Validate the class folders; `data_version` (DVC hash and stat fingerprint) keys the cache on the data."""
-    from replearn.data.validation import validate_dataset
+    from replearn.stages.validate import stage
 
     out_dir = stage_dir(outputs_dir, "validate", config, data_version)
     seed_manifest_cache(out_dir)
-    result = validate_dataset(rebuild(config), Path(data_dir), out_dir)
+    result = stage(rebuild(config), Path(data_dir), out_dir)
     failed = [check.name for check in result.checks if not check.success]
     log_metadata(
         metadata={

@@ -116,9 +116,9 @@ def tiny_export(
 ) -> ExportResult:
     """`tiny_checkpoint` through the real export stage, with a threshold and the int8 and fp16 variants."""
     from replearn.config import load_config
-    from replearn.export.onnx_export import export_model
+    from replearn.stages.export import stage
 
     out = tmp_path_factory.mktemp("onnx")
     (out / "threshold.json").write_text('{"threshold": 0.42}')
-    config = load_config(None, EXPORT_OVERRIDES).export
-    return export_model(config, tiny_checkpoint, out / "model.onnx", tiny_preprocessed, out / "threshold.json")
+    config = load_config(None, EXPORT_OVERRIDES)
+    return stage(config, tiny_checkpoint, out / "model.onnx", tiny_preprocessed, out / "threshold.json")

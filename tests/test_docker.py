@@ -367,7 +367,6 @@ def test_preflight_reads_the_parameters_of_the_run_config_given_with_c(tmp_path:
 def test_deploy_schedule_and_pytorchjob_are_well_formed(repo_root: Path) -> None:
     from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
 
-
     hourly = scaling_yaml(repo_root, "clustering-hourly.yaml")
     schedule = PipelineRunConfiguration.model_validate(hourly).schedule
     assert schedule is not None and schedule.cron_expression == "0 * * * *"

@@ -8,7 +8,6 @@ by the tests below, which run in file order.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from replearn import stages
 from repo_copy import copy_repository
 
 pytestmark = pytest.mark.slow
@@ -206,50 +206,32 @@ def test_exp_run_with_a_changed_param(dvc_repo: DvcRepo) -> None:
     assert "threshold" in metrics  # a retrained model calibrates another threshold
 
 
-# The module each stage's command runs, and the modules whose edits cannot change a stage's results.
-STAGE_ENTRY_MODULES = {
-    "validate": "replearn.data.validation",
-    "preprocess": "replearn.data.preprocess",
-    "train": "replearn.training.loop",
-    "evaluate": "replearn.evaluation.evaluate",
-    "export": "replearn.export.onnx_export",
-    "cluster": "replearn.clustering.cluster",
-}
+# Modules whose edits cannot change a stage's results.
 RESULT_NEUTRAL_MODULES = {"replearn.atomic", "replearn.console", "replearn.errors"}
+DVC_STAGES = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
 
 
-def module_file(module: str) -> Path | None:
-    """src/replearn/... file of a dotted module name; None for a name that is not a module (a class, a constant)."""
-    base = REPO_ROOT / "src" / Path(*module.split("."))
-    return next((path for path in (base.with_suffix(".py"), base / "__init__.py") if path.is_file()), None)
-
-
-def replearn_imports(module: str) -> set[str]:
-    """The replearn modules `module` imports, anywhere in its code (lazy imports in functions too)."""
-    source = module_file(module)
-    assert source is not None, module
-    found = set()
-    for node in ast.walk(ast.parse(source.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("replearn"):
-            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
-        elif isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names if alias.name.startswith("replearn")}
-    return {name for name in found if module_file(name) is not None}
-
-
-@pytest.mark.parametrize("stage", list(STAGE_ENTRY_MODULES))
+@pytest.mark.parametrize("stage", list(DVC_STAGES))
 def test_stage_deps_cover_every_module_the_stage_imports(stage: str) -> None:
-    """A code change must rerun every stage whose results it can change, and dvc.yaml lists deps by hand."""
-    deps = [Path(dep) for dep in yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]]
-    seen, todo = set(), [STAGE_ENTRY_MODULES[stage]]
-    while todo:
-        module = todo.pop()
-        if module not in seen:
-            seen.add(module)
-            todo.extend(replearn_imports(module))
-    uncovered = []
-    for module in sorted(seen - RESULT_NEUTRAL_MODULES):
-        path = module_file(module).relative_to(REPO_ROOT)  # type: ignore[union-attr]
-        if path.name != "__init__.py" and not any(path == dep or dep in path.parents for dep in deps):
-            uncovered.append(str(path))
+    """A code change must rerun every stage whose results it can change: the table knows the modules, dvc.yaml lists."""
+    deps = [Path(dep) for dep in DVC_STAGES[stage]["deps"]]
+    neutral = {stages.module_file(module) for module in RESULT_NEUTRAL_MODULES}
+    uncovered = [
+        str(path)
+        for path in stages.STAGES[stage].code_files()
+        if path not in neutral and path.name != "__init__.py" and not any(path == d or d in path.parents for d in deps)
+    ]
     assert not uncovered, f"dvc.yaml stage {stage} lacks deps: {uncovered}"
+
+
+@pytest.mark.parametrize("stage", list(DVC_STAGES))
+def test_stage_params_are_what_the_stage_reads(stage: str) -> None:
+    """DVC reruns a stage on the params it declares, ZenML on the config the step gets: both come from STAGES.
+
+    dvc.yaml may name a whole section where the stage reads some of its keys (DVC refuses a params.yaml
+    that lacks a declared key, and users' files leave keys to their defaults), but nothing else.
+    """
+    params = set(DVC_STAGES[stage]["params"])
+    reads, allowed = set(stages.STAGES[stage].reads), set(stages.STAGES[stage].config_keys)
+    assert all(key in params or key.split(".")[0] in params for key in reads), (params, reads)
+    assert params <= allowed | {key.split(".")[0] for key in allowed}, params - allowed

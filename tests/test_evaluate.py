@@ -198,10 +198,10 @@ def test_cli_evaluate_is_deterministic_and_compare_reads_its_threshold(
 def test_onnx_model_evaluates_like_its_checkpoint_and_carries_the_threshold(
     config: Config, checkpoint: Path, preprocessed: Path, evaluated: Path, tmp_path: Path
 ) -> None:
-    from replearn.export.onnx_export import export_model
+    from replearn.stages.export import stage
 
     model = tmp_path / "model.onnx"
-    export_model(config.export, checkpoint, model, images_dir=preprocessed, threshold_file=evaluated / "threshold.json")
+    stage(config, checkpoint, model, images_dir=preprocessed, threshold_file=evaluated / "threshold.json")
     record = json.loads((evaluated / "threshold.json").read_text())
     metadata = read_metadata(model)
     assert (metadata.resolution, metadata.cluster_threshold) == (record["resolution"], record["cluster_threshold"])

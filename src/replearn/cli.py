@@ -171,10 +171,11 @@ def validate(
     ] = None,
 ) -> None:
     """Check the class folders (manifest + Great Expectations suite + Data Docs); exit 1 when the data is not valid."""
-    from replearn.data.validation import report_table, validate_dataset
+    from replearn.data.validation import report_table
+    from replearn.stages.validate import stage
 
-    config = state(ctx).config
-    result = validate_dataset(config, data_dir, out or config.validate_.out_dir, on_error=on_error, workers=workers)
+    config = with_values(state(ctx).config, {"validate.on_error": on_error, "validate.workers": workers})
+    result = stage(config, data_dir, out or config.validate_.out_dir)
     stdout.print(report_table(result))
     stdout.print(f"Data Docs: {result.data_docs_path.resolve().as_uri()}", highlight=False)
     stdout.print(f"summary: {result.summary_path}  bad files: {result.bad_files_path}", highlight=False)
@@ -199,10 +200,10 @@ def preprocess_command(
     ] = None,
 ) -> None:
     """Resize every image to the model's input (incremental) and write the seen/unseen train/val/test splits."""
-    from replearn.data.preprocess import preprocess
+    from replearn.stages.preprocess import stage
 
     config = with_values(state(ctx).config, {"preprocess.workers": workers})
-    result = preprocess(config, data_dir, out_dir, only)
+    result = stage(config, data_dir, out_dir, only)
     work = Table(title=f"preprocessed {data_dir} into {out_dir}")
     for column in ("images", "written", "already done", "stale removed", "left out", "undecodable", "duplicates"):
         work.add_column(column, justify="right")
@@ -243,11 +244,11 @@ def train_command(
     """Train the embedding model (ResNet + transformer, Circle loss, PK batches) on the seen train split."""
     import os
 
-    from replearn.training.train import train
+    from replearn.stages.train import stage
 
     options = {"train.iterations": iterations, "train.devices": devices, "train.nproc_per_node": nproc_per_node}
     config = with_values(state(ctx).config, options)
-    result = train(config, preprocessed_dir, out_dir, resume=resume, force=force)
+    result = stage(config, preprocessed_dir, out_dir, resume=resume, force=force)
     if os.environ.get("RANK", "0") != "0":
         return
     summary = result.summary
@@ -274,9 +275,9 @@ def evaluate_command(
     force: Annotated[bool, typer.Option("--force", help="Replace OUT_DIR if it exists.")] = False,
 ) -> None:
     """kNN retrieval metrics on seen and unseen classes, and the similarity threshold calibrated for clustering."""
-    from replearn.evaluation.evaluate import evaluate
+    from replearn.stages.evaluate import stage
 
-    result = evaluate(state(ctx).config, model, preprocessed_dir, out_dir, force=force)
+    result = stage(state(ctx).config, model, preprocessed_dir, out_dir, force=force)
     table = Table(title=f"evaluation in {out_dir}")
     for column in ("classes", "P@1", "R@4", "MAP@R", "kNN acc", "LOO P@1", "NMI"):
         table.add_column(column, justify="right")
@@ -346,12 +347,12 @@ def embed(
     """Embed a folder of images with onnxruntime alone (no torch); unreadable images are skipped and listed."""
     import time
 
-    from replearn.export.embedder import embed_images
+    from replearn.stages.embed import stage
 
     options = {"batch_size": batch_size, "provider": provider, "threads": threads, "format": file_format}
-    cfg = with_values(state(ctx).config, {f"embed.{key}": value for key, value in options.items()}).embed
+    config = with_values(state(ctx).config, {f"embed.{key}": value for key, value in options.items()})
     started = time.perf_counter()
-    result = embed_images(cfg, model, images, out, force=force)
+    result = stage(config, model, images, out, force=force)
     seconds = time.perf_counter() - started
     table = Table(title=f"embeddings in {out}")
     for column in ("images", "dimension", "skipped", "images/s"):
@@ -390,11 +391,11 @@ def export(
     ] = None,
 ) -> None:
     """Export a checkpoint to ONNX with its metadata; fails unless onnxruntime matches eager PyTorch."""
-    from replearn.export.onnx_export import export_model
+    from replearn.stages.export import stage
 
     options = {"export.quantize": quantize, "export.fp16": fp16, "export.exporter": exporter}
-    cfg = with_values(state(ctx).config, options).export
-    result = export_model(cfg, checkpoint, out, images, threshold_file, data_version, threshold)
+    config = with_values(state(ctx).config, options)
+    result = stage(config, checkpoint, out, images, threshold_file, threshold, data_version=data_version)
     title = f"{result.exporter} export to {out.parent}, opset {result.opset}, parity on {result.parity.images} images"
     table = Table(title=title)
     for column in ("file", "MB", "max abs diff", "min cosine"):
@@ -435,10 +436,14 @@ def cluster(
 
     cluster.method: louvain (the default) or components (the seed's rule). Merges are recorded, never renumbered.
     """
-    from replearn.clustering.cluster import cluster_images
+    from replearn.stages.cluster import stage
 
-    config = with_values(state(ctx).config, {"cluster.threshold": threshold, "cluster.min_size": min_size})
-    result = cluster_images(config, model, inbox, out, evaluate=evaluate)
+    options = {
+        "cluster.threshold": threshold,
+        "cluster.min_size": min_size,
+        "cluster.evaluate_labels": evaluate or None,
+    }
+    result = stage(with_values(state(ctx).config, options), model, inbox, out)
     if result.run is None:
         unreadable = f", {len(result.failures)} unreadable" if result.failures else ""
         stdout.print(f"nothing new in {inbox} ({result.images:,} files{unreadable}): {out} unchanged")

@@ -38,7 +38,6 @@ from replearn.atomic import atomic_path
 from replearn.config import Config, ExportConfig
 from replearn.data.images import DECODE_ERRORS, NORMALIZE_MEAN, NORMALIZE_STD, image_to_array, load_image
 from replearn.errors import UserError
-from replearn.evaluation.threshold import read_calibrated, read_threshold
 from replearn.export.embedder import OnnxEmbedder, list_images
 from replearn.export.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata, Precision
 
@@ -272,7 +271,6 @@ def export_model(
     checkpoint: Path,
     out_path: Path,
     images_dir: Path | None = None,
-    threshold_file: Path | None = None,
     data_version: str | None = None,
     threshold: float | None = None,
     resolution: float | None = None,
@@ -281,21 +279,14 @@ def export_model(
     """The `export` stage: checkpoint -> parity-checked ONNX file with metadata (plus int8/fp16 variants).
 
     images_dir: folder of real images for the parity batch (a preprocessed folder also gives the
-    data version: a hash of its splits.csv). threshold_file: evaluation's threshold.json (which also
-    gives the cluster stage's threshold and Louvain resolution); or the values themselves (as a
-    pipeline passes them along), never both.
+    data version: a hash of its splits.csv). threshold, resolution and cluster_threshold: evaluation's
+    calibration, stored in the metadata (stages/export.py reads them from its threshold.json).
     All files are renamed into place together, and only when every check passed.
     """
     import torch
 
     from replearn.training.checkpoint import load_model
 
-    if threshold_file is not None:
-        if threshold is not None:
-            raise UserError("give the threshold or a threshold file, not both")
-        threshold = read_threshold(threshold_file)
-        resolution = read_calibrated(threshold_file, "resolution")
-        cluster_threshold = read_calibrated(threshold_file, "cluster_threshold")
     model, train_config, classes = load_model(checkpoint, device="cpu")
     batch = load_parity_batch(images_dir, train_config, config.parity_images)
     with torch.no_grad():
