@@ -51,7 +51,7 @@ RUN python -m venv /opt/venv \
 COPY --from=wheel /wheels /wheels
 RUN pip install --no-deps /wheels/*.whl && replearn --help > /dev/null
 
-# What the clustering path imports (replearn.clustering, replearn.export.embedder, the CLI) plus zenml for
+# What the clustering path imports (replearn.clustering, replearn.embedding.onnx, the CLI) plus zenml for
 # its steps; onnxruntime-gpu's cuda/cudnn extras bring the CUDA 13 libraries it loads. No torch.
 FROM base AS inference-deps
 ARG STACK_REQUIREMENTS=""
@@ -65,7 +65,7 @@ RUN python -m venv /opt/venv \
 COPY --from=wheel /wheels /wheels
 RUN pip install --no-deps /wheels/*.whl \
     && replearn --help > /dev/null \
-    && python -c "import replearn.clustering.cluster, replearn.export.embedder, sys; assert 'torch' not in sys.modules"
+    && python -c "import replearn.clustering.cluster, replearn.embedding.onnx, sys; assert 'torch' not in sys.modules"
 
 # Runtime targets: the environment is root-owned and read-only for the unprivileged user; /app is its
 # working directory (ZenML downloads the pipeline code into /app/code).

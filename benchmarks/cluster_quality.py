@@ -42,7 +42,7 @@ from replearn.clustering.metrics import clustering_scores
 from replearn.config import ClusterConfig, load_config
 from replearn.data.chars import generate_chars
 from replearn.data.fonts import discover_fonts
-from replearn.export.embedder import OnnxEmbedder, embed_folder
+from replearn.embedding.onnx import OnnxEmbedder, embed_folder
 from replearn.similarity import exact_knn, unit_rows
 
 Method = Callable[[np.ndarray, float], np.ndarray]

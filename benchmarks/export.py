@@ -26,8 +26,8 @@ import torch
 
 from replearn.config import ExportConfig, load_config
 from replearn.data.chars import generate_chars
+from replearn.embedding.onnx import OnnxEmbedder
 from replearn.errors import UserError
-from replearn.export.embedder import OnnxEmbedder
 from replearn.export.onnx_export import ExportResult, export_model
 from replearn.training.checkpoint import load_model, save_checkpoint
 from replearn.training.model import build_model

@@ -101,7 +101,7 @@ def time_onnxruntime_cuda(
         return "n/a: not timing CUDA"
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return f"n/a: onnxruntime {ort.__version__} has no CUDA provider"
-    from replearn.export.embedder import OnnxEmbedder
+    from replearn.embedding.onnx import OnnxEmbedder
     from replearn.export.onnx_export import export_model
     from replearn.training.checkpoint import save_checkpoint
 

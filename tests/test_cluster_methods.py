@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from replearn.artifacts.metadata import ModelMetadata
 from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into, follow_merges, resolve_threshold
 from replearn.clustering.graph import knn_graph
 from replearn.clustering.methods import cluster_embeddings, effective_resolution
 from replearn.clustering.metrics import clustering_scores
 from replearn.config import ClusterConfig
-from replearn.export.metadata import ModelMetadata
 from replearn.similarity import exact_knn
 
 

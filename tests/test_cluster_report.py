@@ -134,7 +134,7 @@ def write_projection_model(path: Path, size: int = 32, dim: int = 16, threshold:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from replearn.export.metadata import ModelMetadata
+    from replearn.artifacts.metadata import ModelMetadata
 
     weights = np.random.default_rng(0).normal(size=(3 * size * size, dim)).astype(np.float32)
     nodes = [

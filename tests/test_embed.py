@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from replearn.cli import app
 from replearn.config import EmbedConfig, ResizeConfig
 from replearn.data.images import image_to_array, load_image
+from replearn.embedding import onnx as embedder_module
+from replearn.embedding.onnx import OnnxEmbedder, embed_folder, embed_images, list_images, read_embeddings
 from replearn.errors import UserError
-from replearn.export import embedder as embedder_module
-from replearn.export.embedder import OnnxEmbedder, embed_folder, embed_images, list_images, read_embeddings
 from replearn.export.onnx_export import ExportResult
 
 runner = CliRunner()
@@ -46,7 +46,7 @@ def test_embed_never_imports_torch(tiny_export: ExportResult, inbox: Path, tmp_p
         "import sys\n"
         "from replearn.cli import app\n"
         f"app(['embed', {str(tiny_export.path)!r}, {str(inbox)!r}, {str(out)!r}], standalone_mode=False)\n"
-        "from replearn.export.embedder import embed_folder\n"
+        "from replearn.embedding.onnx import embed_folder\n"
         f"embed_folder({str(tiny_export.path)!r}, {str(inbox)!r}, batch_size=4)\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))\n"
         "assert not loaded, loaded\n"

@@ -13,13 +13,13 @@ import torch
 from typer.testing import CliRunner
 
 from replearn import __version__
+from replearn.artifacts.metadata import ModelMetadata
 from replearn.cli import app
 from replearn.config import ExportConfig, ResizeConfig
 from replearn.data.images import NORMALIZE_MEAN, NORMALIZE_STD, image_to_array, load_image
+from replearn.embedding.onnx import OnnxEmbedder, read_metadata
 from replearn.errors import UserError
 from replearn.export import onnx_export
-from replearn.export.embedder import OnnxEmbedder, read_metadata
-from replearn.export.metadata import ModelMetadata
 from replearn.export.onnx_export import ExportResult, Parity, check_parity, export_model, hash_config, measure_parity
 from replearn.training.checkpoint import load_model
 

@@ -31,7 +31,7 @@ from test_train import TINY as TRAIN_TINY
 from test_train import rows
 
 if TYPE_CHECKING:
-    from replearn.export.embedder import EmbeddingResult
+    from replearn.embedding.onnx import EmbeddingResult
     from replearn.export.onnx_export import ExportResult
 
 pytestmark = pytest.mark.gpu
@@ -146,7 +146,7 @@ def inbox(chars_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cpu_embeddings(tiny_export: ExportResult, inbox: Path, tmp_path_factory: pytest.TempPathFactory) -> EmbeddingResult:
     """The fp32 model's embeddings of the inbox on the CPU provider: the reference of both variants."""
-    from replearn.export.embedder import read_embeddings
+    from replearn.embedding.onnx import read_embeddings
 
     out = tmp_path_factory.mktemp("cpu-embeddings") / "out"
     embed_without_torch(tiny_export.path, inbox, out, "cpu")
@@ -158,7 +158,7 @@ def cpu_embeddings(tiny_export: ExportResult, inbox: Path, tmp_path_factory: pyt
 def test_embed_on_the_cuda_provider_matches_the_cpu_provider(
     tiny_export: ExportResult, inbox: Path, cpu_embeddings: EmbeddingResult, tmp_path: Path, variant: str
 ) -> None:
-    from replearn.export.embedder import read_embeddings
+    from replearn.embedding.onnx import read_embeddings
 
     model = tiny_export.path if variant == "fp32" else tiny_export.variants["fp16"][0]
     summary = embed_without_torch(model, inbox, tmp_path / "cuda", "cuda")

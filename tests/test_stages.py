@@ -37,6 +37,6 @@ def test_each_stage_reads_only_keys_the_config_has(name: str) -> None:
 
 def test_code_files_follow_lazy_imports_inside_functions() -> None:
     """The cluster stage imports its ONNX embedder inside a function; its files must still count."""
-    assert "replearn.export.embedder" in imported_closure("replearn.stages.cluster")
-    assert Path("src/replearn/export/embedder.py") in STAGES["cluster"].code_files()
+    assert "replearn.embedding.onnx" in imported_closure("replearn.stages.cluster")
+    assert Path("src/replearn/embedding/onnx.py") in STAGES["cluster"].code_files()
     assert not any("training" in path.parts for path in STAGES["cluster"].code_files())  # torch-free

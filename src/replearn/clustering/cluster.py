@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from replearn.artifacts.metadata import ModelMetadata
 from replearn.atomic import atomic_directory, atomic_path, write_bytes_atomic, write_json_atomic
 from replearn.clustering.inbox import HASH_CACHE_NAME, hash_inbox, sha256_file
 from replearn.clustering.placement import latest_exemplars, place_batch
@@ -33,7 +34,6 @@ from replearn.clustering.registry import MEMBER_COLUMNS, Registry, commit_regist
 from replearn.clustering.report import write_report
 from replearn.config import ClusterConfig, Config
 from replearn.errors import UserError
-from replearn.export.metadata import ModelMetadata
 from replearn.similarity import unit_rows
 
 log = logging.getLogger(__name__)
@@ -417,7 +417,7 @@ def with_model_resolution(config: ClusterConfig, metadata: ModelMetadata) -> Clu
 
 def cluster_images(config: Config, model_path: Path, inbox: Path, out_dir: Path, evaluate: bool = False) -> ClusterRun:
     """The `cluster` stage: embed the new images of INBOX with the ONNX model and cluster them into OUT's registry."""
-    from replearn.export.embedder import OnnxEmbedder, embed_folder, list_images
+    from replearn.embedding.onnx import OnnxEmbedder, embed_folder, list_images
 
     names = list_images(inbox)
     if not names:

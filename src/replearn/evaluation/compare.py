@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from replearn.artifacts.threshold import read_threshold
 from replearn.config import Config
 from replearn.evaluation.embedding import embed_files, open_model
-from replearn.evaluation.threshold import read_threshold
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ def open_model(model_path: Path, config: Config) -> LoadedModel:
     if not model_path.is_file():
         raise UserError(f"model {model_path} does not exist")
     if is_onnx(model_path):
-        from replearn.export.embedder import OnnxEmbedder
+        from replearn.embedding.onnx import OnnxEmbedder
 
         onnx = OnnxEmbedder(model_path, provider=config.embed.provider, threads=config.embed.threads)
         return LoadedModel(onnx, "onnx", onnx.metadata.threshold)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from replearn.artifacts.threshold import THRESHOLD_FILE, write_threshold
 from replearn.atomic import atomic_directory, write_json_atomic, write_text_atomic
 from replearn.config import Config, EvaluateConfig
 from replearn.data.splits import SUBSETS, read_splits
@@ -42,7 +43,6 @@ from replearn.evaluation.plots import (
 )
 from replearn.evaluation.resolution import ClusteringChoice, choose_clustering, clustering_quality, louvain_config
 from replearn.evaluation.retrieval import RetrievalScores, score_retrieval
-from replearn.evaluation.threshold import THRESHOLD_FILE, write_threshold
 
 log = logging.getLogger(__name__)
 

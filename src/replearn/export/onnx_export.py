@@ -34,12 +34,12 @@ import onnx
 from PIL import Image
 
 from replearn import __version__
+from replearn.artifacts.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata, Precision
 from replearn.atomic import atomic_path
 from replearn.config import Config, ExportConfig
 from replearn.data.images import DECODE_ERRORS, NORMALIZE_MEAN, NORMALIZE_STD, image_to_array, load_image
+from replearn.embedding.onnx import OnnxEmbedder, list_images
 from replearn.errors import UserError
-from replearn.export.embedder import OnnxEmbedder, list_images
-from replearn.export.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata, Precision
 
 if TYPE_CHECKING:
     import torch

@@ -1,11 +1,11 @@
-"""The embed stage: embed a folder of images with the ONNX model alone, no torch (export/embedder.py)."""
+"""The embed stage: embed a folder of images with the ONNX model alone, no torch (embedding/onnx.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from replearn.config import Config
-from replearn.export.embedder import EmbeddingResult, embed_images
+from replearn.embedding.onnx import EmbeddingResult, embed_images
 
 
 def stage(config: Config, model: Path, images_dir: Path, out_dir: Path, force: bool = False) -> EmbeddingResult:

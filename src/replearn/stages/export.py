@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from replearn.artifacts.threshold import read_calibrated, read_threshold
 from replearn.config import Config
 from replearn.errors import UserError
-from replearn.evaluation.threshold import read_calibrated, read_threshold
 from replearn.export.onnx_export import ExportResult, export_model
 
 

@@ -24,12 +24,12 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
+from replearn.artifacts.metadata import ModelMetadata
 from replearn.atomic import atomic_directory
 from replearn.config import EmbedConfig
 from replearn.console import make_progress
 from replearn.data.images import DECODE_ERRORS, image_to_array, load_image
 from replearn.errors import UserError
-from replearn.export.metadata import ModelMetadata
 
 log = logging.getLogger(__name__)
 
