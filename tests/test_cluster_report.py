@@ -263,3 +263,20 @@ def test_a_file_name_that_is_not_utf8_is_listed_and_the_runs_go_on(inbox: Path, 
     assert second.run is None and second.failures == listed
     failures = (out / "runs" / "run-000001" / "failures.csv").read_text(encoding="utf-8")
     assert "bad_name_\\xff\\xfe.png,the file name is not valid UTF-8" in failures
+
+
+def test_an_undecodable_inbox_file_is_listed_with_its_inbox_path(inbox: Path, tmp_path: Path) -> None:
+    """New images are embedded where they are (no staging copy), so failures name the inbox's own files."""
+    from replearn.clustering.cluster import cluster_images
+    from replearn.config import build_config
+
+    model, out = tmp_path / "model.onnx", tmp_path / "out"
+    write_projection_model(model)
+    (inbox / CLASSES[0] / "text.png").write_text("not an image")
+    run = cluster_images(build_config({"cluster": {"min_size": 2}, "embed": {"provider": "cpu"}}), model, inbox, out)
+    assert run.new_images == 24
+    assert [path for path, _ in run.failures] == [f"{CLASSES[0]}/text.png"]
+    assert run.run_dir is not None
+    listed = (run.run_dir / "failures.csv").read_text().splitlines()
+    assert listed[0] == "path,error" and listed[1].startswith(f"{CLASSES[0]}/text.png,")
+    assert "replearn-cluster-" not in listed[1]  # no temporary folder's name in the message

@@ -17,7 +17,6 @@ A run, under OUT's lock:
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -439,14 +438,10 @@ def cluster_images(config: Config, model_path: Path, inbox: Path, out_dir: Path,
         check_compatible(registry, model_id, embedder.metadata.embedding_dim)
         threshold = resolve_threshold(config.cluster, embedder.metadata, model_path)
         settings = with_model_resolution(config.cluster, embedder.metadata)
-        with tempfile.TemporaryDirectory(prefix="replearn-cluster-") as staging:
-            # The embedder takes a folder: give it one that links to the new images only.
-            for i in new:
-                link = Path(staging) / hashes.paths[i]
-                link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to((inbox / hashes.paths[i]).resolve())
-            result = embed_folder(embedder, staging, batch_size=config.embed.batch_size, workers=config.embed.workers)
-            failures = hashes.failures + [(path, error.replace(staging, str(inbox))) for path, error in result.failures]
+        new_paths = [hashes.paths[i] for i in new]
+        embed = config.embed
+        result = embed_folder(embedder, inbox, batch_size=embed.batch_size, workers=embed.workers, names=new_paths)
+        failures = hashes.failures + result.failures
         digest_of = {hashes.paths[i]: hashes.sha256[i] for i in new}
         batch = ImageBatch(
             paths=result.paths,

@@ -185,15 +185,17 @@ def embed_folder(
     folder: Path | str,
     batch_size: int = 64,
     workers: int = 0,
+    names: Sequence[str] | None = None,
 ) -> EmbeddingResult:
-    """Embed every readable image below `folder`; unreadable ones are skipped and listed in `failures`.
+    """Embed every readable image below `folder` (or the `names` below it); unreadable ones are listed in `failures`.
 
     Decoding runs on a thread pool (Pillow releases the GIL) one batch ahead of inference, so
-    onnxruntime rarely waits for images. `workers` 0 means one thread per core.
+    onnxruntime rarely waits for images. `workers` 0 means one thread per core. Paths in the
+    result and in `failures` are relative to `folder`, as `names` are.
     """
     embedder = model if isinstance(model, OnnxEmbedder) else OnnxEmbedder(model)
     folder = Path(folder)
-    names = list_images(folder)
+    names = list_images(folder) if names is None else list(names)
     paths: list[str] = []
     chunks: list[np.ndarray] = []
     failures: list[tuple[str, str]] = []
