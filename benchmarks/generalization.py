@@ -38,9 +38,9 @@ from replearn.console import setup_logging
 from replearn.data.chars import generate_chars
 from replearn.data.preprocess import preprocess
 from replearn.data.splits import SUBSETS, read_splits
-from replearn.evaluation.evaluate import evaluate
 from replearn.evaluation.retrieval import score_retrieval
 from replearn.similarity import unit_rows
+from replearn.stages.evaluate import stage as evaluate
 from replearn.training.data import decode_files
 from replearn.training.train import train
 

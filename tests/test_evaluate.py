@@ -13,13 +13,13 @@ from typer.testing import CliRunner
 
 from replearn.artifacts.threshold import read_threshold, write_threshold
 from replearn.cli import app
+from replearn.clustering.calibration import CLUSTER_THRESHOLD_STEPS, RESOLUTIONS
 from replearn.config import Config, load_config
 from replearn.data.splits import read_splits
 from replearn.embedding.onnx import read_metadata
 from replearn.errors import UserError
 from replearn.evaluation.compare import compare_images
-from replearn.evaluation.evaluate import evaluate
-from replearn.evaluation.resolution import CLUSTER_THRESHOLD_STEPS, RESOLUTIONS
+from replearn.stages.evaluate import stage as evaluate
 
 runner = CliRunner()
 

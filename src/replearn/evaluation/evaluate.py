@@ -8,14 +8,16 @@ Micro averages (over queries) carry the plain name, macro averages (over classes
 The precision drop is seen minus unseen precision@1: how much worse the model does on classes it
 never trained on. The pair threshold (same class at or above it) is calibrated on the val split and
 checked on test pairs; the cluster stage's threshold and Louvain resolution are calibrated together on
-the same images, at or below it (resolution.py), and checked as clusters of each test subset
-(`<subset>/clusters/<metric>`).
+the same images, at or below it, and checked as clusters of each test subset
+(`<subset>/clusters/<metric>`). That calibration is the cluster stage's (clustering/calibration.py),
+so `evaluate` takes it as a function (`calibrate_clusters`), which stages/evaluate.py passes in.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import pandas as pd
 
 from replearn.artifacts.threshold import THRESHOLD_FILE, write_threshold
 from replearn.atomic import atomic_directory, write_json_atomic, write_text_atomic
-from replearn.config import Config, EvaluateConfig
+from replearn.config import ClusterConfig, Config, EvaluateConfig
 from replearn.data.splits import SUBSETS, read_splits
 from replearn.errors import UserError
 from replearn.evaluation.calibration import PairCurve, ThresholdChoice, choose_threshold, count_pairs, score_threshold
@@ -41,7 +43,6 @@ from replearn.evaluation.plots import (
     plot_worst_queries,
     project_2d,
 )
-from replearn.evaluation.resolution import ClusteringChoice, choose_clustering, clustering_quality, louvain_config
 from replearn.evaluation.retrieval import RetrievalScores, score_retrieval
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,22 @@ class EvaluationResult:
     threshold: float  # pairs: two images are the same class at or above it (compare, cluster.method components)
     cluster_threshold: float  # the Louvain graph's pruning, calibrated with the resolution
     resolution: float
+
+
+@dataclass(frozen=True)
+class ClusterCalibration:
+    """The cluster stage's threshold and resolution, the val F1 they gave, and the cluster metrics to report."""
+
+    threshold: float
+    resolution: float
+    f1: float
+    metrics: dict[str, float]
+
+
+# (embeddings, labels, pair threshold, cluster config, calibration split name, {subset: (embeddings, labels)})
+CalibrateClusters = Callable[
+    [np.ndarray, np.ndarray, float, ClusterConfig, str, dict[str, tuple[np.ndarray, np.ndarray]]], ClusterCalibration
+]
 
 
 @dataclass
@@ -204,26 +221,6 @@ def calibrate(data: SplitData, settings: EvaluateConfig) -> tuple[str, np.ndarra
     raise UserError(f"{data.root / 'splits.csv'}: no split has two images of one class to calibrate a threshold on")
 
 
-def calibrate_clustering(
-    data: SplitData, split: str, rows: np.ndarray, pair_threshold: float, config: Config, subsets: list[str]
-) -> tuple[ClusteringChoice, dict[str, float]]:
-    """Choose the cluster stage's threshold and resolution on the calibration rows, then cluster each test subset."""
-    choice = choose_clustering(data.embeddings[rows], data.codes[rows], pair_threshold, config.cluster)
-    metrics = {
-        "cluster/threshold": choice.threshold,
-        "cluster/resolution": choice.resolution,
-        f"cluster/{split}_class_subsets/pairwise_f1": choice.subsets_f1,
-    }
-    metrics |= prefixed(f"cluster/{split}/", choice.scores)
-    calibrated = louvain_config(config.cluster, choice.resolution)
-    settings = config.evaluate
-    for subset in subsets:
-        test_rows = sample_rows(data.rows("test", subset), settings.calibration_max_images, settings.seed)
-        quality = clustering_quality(data.embeddings[test_rows], data.codes[test_rows], choice.threshold, calibrated)
-        metrics |= prefixed(f"{subset}/clusters/", quality)
-    return choice, metrics
-
-
 def score_test_pairs(data: SplitData, subset: str, threshold: float, settings: EvaluateConfig) -> dict[str, float]:
     """Pairwise precision/recall/F1 of the calibrated threshold on one subset's test images."""
     rows = sample_rows(data.rows("test", subset), settings.calibration_max_images, settings.seed)
@@ -276,9 +273,18 @@ def group_overlap(frame: pd.DataFrame) -> dict[str, float]:
 
 
 def evaluate(
-    config: Config, model_path: Path, preprocessed_dir: Path, out_dir: Path, force: bool = False
+    config: Config,
+    model_path: Path,
+    preprocessed_dir: Path,
+    out_dir: Path,
+    calibrate_clusters: CalibrateClusters,
+    force: bool = False,
 ) -> EvaluationResult:
-    """Evaluate `model_path` (checkpoint or ONNX) on `preprocessed_dir`; write metrics, tables, threshold and plots."""
+    """Evaluate `model_path` (checkpoint or ONNX) on `preprocessed_dir`; write metrics, tables, threshold and plots.
+
+    `calibrate_clusters` chooses the cluster stage's threshold and resolution on the calibration images
+    and scores them on each test subset (clustering.calibration.calibrate_clusters).
+    """
     settings = config.evaluate
     model_path, preprocessed_dir = Path(model_path), Path(preprocessed_dir)
     if out_dir.exists() and not force:
@@ -304,10 +310,19 @@ def evaluate(
     metrics |= prefixed("threshold/", {"precision": choice.precision, "recall": choice.recall, "f1": choice.f1})
     for subset in evaluated:
         metrics |= prefixed(f"{subset}/", score_test_pairs(data, subset, choice.threshold, settings))
-    clustering, cluster_metrics = calibrate_clustering(
-        data, calibration_split, calibration_rows, choice.threshold, config, evaluated
+    test_sets = {}
+    for subset in evaluated:
+        test_rows = sample_rows(data.rows("test", subset), settings.calibration_max_images, settings.seed)
+        test_sets[subset] = (data.embeddings[test_rows], data.codes[test_rows])
+    clustering = calibrate_clusters(
+        data.embeddings[calibration_rows],
+        data.codes[calibration_rows],
+        choice.threshold,
+        config.cluster,
+        calibration_split,
+        test_sets,
     )
-    metrics |= cluster_metrics
+    metrics |= clustering.metrics
     metrics = {key: float(value) for key, value in sorted(metrics.items()) if math.isfinite(value)}
     threshold_details = {
         "objective": settings.threshold_objective,
@@ -322,7 +337,7 @@ def evaluate(
         "model": str(model_path),
         "cluster_threshold": clustering.threshold,
         "resolution": clustering.resolution,
-        "resolution_f1": clustering.scores["pairwise_f1"],
+        "resolution_f1": clustering.f1,
     }
 
     with atomic_directory(out_dir, replace=force) as temporary:

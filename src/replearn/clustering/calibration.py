@@ -1,5 +1,9 @@
 """The cluster stage's threshold and Louvain resolution, calibrated together on the val split.
 
+`calibrate_clusters` is what the evaluate stage hands to `evaluation.evaluate` (stages/evaluate.py):
+evaluation sits below clustering in the layers, so it takes the calibration as a function instead of
+importing the cluster stage's methods.
+
 The cluster stage's default method (clustering/methods.py) prunes the kNN graph at a threshold and
 splits it into Louvain communities; how finely depends on the resolution per connected component,
 rho. Both are chosen here, on the same labelled val images as the pair threshold, as the pair of
@@ -30,6 +34,7 @@ from replearn.clustering.graph import knn_graph
 from replearn.clustering.methods import cluster_embeddings, communities_of
 from replearn.clustering.metrics import clustering_scores
 from replearn.config import ClusterConfig
+from replearn.evaluation.evaluate import ClusterCalibration
 from replearn.similarity import as_rows
 
 RESOLUTIONS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0)
@@ -121,3 +126,30 @@ def choose_clustering(
     ]
     best = max(choice.subsets_f1 for choice in choices)
     return next(choice for choice in choices if choice.subsets_f1 >= best - TOLERANCE)
+
+
+def calibrate_clusters(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    pair_threshold: float,
+    config: ClusterConfig,
+    split: str,
+    test_sets: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> ClusterCalibration:
+    """Choose the threshold and resolution on the `split` images, then cluster each test set with them.
+
+    Metrics: `cluster/threshold`, `cluster/resolution`, the chosen scores under `cluster/<split>/` and
+    the mean F1 over class subsets, and each test set's scores under `<subset>/clusters/`.
+    """
+    choice = choose_clustering(embeddings, labels, pair_threshold, config)
+    metrics = {
+        "cluster/threshold": choice.threshold,
+        "cluster/resolution": choice.resolution,
+        f"cluster/{split}_class_subsets/pairwise_f1": choice.subsets_f1,
+    }
+    metrics |= {f"cluster/{split}/{key}": value for key, value in choice.scores.items()}
+    calibrated = louvain_config(config, choice.resolution)
+    for subset, (test_embeddings, test_labels) in test_sets.items():
+        quality = clustering_quality(test_embeddings, test_labels, choice.threshold, calibrated)
+        metrics |= {f"{subset}/clusters/{key}": value for key, value in quality.items()}
+    return ClusterCalibration(choice.threshold, choice.resolution, choice.scores["pairwise_f1"], metrics)
