@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from replearn.config import default_config_path, load_config
+from replearn.config import load_config
 from replearn.console import setup_logging
 from replearn.errors import UserError
 from replearn.schedule import (
@@ -44,7 +44,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode=None,
 )
-CronOption = Annotated[str | None, typer.Option(help="Crontab expression [default: schedule.cron of ./params.yaml].")]
+CronOption = Annotated[
+    str | None, typer.Option(help="Crontab expression [default: schedule.cron of the repository's params.yaml].")
+]
 
 
 def clustering_command(repo_root: Path) -> str:
@@ -58,7 +60,9 @@ def clustering_command(repo_root: Path) -> str:
 
 
 def entry(cron: str | None) -> CronEntry:
-    when = validate_cron(cron or load_config(default_config_path()).schedule.cron)
+    """The entry for `cron`, or for the schedule in the params.yaml the scheduled runs will read (the repository's)."""
+    params = REPO_ROOT / "params.yaml"
+    when = validate_cron(cron or load_config(params if params.is_file() else None).schedule.cron)
     return CronEntry(cron=when, command=clustering_command(REPO_ROOT), tag=TAG)
 
 

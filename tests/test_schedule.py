@@ -81,3 +81,12 @@ def test_the_entry_runs_in_this_repository_and_is_found_by_its_tag(tmp_path: Pat
     assert schedule("install", env=env, repo_root=repo_root).returncode == 0
     (line,) = table.read_text().splitlines()
     assert line.startswith(f"0 * * * * cd {repo_root} && ")
+
+
+def test_the_default_schedule_is_the_repositorys_whatever_the_working_folder(tmp_path: Path, repo_root: Path) -> None:
+    """Cron runs the pipeline with the repository's params.yaml, so its schedule.cron is the default."""
+    (tmp_path / "params.yaml").write_text("schedule:\n  cron: '5 5 * * *'\n")
+    command = [sys.executable, str(repo_root / "pipelines" / "schedule.py"), "show"]
+    result = subprocess.run(command, capture_output=True, text=True, env=environment(tmp_path, False), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not result.stdout.startswith("5 5 * * *") and f"cd {repo_root} && " in result.stdout
