@@ -9,7 +9,6 @@ after `outputs/` is cleaned, and a remote orchestrator can load them anywhere.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from enum import StrEnum
@@ -21,6 +20,7 @@ from zenml.enums import ArtifactType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
+from replearn.artifacts.hashing import sha256_file
 from replearn.errors import UserError
 
 
@@ -58,14 +58,6 @@ class FolderRef(BaseModel):
         return path
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class ModelFile(BaseModel):
     """A model file (PyTorch checkpoint or ONNX) on the local disk, with its content hash."""
 
@@ -74,7 +66,7 @@ class ModelFile(BaseModel):
 
     @classmethod
     def of(cls, path: Path) -> ModelFile:
-        return cls(path=str(path), sha256=sha256_of(path))
+        return cls(path=str(path), sha256=sha256_file(path))
 
 
 class ModelFileMaterializer(BaseMaterializer):

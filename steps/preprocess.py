@@ -5,7 +5,8 @@ from typing import Annotated, Any
 
 from zenml import log_metadata, step
 
-from steps.artifacts import ArtifactName, FolderRef, sha256_of
+from replearn.artifacts.hashing import sha256_file
+from steps.artifacts import ArtifactName, FolderRef
 from steps.stage_config import library_cache_policy, rebuild, stage_dir
 
 
@@ -30,4 +31,4 @@ def preprocess(
             "left_out": result.left_out,
         }
     )
-    return FolderRef(path=str(out_dir), digest=sha256_of(out_dir / SPLITS_FILE))
+    return FolderRef(path=str(out_dir), digest=sha256_file(out_dir / SPLITS_FILE))

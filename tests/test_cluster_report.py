@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from replearn.artifacts.hashing import sha256_file
 from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into
-from replearn.clustering.inbox import sha256_file
 from replearn.config import ClusterConfig
 
 CLASSES = ["digit_1", "upper_A", "lower_q"]

@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from replearn.artifacts.hashing import sha256_file
 from replearn.artifacts.metadata import ModelMetadata
 from replearn.atomic import atomic_directory, atomic_path, write_bytes_atomic, write_json_atomic
-from replearn.clustering.inbox import HASH_CACHE_NAME, hash_inbox, sha256_file
+from replearn.clustering.inbox import HASH_CACHE_NAME, hash_inbox
 from replearn.clustering.placement import latest_exemplars, place_batch
 from replearn.clustering.registry import MEMBER_COLUMNS, Registry, commit_registry, load_registry, registry_lock
 from replearn.clustering.report import write_report

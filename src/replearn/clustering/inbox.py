@@ -7,13 +7,13 @@ The cache only saves reading; losing it costs one full pass and changes no resul
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from replearn.artifacts.hashing import sha256_file
 from replearn.atomic import atomic_path
 from replearn.console import track
 
@@ -21,12 +21,6 @@ log = logging.getLogger(__name__)
 
 HASH_CACHE_NAME = "inbox_hashes.parquet"
 CACHE_COLUMNS = ["path", "bytes", "mtime_ns", "sha256"]
-
-
-def sha256_file(path: Path) -> str:
-    """Content hash of a file, read in chunks."""
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @dataclass

@@ -27,7 +27,7 @@ import pandas as pd
 from replearn.artifacts.threshold import THRESHOLD_FILE, write_threshold
 from replearn.atomic import atomic_directory, write_json_atomic, write_text_atomic
 from replearn.config import ClusterConfig, Config, EvaluateConfig
-from replearn.data.splits import SUBSETS, read_splits
+from replearn.data.splits import SPLITS_FILE, SUBSETS, read_splits
 from replearn.errors import UserError
 from replearn.evaluation.calibration import PairCurve, ThresholdChoice, choose_threshold, count_pairs, score_threshold
 from replearn.evaluation.embedding import embed_files, open_model
@@ -111,12 +111,12 @@ def sample_rows(rows: np.ndarray, limit: int, seed: int) -> np.ndarray:
 def load_split_data(config: Config, model_path: Path, preprocessed_dir: Path) -> SplitData:
     frame = read_splits(preprocessed_dir)
     if frame.empty:
-        raise UserError(f"{preprocessed_dir / 'splits.csv'} lists no images")
+        raise UserError(f"{preprocessed_dir / SPLITS_FILE} lists no images")
     paths = [preprocessed_dir / p for p in frame["path"]]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise UserError(
-            f"{len(missing)} images listed in {preprocessed_dir / 'splits.csv'} are missing, e.g. {missing[0]}; "
+            f"{len(missing)} images listed in {preprocessed_dir / SPLITS_FILE} are missing, e.g. {missing[0]}; "
             "rerun `replearn preprocess`"
         )
     model = open_model(model_path, config)
@@ -218,7 +218,7 @@ def calibrate(data: SplitData, settings: EvaluateConfig) -> tuple[str, np.ndarra
             log.warning("the val split has no two images of one class; calibrating the threshold on train (biased)")
         choice = choose_threshold(curve, settings.threshold_objective, settings.target_precision)
         return split, rows, curve, choice
-    raise UserError(f"{data.root / 'splits.csv'}: no split has two images of one class to calibrate a threshold on")
+    raise UserError(f"{data.root / SPLITS_FILE}: no split has two images of one class to calibrate a threshold on")
 
 
 def score_test_pairs(data: SplitData, subset: str, threshold: float, settings: EvaluateConfig) -> dict[str, float]:
@@ -295,7 +295,7 @@ def evaluate(
     worst: dict[str, list[WorstQuery]] = {}
     evaluated = [subset for subset in SUBSETS if len(data.rows("test", subset))]
     if not evaluated:
-        raise UserError(f"{preprocessed_dir / 'splits.csv'} has no test images to evaluate")
+        raise UserError(f"{preprocessed_dir / SPLITS_FILE} has no test images to evaluate")
     for subset in evaluated:
         subset_metrics, subset_tables, worst[subset] = score_subset(data, subset, settings)
         metrics |= prefixed(f"{subset}/", subset_metrics)

@@ -38,6 +38,7 @@ from replearn.artifacts.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata, 
 from replearn.atomic import atomic_path
 from replearn.config import Config, ExportConfig
 from replearn.data.images import DECODE_ERRORS, NORMALIZE_MEAN, NORMALIZE_STD, image_to_array, load_image
+from replearn.data.splits import SPLITS_FILE
 from replearn.embedding.onnx import OnnxEmbedder, list_images
 from replearn.errors import UserError
 
@@ -109,8 +110,8 @@ def describe_data(images_dir: Path | None, data_version: str | None) -> str:
     """The given version string, else a hash of the preprocessed splits.csv, else 'unknown'."""
     if data_version:
         return data_version
-    if images_dir is not None and (images_dir / "splits.csv").is_file():
-        return "splits-" + hashlib.sha256((images_dir / "splits.csv").read_bytes()).hexdigest()[:HASH_CHARS]
+    if images_dir is not None and (images_dir / SPLITS_FILE).is_file():
+        return "splits-" + hashlib.sha256((images_dir / SPLITS_FILE).read_bytes()).hexdigest()[:HASH_CHARS]
     return "unknown"
 
 
