@@ -180,3 +180,31 @@ def test_a_failing_cuda_session_is_an_error_when_cuda_was_asked_for(
     failing_cuda.clear()
     OnnxEmbedder(tiny_export.path, provider="cpu")
     assert [call.get("providers") for call in failing_cuda] == [["CPUExecutionProvider"]] * 2  # metadata, session
+
+
+class ConstantEmbedder:
+    """Decodes a file to its first byte as one float and embeds a batch as itself: easy to check by hand."""
+
+    def load(self, path: Path) -> np.ndarray:
+        data = path.read_bytes()
+        if not data.startswith(b"ok"):
+            raise OSError("not an image")
+        return np.array([float(data[2])], dtype=np.float32)
+
+    def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
+        return batch
+
+
+def test_embed_paths_keeps_the_order_and_skips_or_raises_on_a_bad_file(tmp_path: Path) -> None:
+    from replearn.embedding.batches import embed_paths
+
+    paths = []
+    for index, content in enumerate([b"ok\x01", b"bad", b"ok\x03", b"ok\x04", b"ok\x05"]):
+        paths.append(tmp_path / f"{index}.png")
+        paths[-1].write_bytes(content)
+    skipped = embed_paths(ConstantEmbedder(), paths, batch_size=2, workers=2)
+    assert skipped.kept == [0, 2, 3, 4]
+    assert skipped.embeddings.ravel().tolist() == [1.0, 3.0, 4.0, 5.0]
+    assert skipped.failures == [(1, "OSError: not an image")]
+    with pytest.raises(UserError, match=r"cannot read image .*1\.png: OSError: not an image"):
+        embed_paths(ConstantEmbedder(), paths, batch_size=2, on_error="raise")

@@ -15,8 +15,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -27,8 +26,8 @@ import onnxruntime as ort
 from replearn.artifacts.metadata import ModelMetadata
 from replearn.atomic import atomic_directory
 from replearn.config import EmbedConfig
-from replearn.console import make_progress
-from replearn.data.images import DECODE_ERRORS, image_to_array, load_image
+from replearn.data.images import image_to_array, load_image
+from replearn.embedding.batches import embed_paths
 from replearn.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -167,19 +166,6 @@ def list_images(folder: Path) -> list[str]:
     return sorted(found)
 
 
-def _decode(embedder: OnnxEmbedder, path: Path) -> np.ndarray | str:
-    """The model input for one file, or the reason it could not be read."""
-    try:
-        return embedder.load(path)
-    except DECODE_ERRORS as error:
-        return f"{type(error).__name__}: {error}"
-
-
-def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def embed_folder(
     model: OnnxEmbedder | Path | str,
     folder: Path | str,
@@ -189,41 +175,19 @@ def embed_folder(
 ) -> EmbeddingResult:
     """Embed every readable image below `folder` (or the `names` below it); unreadable ones are listed in `failures`.
 
-    Decoding runs on a thread pool (Pillow releases the GIL) one batch ahead of inference, so
-    onnxruntime rarely waits for images. `workers` 0 means one thread per core. Paths in the
-    result and in `failures` are relative to `folder`, as `names` are.
+    Paths in the result and in `failures` are relative to `folder`, as `names` are. Decoding runs on
+    `workers` threads one batch ahead of inference (embedding/batches.py), 0 for one per core.
     """
     embedder = model if isinstance(model, OnnxEmbedder) else OnnxEmbedder(model)
     folder = Path(folder)
     names = list_images(folder) if names is None else list(names)
-    paths: list[str] = []
-    chunks: list[np.ndarray] = []
-    failures: list[tuple[str, str]] = []
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool, make_progress() as progress:
-        task = progress.add_task(f"embedding {folder}", total=len(names), unit="images")
-
-        def submit(batch: Sequence[str]) -> list[tuple[str, Future[np.ndarray | str]]]:
-            return [(name, pool.submit(_decode, embedder, folder / name)) for name in batch]
-
-        batches = _batches(names, batch_size)
-        pending = submit(next(batches, []))
-        while pending:
-            current, pending = pending, submit(next(batches, []))
-            arrays = []
-            for name, future in current:
-                decoded = future.result()
-                if isinstance(decoded, str):
-                    failures.append((name, decoded))
-                    log.warning("skipped %s: %s", folder / name, decoded)
-                else:
-                    paths.append(name)
-                    arrays.append(decoded)
-            if arrays:
-                chunks.append(embedder.embed_arrays(np.stack(arrays)))
-            progress.advance(task, len(current))
+    done = embed_paths(embedder, [folder / name for name in names], batch_size, workers, "skip", f"embedding {folder}")
+    failures = [(names[position], reason) for position, reason in done.failures]
+    for name, reason in failures:
+        log.warning("skipped %s: %s", folder / name, reason)
     dim = embedder.metadata.embedding_dim
-    embeddings = np.concatenate(chunks) if chunks else np.zeros((0, dim), dtype=np.float32)
-    return EmbeddingResult(paths=paths, embeddings=embeddings, failures=failures)
+    embeddings = done.embeddings if done.kept else np.zeros((0, dim), dtype=np.float32)
+    return EmbeddingResult(paths=[names[position] for position in done.kept], embeddings=embeddings, failures=failures)
 
 
 def write_embeddings(result: EmbeddingResult, out_dir: Path, file_format: Literal["npy", "parquet"]) -> None:

@@ -1,57 +1,21 @@
-"""Embed a list of image files with either kind of model: a PyTorch checkpoint or an exported ONNX file.
+"""Open either kind of model for evaluation, a PyTorch checkpoint or an exported ONNX file, and embed labelled files.
 
 Evaluating the ONNX file checks what will be deployed; evaluating the checkpoint needs no export
-first. Both sides offer the same two operations (decode one file into the model's input, embed a
-batch), so one loop with one progress bar serves both. torch is imported only for checkpoints, so
-`replearn compare` with an ONNX model runs in a torch-free image.
+first. Both embedders offer the same two operations (embedding/onnx.py, embedding/torch.py), so one
+loop (embedding/batches.py) serves both.
 """
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
-from replearn.config import Config, ResizeConfig
-from replearn.console import make_progress
-from replearn.data.images import image_to_array, load_image
+from replearn.config import Config
+from replearn.embedding.batches import Embedder, embed_paths
 from replearn.errors import UserError
 from replearn.similarity import unit_rows
-
-
-class Embedder(Protocol):
-    """What the embedding loop needs from a model: decode one file, embed one batch."""
-
-    def load(self, path: Path) -> np.ndarray: ...
-
-    def embed_arrays(self, batch: np.ndarray) -> np.ndarray: ...
-
-
-class TorchEmbedder:
-    """A trained checkpoint behind the OnnxEmbedder interface; images resized as the checkpoint was trained."""
-
-    def __init__(self, checkpoint: Path, devices: str) -> None:
-        import torch
-
-        from replearn.training.checkpoint import load_model
-        from replearn.training.distributed import RankInfo, select_device
-
-        self._torch = torch
-        self.device = select_device(devices, RankInfo.from_env())
-        self.model, trained_config, self.classes = load_model(checkpoint, self.device)
-        self.resize: ResizeConfig = trained_config.preprocess.resize
-
-    def load(self, path: Path) -> np.ndarray:
-        return image_to_array(load_image(path, self.resize))
-
-    def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
-        with self._torch.inference_mode():
-            output = self.model(self._torch.from_numpy(batch).to(self.device))
-        return output.float().cpu().numpy()
 
 
 @dataclass
@@ -73,7 +37,10 @@ def is_onnx(model_path: Path) -> bool:
 
 
 def open_model(model_path: Path, config: Config) -> LoadedModel:
-    """The embedder for `model_path`: onnxruntime with the `embed` settings, or torch on `train.devices`."""
+    """The embedder for `model_path`: onnxruntime with the `embed` settings, or torch on `train.devices`.
+
+    torch is imported only for a checkpoint, so `replearn compare` with an ONNX model runs without it.
+    """
     if not model_path.is_file():
         raise UserError(f"model {model_path} does not exist")
     if is_onnx(model_path):
@@ -81,28 +48,21 @@ def open_model(model_path: Path, config: Config) -> LoadedModel:
 
         onnx = OnnxEmbedder(model_path, provider=config.embed.provider, threads=config.embed.threads)
         return LoadedModel(onnx, "onnx", onnx.metadata.threshold)
-    return LoadedModel(TorchEmbedder(model_path, config.train.devices), "checkpoint", None)
+    from replearn.embedding.torch import TorchEmbedder
+    from replearn.training.checkpoint import load_model
+    from replearn.training.distributed import RankInfo, select_device
+
+    device = select_device(config.train.devices, RankInfo.from_env())
+    model, trained_config, _ = load_model(model_path, device)
+    return LoadedModel(TorchEmbedder(model, trained_config.preprocess.resize, device), "checkpoint", None)
 
 
 def embed_files(embedder: Embedder, paths: list[Path], batch_size: int, description: str = "embedding") -> np.ndarray:
-    """(N, D) float32 embeddings of `paths`, in order. Files are decoded on threads (Pillow releases the GIL).
+    """(N, D) unit-length embeddings of `paths`, in order; a file that cannot be decoded is an error naming it.
 
-    A file that cannot be decoded is an error naming it: evaluation needs every labelled image.
+    Evaluation needs every labelled image, so nothing is skipped.
     """
-
-    def decode(path: Path) -> np.ndarray:
-        try:
-            return embedder.load(path)
-        except Exception as error:  # Pillow raises OSError, ValueError, SyntaxError, ...
-            raise UserError(f"cannot read image {path}: {type(error).__name__}: {error}") from None
-
-    chunks: list[np.ndarray] = []
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, make_progress() as progress:
-        task = progress.add_task(description, total=len(paths), unit="images")
-        for start in range(0, len(paths), batch_size):
-            batch = paths[start : start + batch_size]
-            chunks.append(embedder.embed_arrays(np.stack(list(pool.map(decode, batch)))))
-            progress.advance(task, len(batch))
-    if not chunks:
+    if not paths:
         raise UserError("no images to embed")
-    return unit_rows(np.concatenate(chunks))
+    done = embed_paths(embedder, paths, batch_size, on_error="raise", description=description)
+    return unit_rows(done.embeddings)
