@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -60,6 +61,17 @@ def test_output_follows_the_contract(preprocessed: Path, chars_dir: Path) -> Non
         assert row.path == f"images/{row.label}/{row.sha256[:16]}_{Path(row.path).stem.split('_')[1]}.png"
         assert row.group == row.source.split("/")[1].split("_")[0]
     assert set(outputs(preprocessed)) == set(table["path"])
+
+
+def test_the_summary_is_read_back_for_resize_and_data_version(preprocessed: Path, tmp_path: Path) -> None:
+    """Training and export read the resize and the data version back; the version is splits.csv's hash."""
+    summary = preprocess_module.read_summary(preprocessed)
+    assert summary is not None and summary.resize.size == 32
+    assert summary.data_version == hashlib.sha256((preprocessed / "splits.csv").read_bytes()).hexdigest()[:16]
+    assert preprocess_module.read_summary(tmp_path) is None  # a folder preprocessing never wrote
+    (tmp_path / "preprocess.json").write_text("{}")
+    with pytest.raises(UserError, match="rerun `replearn preprocess`"):
+        preprocess_module.read_summary(tmp_path)
 
 
 def test_every_class_has_every_split_and_groups_stay_together(preprocessed: Path) -> None:

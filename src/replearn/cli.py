@@ -380,7 +380,7 @@ def export(
         float | None, typer.Option(help="A similarity threshold to store instead of --threshold-file.")
     ] = None,
     data_version: Annotated[
-        str | None, typer.Option(help="Data version to record [default: hash of IMAGES/splits.csv].")
+        str | None, typer.Option(help="Data version to record [default: the one in IMAGES/preprocess.json].")
     ] = None,
     quantize: Annotated[
         Literal["none", "int8"] | None, typer.Option(help="Also write OUT.int8.onnx [default: export.quantize].")

@@ -51,6 +51,26 @@ _OWN_ENTRIES = {IMAGES_DIR, SPLITS_FILE, SUMMARY_FILE}
 
 
 @dataclass(frozen=True)
+class PreprocessSummary:
+    """What later stages read back from a preprocessed folder's preprocess.json, rather than work out again."""
+
+    resize: ResizeConfig  # the model's input: training records it in the checkpoint, export in the ONNX file
+    data_version: str  # sha256 of splits.csv (16 hex digits): the data a model was trained on
+
+
+def read_summary(preprocessed_dir: Path) -> PreprocessSummary | None:
+    """The preprocess.json of `preprocessed_dir`; None for a folder that has none (not made by preprocess)."""
+    path = Path(preprocessed_dir) / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    try:
+        values = json.loads(path.read_text())
+        return PreprocessSummary(ResizeConfig.model_validate(values["resize"]), str(values["data_version"]))
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{path} is unreadable ({error}); rerun `replearn preprocess`") from None
+
+
+@dataclass(frozen=True)
 class OutputSettings:
     """Everything that decides the pixels of an output file; its hash is part of every output name."""
 

@@ -38,7 +38,7 @@ from replearn.artifacts.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata, 
 from replearn.atomic import atomic_path
 from replearn.config import Config, ExportConfig
 from replearn.data.images import DECODE_ERRORS, NORMALIZE_MEAN, NORMALIZE_STD, image_to_array, load_image
-from replearn.data.splits import SPLITS_FILE
+from replearn.data.preprocess import read_summary
 from replearn.embedding.onnx import OnnxEmbedder, list_images
 from replearn.errors import UserError
 
@@ -107,12 +107,14 @@ def hash_config(config: Config) -> str:
 
 
 def describe_data(images_dir: Path | None, data_version: str | None) -> str:
-    """The given version string, else a hash of the preprocessed splits.csv, else 'unknown'."""
+    """The given version string, else the one preprocessing recorded for `images_dir`, else 'unknown'.
+
+    Read from preprocess.json (a hash of splits.csv), never recomputed: one data version from preprocessing on.
+    """
     if data_version:
         return data_version
-    if images_dir is not None and (images_dir / SPLITS_FILE).is_file():
-        return "splits-" + hashlib.sha256((images_dir / SPLITS_FILE).read_bytes()).hexdigest()[:HASH_CHARS]
-    return "unknown"
+    summary = read_summary(images_dir) if images_dir is not None else None
+    return "unknown" if summary is None else f"splits-{summary.data_version}"
 
 
 def load_parity_batch(images_dir: Path | None, config: Config, count: int) -> np.ndarray:

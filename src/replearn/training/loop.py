@@ -11,7 +11,6 @@ Outputs in OUT_DIR: last.pt, best.pt, metrics.csv, train_summary.json.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -27,9 +26,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from replearn.atomic import write_json_atomic
-from replearn.config import Config, ResizeConfig, TrainConfig
+from replearn.config import Config, TrainConfig
 from replearn.console import make_progress
-from replearn.data.preprocess import SUMMARY_FILE
+from replearn.data.preprocess import SUMMARY_FILE, read_summary
 from replearn.data.splits import SPLITS_FILE, read_splits
 from replearn.errors import UserError
 from replearn.training.augment import build_augmentation
@@ -107,23 +106,18 @@ def read_training_data(preprocessed_dir: Path, in_memory: bool = True) -> Traini
 
 
 def adopt_resize(config: Config, preprocessed_dir: Path) -> Config:
-    """The config with preprocess.resize taken from the folder's preprocess.json, when that file says otherwise.
+    """The config with preprocess.resize taken from the folder's preprocess.json, its single source.
 
-    The images are already resized, so the folder decides the model's input; the checkpoint must
-    record that, because export and inference resize new images by it.
+    The images are already resized, so the folder decides the model's input, whatever the config
+    passed in says (a ZenML step gets only the `train` section); the checkpoint records the adopted
+    value, because export and inference resize new images by it. A difference is logged.
     """
-    summary = preprocessed_dir / SUMMARY_FILE
-    if not summary.is_file():
+    summary = read_summary(preprocessed_dir)
+    if summary is None or summary.resize == config.preprocess.resize:
         return config
-    try:
-        resize = ResizeConfig.model_validate(json.loads(summary.read_text())["resize"])
-    except (ValueError, KeyError) as error:
-        raise UserError(f"{summary} is unreadable ({error}); rerun `replearn preprocess`") from None
-    if resize == config.preprocess.resize:
-        return config
-    log.info("using the resize settings of %s: %s", summary, resize.model_dump())
+    log.info("using the resize settings of %s: %s", preprocessed_dir / SUMMARY_FILE, summary.resize.model_dump())
     adopted = config.model_copy(deep=True)
-    adopted.preprocess.resize = resize
+    adopted.preprocess.resize = summary.resize
     return adopted
 
 
