@@ -143,7 +143,7 @@ class LossConfig(StrictModel):
     m is the relaxation margin (optimum: positives at 1-m, negatives at m), gamma the scale. The
     paper uses m=0.25, gamma=256 for faces and m=0.4, gamma=80 for fine-grained retrieval. gamma=32
     beat 80 on the chars data; with gamma=32, m=0.4 beat 0.25 on test fonts of a family that
-    training never saw, together with 32 classes a batch (README, Training).
+    training never saw, together with 32 classes a batch (docs/train.md).
     """
 
     margin: float = Field(0.4, ge=0.0, le=1.0)
@@ -310,7 +310,7 @@ class ClusterConfig(StrictModel):
 
 
 class ScheduleConfig(StrictModel):
-    """Scheduled batch clustering through the user's crontab (`replearn schedule install`)."""
+    """Scheduled batch clustering through the user's crontab (`make schedule`: pipelines/schedule.py)."""
 
     cron: str = Field("0 * * * *", description="Crontab expression: five fields or an @-shortcut such as @hourly.")
 
