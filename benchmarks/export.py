@@ -24,13 +24,13 @@ import numpy as np
 import onnx
 import torch
 
+from replearn.artifacts.checkpoint import save_checkpoint
 from replearn.config import ExportConfig, load_config
 from replearn.data.chars import generate_chars
 from replearn.embedding.onnx import OnnxEmbedder
 from replearn.errors import UserError
 from replearn.export.onnx_export import ExportResult, export_model
-from replearn.training.checkpoint import load_model, save_checkpoint
-from replearn.training.model import build_model
+from replearn.training.model import build_model, load_model
 
 BATCHES = (1, 64)
 MIN_SECONDS = 1.0

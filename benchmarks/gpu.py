@@ -101,9 +101,9 @@ def time_onnxruntime_cuda(
         return "n/a: not timing CUDA"
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return f"n/a: onnxruntime {ort.__version__} has no CUDA provider"
+    from replearn.artifacts.checkpoint import save_checkpoint
     from replearn.embedding.onnx import OnnxEmbedder
     from replearn.export.onnx_export import export_model
-    from replearn.training.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = build_model(config.train.model)

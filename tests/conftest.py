@@ -95,8 +95,8 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny model (32 px, 8-dim) in the training checkpoint format."""
     import torch
 
+    from replearn.artifacts.checkpoint import save_checkpoint
     from replearn.config import load_config
-    from replearn.training.checkpoint import save_checkpoint
     from replearn.training.model import build_model
 
     config = load_config(None, EXPORT_OVERRIDES)

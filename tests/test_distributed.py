@@ -15,16 +15,16 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.nn.parallel import DistributedDataParallel
 from typer.testing import CliRunner
 
+from replearn.artifacts.checkpoint import read_checkpoint
 from replearn.cli import app
 from replearn.config import Config, TrainConfig, build_config, load_config
 from replearn.errors import UserError
 from replearn.training.augment import build_augmentation
-from replearn.training.checkpoint import load_model, read_checkpoint
 from replearn.training.datasets import PKBatchDataset
 from replearn.training.distributed import RankInfo, process_group, resolve_nproc_per_node, select_device
 from replearn.training.loop import batch_loss, read_training_data
 from replearn.training.loss import CircleLoss
-from replearn.training.model import build_model
+from replearn.training.model import build_model, load_model
 from replearn.training.sampler import PKSampler
 
 TINY = [

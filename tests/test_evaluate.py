@@ -63,7 +63,7 @@ def checkpoint(config: Config, tmp_path_factory: pytest.TempPathFactory) -> Path
     """An untrained model saved in the training checkpoint format: evaluation must not care how good it is."""
     import torch
 
-    from replearn.training.checkpoint import save_checkpoint
+    from replearn.artifacts.checkpoint import save_checkpoint
     from replearn.training.model import build_model
 
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ from replearn.embedding.onnx import OnnxEmbedder, read_metadata
 from replearn.errors import UserError
 from replearn.export import onnx_export
 from replearn.export.onnx_export import ExportResult, Parity, check_parity, export_model, hash_config, measure_parity
-from replearn.training.checkpoint import load_model
+from replearn.training.model import load_model
 
 runner = CliRunner()
 

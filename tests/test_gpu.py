@@ -21,11 +21,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from replearn.artifacts.checkpoint import read_checkpoint
 from replearn.cli import app
 from replearn.config import Config, load_config
 from replearn.errors import UserError
-from replearn.training.checkpoint import load_model, read_checkpoint
 from replearn.training.loop import TrainResult, resolve_precision
+from replearn.training.model import load_model
 from replearn.training.train import train
 from test_train import TINY as TRAIN_TINY
 from test_train import rows

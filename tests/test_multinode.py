@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from replearn.training.checkpoint import load_model, read_checkpoint
+from replearn.artifacts.checkpoint import read_checkpoint
+from replearn.training.model import load_model
 from test_distributed import TINY
 
 NODES = 2

@@ -8,12 +8,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from replearn.artifacts.checkpoint import read_checkpoint
 from replearn.cli import app
 from replearn.config import Config, load_config
 from replearn.data.splits import read_splits
 from replearn.errors import UserError
 from replearn.training import loop
-from replearn.training.checkpoint import load_model, read_checkpoint
+from replearn.training.model import load_model
 from replearn.training.train import train
 
 TINY = [
@@ -155,14 +156,15 @@ def test_auto_precision_on_gpus_takes_bf16_only_where_it_is_native(
 
 
 def test_validation_p1_in_query_blocks_equals_the_full_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from replearn.similarity import unit_rows
     from replearn.training import validation
 
-    generator = torch.Generator().manual_seed(0)
-    queries, gallery = torch.randn(50, 8, generator=generator), torch.randn(30, 8, generator=generator)
+    rng = np.random.default_rng(0)
+    queries, gallery = unit_rows(rng.normal(size=(50, 8))), unit_rows(rng.normal(size=(30, 8)))
     query_labels, gallery_labels = np.arange(50) % 4, np.arange(30) % 4
-    nearest = (queries @ gallery.T).argmax(dim=1).numpy()
+    nearest = (queries @ gallery.T).argmax(axis=1)
     expected = float(np.mean(gallery_labels[nearest] == query_labels))
-    monkeypatch.setattr(validation, "QUERY_BLOCK", 7)
+    monkeypatch.setattr(validation, "SEARCH_MEMORY_MB", 48 * 7 / 2**20)  # 7 queries a block
     assert validation.precision_at_1(queries, query_labels, gallery, gallery_labels) == expected
 
 

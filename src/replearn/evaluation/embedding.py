@@ -49,8 +49,8 @@ def open_model(model_path: Path, config: Config) -> LoadedModel:
         onnx = OnnxEmbedder(model_path, provider=config.embed.provider, threads=config.embed.threads)
         return LoadedModel(onnx, "onnx", onnx.metadata.threshold)
     from replearn.embedding.torch import TorchEmbedder
-    from replearn.training.checkpoint import load_model
     from replearn.training.distributed import RankInfo, select_device
+    from replearn.training.model import load_model
 
     device = select_device(config.train.devices, RankInfo.from_env())
     model, trained_config, _ = load_model(model_path, device)

@@ -288,7 +288,7 @@ def export_model(
     """
     import torch
 
-    from replearn.training.checkpoint import load_model
+    from replearn.training.model import load_model
 
     model, train_config, classes = load_model(checkpoint, device="cpu")
     batch = load_parity_batch(images_dir, train_config, config.parity_images)

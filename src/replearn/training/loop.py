@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from replearn.artifacts.checkpoint import checkpoint_payload, read_checkpoint, save_checkpoint
 from replearn.atomic import write_json_atomic
 from replearn.config import Config, TrainConfig
 from replearn.console import make_progress
@@ -32,7 +33,6 @@ from replearn.data.preprocess import SUMMARY_FILE, read_summary
 from replearn.data.splits import SPLITS_FILE, read_splits
 from replearn.errors import UserError
 from replearn.training.augment import build_augmentation
-from replearn.training.checkpoint import checkpoint_payload, read_checkpoint, save_checkpoint
 from replearn.training.data import PreprocessedImages
 from replearn.training.datasets import PKBatchDataset
 from replearn.training.distributed import (

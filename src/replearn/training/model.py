@@ -17,7 +17,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from replearn.config import BackboneConfig, ModelConfig
+from replearn.artifacts.checkpoint import load_torch_dict, read_checkpoint
+from replearn.config import BackboneConfig, Config, ModelConfig, build_config
 from replearn.data.images import NORMALIZE_MEAN, NORMALIZE_STD
 from replearn.errors import UserError
 
@@ -58,12 +59,7 @@ def read_backbone_state(config: BackboneConfig) -> dict[str, torch.Tensor] | Non
         path = Path(config.weights)
         if not path.is_file():
             raise UserError(f"train.model.backbone.weights: {path} does not exist (expected none, imagenet or a file)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UserError(f"{path} is not a loadable state_dict: {error}") from None
-    if not isinstance(state, dict):
-        raise UserError(f"{path} holds a {type(state).__name__}, not a state_dict")
+    state = load_torch_dict(path, "a loadable state_dict")
     return {key: value for key, value in state.items() if not key.startswith("fc.")}
 
 
@@ -137,3 +133,18 @@ class EmbeddingModel(nn.Module):
 def build_model(model_config: ModelConfig) -> EmbeddingModel:
     """The embedding model described by the config, with the backbone's starting weights loaded."""
     return EmbeddingModel(model_config)
+
+
+def load_model(path: Path | str, device: str | torch.device = "cpu") -> tuple[EmbeddingModel, Config, list[str]]:
+    """The trained model (eval mode, on `device`), the config it was trained with, and its class list.
+
+    The backbone is rebuilt without its starting weights (they are in the state_dict anyway), so
+    loading never needs the ImageNet file or the network.
+    """
+    payload = read_checkpoint(path)
+    config = build_config(payload["config"], source=f"the config inside {path}")
+    model_config = config.train.model.model_copy(deep=True)
+    model_config.backbone.weights = "none"
+    model = build_model(model_config)
+    model.load_state_dict(payload["model"])
+    return model.to(device).eval(), config, list(payload["classes"])

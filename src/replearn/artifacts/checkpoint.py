@@ -4,19 +4,25 @@ Layout: {"model": state_dict, "config": Config dump (by alias), "classes": [trai
 "iteration": int, "optimizer", "scheduler", "scaler": state_dicts, "rng": {"torch": [per-rank
 CPU states], "cuda": [per-rank CUDA states]}, "metrics": {...}}. Everything in it is tensors and
 plain Python values, so loading never needs to unpickle arbitrary objects.
+
+torch is imported inside the functions: the torch-free stages import this package (threshold.json,
+the ONNX metadata) and must not pull it in. Rebuilding the model from a checkpoint is training's
+(training/model.py `load_model`), as only it knows the architecture.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from replearn.atomic import atomic_path
-from replearn.config import Config, build_config
+from replearn.config import Config
 from replearn.errors import UserError
-from replearn.training.model import EmbeddingModel, build_model
+
+if TYPE_CHECKING:
+    import torch
+
+CHECKPOINT_KEYS = frozenset({"model", "config", "classes"})
 
 
 def checkpoint_payload(
@@ -47,8 +53,26 @@ def checkpoint_payload(
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """torch.save to a temporary file beside `path`, renamed into place only once complete."""
+    import torch
+
     with atomic_path(path) as temporary:
         torch.save(payload, temporary)
+
+
+def load_torch_dict(path: Path, what: str) -> dict[str, Any]:
+    """The dict torch.save wrote to `path`, on the CPU and with weights_only; anything else is a UserError.
+
+    `what` names the expected content in the message ("a replearn checkpoint", "a loadable state_dict").
+    """
+    import torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UserError(f"{path} is not {what}: {error}") from None
+    if not isinstance(payload, dict):
+        raise UserError(f"{path} holds a {type(payload).__name__}, not {what}")
+    return payload
 
 
 def read_checkpoint(path: Path | str) -> dict[str, Any]:
@@ -56,25 +80,7 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; run `replearn train` first")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UserError(f"{path} is not a replearn checkpoint: {error}") from None
-    if not isinstance(payload, dict) or not {"model", "config", "classes"} <= payload.keys():
+    payload = load_torch_dict(path, "a replearn checkpoint")
+    if not payload.keys() >= CHECKPOINT_KEYS:
         raise UserError(f"{path} is not a replearn checkpoint (expected the keys model, config, classes)")
     return payload
-
-
-def load_model(path: Path | str, device: str | torch.device = "cpu") -> tuple[EmbeddingModel, Config, list[str]]:
-    """The trained model (eval mode, on `device`), the config it was trained with, and its class list.
-
-    The backbone is rebuilt without its starting weights (they are in the state_dict anyway), so
-    loading never needs the ImageNet file or the network.
-    """
-    payload = read_checkpoint(path)
-    config = build_config(payload["config"], source=f"the config inside {path}")
-    model_config = config.train.model.model_copy(deep=True)
-    model_config.backbone.weights = "none"
-    model = build_model(model_config)
-    model.load_state_dict(payload["model"])
-    return model.to(device).eval(), config, list(payload["classes"])
