@@ -23,6 +23,7 @@ def export(
     outputs_dir: str,
 ) -> Annotated[ModelFile, ArtifactName.ONNX_MODEL]:
     """ONNX with the calibrated thresholds and resolution in its metadata, parity-checked on real images."""
+    from replearn.artifacts.threshold import Calibration
     from replearn.stages.export import stage
 
     out_dir = stage_dir(
@@ -33,9 +34,7 @@ def export(
         Path(checkpoint.path),
         out_dir / "model.onnx",
         images_dir=preprocessed.checked(),
-        threshold=threshold,
-        resolution=resolution,
-        cluster_threshold=cluster_threshold,
+        calibration=Calibration(threshold, resolution, cluster_threshold),
     )
     log_metadata(
         metadata={"exporter": result.exporter, "max_abs_diff": result.parity.max_abs_diff, "path": str(result.path)}

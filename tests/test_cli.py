@@ -46,6 +46,18 @@ def test_help_names_the_config_key_behind_a_default() -> None:
     assert "--force " in result.output and "--no-force" not in result.output
 
 
+def test_an_option_help_is_its_config_description() -> None:
+    from replearn.cli import from_config
+
+    assert from_config("cluster.min_size").help == (
+        "Clusters smaller than this go to cluster 0, unclustered [default: cluster.min_size]."
+    )
+    with pytest.raises(ValueError, match="train.lr needs a description"):
+        from_config("train.lr")
+    with pytest.raises(KeyError, match="train.iteration is not a config key"):
+        from_config("train.iteration")
+
+
 def test_version() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0

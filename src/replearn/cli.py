@@ -10,15 +10,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from replearn import __version__
-from replearn.config import Config, ConfigError, default_config_path, load_config, with_values
-from replearn.console import setup_logging
+from replearn.config import Config, ConfigError, config_field, default_config_path, load_config, with_values
+from replearn.console import class_folders_table, setup_logging
 from replearn.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -36,6 +35,31 @@ data_app = typer.Typer(
     help="Generate the bundled demo datasets as class folders.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(data_app, name="data")
+
+
+def from_config(key: str, *names: str) -> Any:
+    """The option that overrides config `key` for one command: its help is the key's description in config.py.
+
+    One source for what a setting means, whether it is set in params.yaml, with --set, or as an option.
+    """
+    description = config_field(key).description
+    if not description:
+        raise ValueError(f"{key} needs a description in config.py to be a command option")
+    return typer.Option(*names, help=f"{description.rstrip('.')} [default: {key}].")
+
+
+# Arguments and options that several commands share.
+DataDirArgument = Annotated[Path, typer.Argument(help="Class folders: DATA_DIR/<class>/<image>. Never modified.")]
+PreprocessedDirArgument = Annotated[
+    Path, typer.Argument(help="Output of `replearn preprocess` (images/ and splits.csv).")
+]
+# compare judges with a threshold, export stores one: the same two ways to give it.
+ThresholdOption = Annotated[
+    float | None, typer.Option(min=-1.0, max=1.0, help="Cosine similarity that counts as the same class.")
+]
+ThresholdFileOption = Annotated[
+    Path | None, typer.Option(help="threshold.json from `replearn evaluate` (or its folder), instead of --threshold.")
+]
 
 
 @dataclass
@@ -88,29 +112,13 @@ def state(ctx: typer.Context) -> CliState:
     return ctx.ensure_object(CliState)
 
 
-def print_class_folder_summary(root: Path, counts: dict[str, int]) -> None:
-    """Classes, images and bytes written, so the user sees at a glance what a command made."""
-    total_bytes = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-    table = Table(title=f"class folders in {root}")
-    for column in ("classes", "images", "bytes", "smallest class", "largest class"):
-        table.add_column(column, justify="right")
-    table.add_row(
-        str(len(counts)),
-        f"{sum(counts.values()):,}",
-        f"{total_bytes:,}",
-        str(min(counts.values(), default=0)),
-        str(max(counts.values(), default=0)),
-    )
-    stdout.print(table)
-
-
 @data_app.command("chars")
 def data_chars(
     ctx: typer.Context,
     out: Annotated[Path, typer.Argument(help="Folder to create; one sub-folder per class.")],
-    per_class: Annotated[int | None, typer.Option(help="Images per class [default: data.per_class].")] = None,
-    size: Annotated[int | None, typer.Option(help="Image side in pixels [default: data.size].")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed [default: data.seed].")] = None,
+    per_class: Annotated[int | None, from_config("data.per_class")] = None,
+    size: Annotated[int | None, from_config("data.size")] = None,
+    seed: Annotated[int | None, from_config("data.seed")] = None,
     fonts: Annotated[
         list[Path] | None,
         typer.Option("--fonts", metavar="<path>", help="Extra .ttf/.otf files or folders (repeatable)."),
@@ -133,14 +141,14 @@ def data_chars(
         replace_fonts=only_given_fonts,
         force=force,
     )
-    print_class_folder_summary(out, counts)
+    stdout.print(class_folders_table(out, counts))
 
 
 @data_app.command("digits")
 def data_digits(
     ctx: typer.Context,
     out: Annotated[Path, typer.Argument(help="Folder to create; one sub-folder per digit.")],
-    size: Annotated[int | None, typer.Option(help="Image side in pixels [default: data.size].")] = None,
+    size: Annotated[int | None, from_config("data.size")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Write scikit-learn's 1,797 handwritten digit scans (10 classes), upscaled, as PNG class folders."""
@@ -148,37 +156,26 @@ def data_digits(
 
     cfg = with_values(state(ctx).config, {"data.size": size}).data
     counts = generate_digits(out, size=cfg.size, force=force)
-    print_class_folder_summary(out, counts)
+    stdout.print(class_folders_table(out, counts))
 
 
 @app.command("validate")
 def validate(
     ctx: typer.Context,
-    data_dir: Annotated[Path, typer.Argument(help="Class folders: DATA_DIR/<class>/<image>. Never modified.")],
+    data_dir: DataDirArgument,
     out: Annotated[
         Path | None,
         typer.Argument(help="Report folder (manifest, summary, bad files, Data Docs) [default: validate.out_dir]."),
     ] = None,
-    on_error: Annotated[
-        Literal["fail", "quarantine"] | None,
-        typer.Option(
-            help="fail: exit 1 on any failed check; quarantine: list bad files and go on with the good ones "
-            "[default: validate.on_error]."
-        ),
-    ] = None,
-    workers: Annotated[
-        int | None, typer.Option(help="Manifest processes, 0 = all cores [default: validate.workers].")
-    ] = None,
+    on_error: Annotated[Literal["fail", "quarantine"] | None, from_config("validate.on_error")] = None,
+    workers: Annotated[int | None, from_config("validate.workers")] = None,
 ) -> None:
     """Check the class folders (manifest + Great Expectations suite + Data Docs); exit 1 when the data is not valid."""
-    from replearn.data.validation import report_table
     from replearn.stages.validate import stage
 
     config = with_values(state(ctx).config, {"validate.on_error": on_error, "validate.workers": workers})
     result = stage(config, data_dir, out or config.validate_.out_dir)
-    stdout.print(report_table(result))
-    stdout.print(f"Data Docs: {result.data_docs_path.resolve().as_uri()}", highlight=False)
-    stdout.print(f"summary: {result.summary_path}  bad files: {result.bad_files_path}", highlight=False)
+    stdout.print(result)
     if not result.valid:
         raise typer.Exit(1)
 
@@ -186,11 +183,9 @@ def validate(
 @app.command("preprocess")
 def preprocess_command(
     ctx: typer.Context,
-    data_dir: Annotated[Path, typer.Argument(help="Class folders: DATA_DIR/<class>/<image>. Never modified.")],
+    data_dir: DataDirArgument,
     out_dir: Annotated[Path, typer.Argument(help="Folder for images/, splits.csv and preprocess.json.")],
-    workers: Annotated[
-        int | None, typer.Option(help="Threads, 0 = one per core [default: preprocess.workers].")
-    ] = None,
+    workers: Annotated[int | None, from_config("preprocess.workers")] = None,
     only: Annotated[
         Path | None,
         typer.Option(
@@ -203,39 +198,17 @@ def preprocess_command(
     from replearn.stages.preprocess import stage
 
     config = with_values(state(ctx).config, {"preprocess.workers": workers})
-    result = stage(config, data_dir, out_dir, only)
-    work = Table(title=f"preprocessed {data_dir} into {out_dir}")
-    for column in ("images", "written", "already done", "stale removed", "left out", "undecodable", "duplicates"):
-        work.add_column(column, justify="right")
-    work.add_row(
-        *(f"{n:,}" for n in (result.images, result.written, result.skipped, result.removed, result.left_out)),
-        f"{len(result.failures):,}",
-        f"{len(result.duplicates):,}",
-    )
-    stdout.print(work)
-    splits = Table(title="splits")
-    for column in ("subset", "classes", "train", "val", "test"):
-        splits.add_column(column, justify="right")
-    for subset, counts in result.counts.items():
-        splits.add_row(subset, str(len(result.classes[subset])), *(f"{counts[s]:,}" for s in ("train", "val", "test")))
-    stdout.print(splits)
-    for source, error in result.failures[:10]:
-        stdout.print(f"[yellow]skipped[/] {data_dir / source}: {error}", highlight=False)
-    if len(result.failures) > 10:
-        stdout.print(f"... and {len(result.failures) - 10} more, listed in {out_dir / 'preprocess.json'}")
+    stdout.print(stage(config, data_dir, out_dir, only))
 
 
 @app.command("train")
 def train_command(
     ctx: typer.Context,
-    preprocessed_dir: Annotated[Path, typer.Argument(help="Output of `replearn preprocess` (images/ and splits.csv).")],
+    preprocessed_dir: PreprocessedDirArgument,
     out_dir: Annotated[Path, typer.Argument(help="Folder for last.pt, best.pt, metrics.csv, train_summary.json.")],
-    iterations: Annotated[int | None, typer.Option(help="Iterations to train [default: train.iterations].")] = None,
-    devices: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N [default: train.devices].")] = None,
-    nproc_per_node: Annotated[
-        str | None,
-        typer.Option("--nproc-per-node", help="Processes on this machine: N or auto [default: train.nproc_per_node]."),
-    ] = None,
+    iterations: Annotated[int | None, from_config("train.iterations")] = None,
+    devices: Annotated[str | None, from_config("train.devices")] = None,
+    nproc_per_node: Annotated[str | None, from_config("train.nproc_per_node", "--nproc-per-node")] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in OUT_DIR from its last checkpoint.")
     ] = False,
@@ -249,51 +222,22 @@ def train_command(
     options = {"train.iterations": iterations, "train.devices": devices, "train.nproc_per_node": nproc_per_node}
     config = with_values(state(ctx).config, options)
     result = stage(config, preprocessed_dir, out_dir, resume=resume, force=force)
-    if os.environ.get("RANK", "0") != "0":
-        return
-    summary = result.summary
-    table = Table(title=f"training run in {out_dir}")
-    for column in ("iterations", "minutes", "images/s", "final loss", "best val P@1", "best at"):
-        table.add_column(column, justify="right")
-    table.add_row(
-        str(summary["iterations"]),
-        f"{summary['seconds'] / 60:.1f}",
-        f"{summary['images_per_second']:,.1f}",
-        f"{summary['final_loss']:.4f}",
-        f"{summary['best_val_precision_at_1']:.4f}",
-        str(summary["best_iteration"]),
-    )
-    stdout.print(table)
+    if os.environ.get("RANK", "0") == "0":
+        stdout.print(result)
 
 
 @app.command("evaluate")
 def evaluate_command(
     ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="A checkpoint from `replearn train` (.pt) or an ONNX model (.onnx).")],
-    preprocessed_dir: Annotated[Path, typer.Argument(help="Output of `replearn preprocess` (images/ and splits.csv).")],
+    preprocessed_dir: PreprocessedDirArgument,
     out_dir: Annotated[Path, typer.Argument(help="Folder to create: metrics, per-class table, threshold, plots.")],
     force: Annotated[bool, typer.Option("--force", help="Replace OUT_DIR if it exists.")] = False,
 ) -> None:
     """kNN retrieval metrics on seen and unseen classes, and the similarity threshold calibrated for clustering."""
     from replearn.stages.evaluate import stage
 
-    result = stage(state(ctx).config, model, preprocessed_dir, out_dir, force=force)
-    table = Table(title=f"evaluation in {out_dir}")
-    for column in ("classes", "P@1", "R@4", "MAP@R", "kNN acc", "LOO P@1", "NMI"):
-        table.add_column(column, justify="right")
-    for subset in ("seen", "unseen"):
-        keys = ("precision_at_1", "recall_at_4", "map_at_r", "knn_accuracy", "loo/precision_at_1", "nmi")
-        values = [result.metrics.get(f"{subset}/{key}") for key in keys]
-        if any(value is not None for value in values):
-            table.add_row(subset, *("-" if value is None else f"{value:.3f}" for value in values))
-    stdout.print(table)
-    if "precision_drop" in result.metrics:
-        stdout.print(f"precision drop, seen - unseen P@1: {result.metrics['precision_drop']:.3f}")
-    stdout.print(
-        f"threshold {result.threshold:.4f} (pairwise F1 {result.metrics.get('threshold/f1', float('nan')):.3f}); "
-        f"clusters: threshold {result.cluster_threshold:.4f}, resolution {result.resolution:g}; "
-        f"in {result.out_dir / 'threshold.json'}"
-    )
+    stdout.print(stage(state(ctx).config, model, preprocessed_dir, out_dir, force=force))
 
 
 @app.command("compare")
@@ -302,12 +246,8 @@ def compare_command(
     image_a: Annotated[Path, typer.Argument(help="First image.")],
     image_b: Annotated[Path, typer.Argument(help="Second image.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="ONNX model or training checkpoint.")],
-    threshold: Annotated[
-        float | None, typer.Option(min=-1.0, max=1.0, help="Similarity that counts as the same class.")
-    ] = None,
-    threshold_file: Annotated[
-        Path | None, typer.Option(help="threshold.json from `replearn evaluate` (or its folder).")
-    ] = None,
+    threshold: ThresholdOption = None,
+    threshold_file: ThresholdFileOption = None,
 ) -> None:
     """Cosine similarity of two images, and whether it passes the threshold.
 
@@ -315,17 +255,7 @@ def compare_command(
     """
     from replearn.evaluation.compare import compare_images
 
-    result = compare_images(state(ctx).config, model, image_a, image_b, threshold, threshold_file)
-    stdout.print(f"cosine similarity: {result.similarity:.4f}")
-    if result.same_class is None:
-        stdout.print("no threshold known: pass --threshold or --threshold-file, or use a model with one")
-    else:
-        verdict = "same class" if result.same_class else "different classes"
-        relation = ">=" if result.same_class else "<"
-        stdout.print(
-            f"{verdict}: {result.similarity:.4f} {relation} threshold {result.threshold:.4f} "
-            f"(from {result.threshold_source})"
-        )
+    stdout.print(compare_images(state(ctx).config, model, image_a, image_b, threshold, threshold_file))
 
 
 @app.command("embed")
@@ -334,34 +264,18 @@ def embed(
     model: Annotated[Path, typer.Argument(help="ONNX model written by `replearn export`.")],
     images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively; hidden files skipped).")],
     out: Annotated[Path, typer.Argument(help="Folder to create: embeddings, path index, failures.csv, embed.json.")],
-    batch_size: Annotated[int | None, typer.Option(help="Images per batch [default: embed.batch_size].")] = None,
-    provider: Annotated[
-        Literal["auto", "cuda", "cpu"] | None, typer.Option(help="onnxruntime provider [default: embed.provider].")
-    ] = None,
-    threads: Annotated[int | None, typer.Option(help="onnxruntime threads, 0 = auto [default: embed.threads].")] = None,
-    file_format: Annotated[
-        Literal["npy", "parquet"] | None, typer.Option("--format", help="Output format [default: embed.format].")
-    ] = None,
+    batch_size: Annotated[int | None, from_config("embed.batch_size")] = None,
+    provider: Annotated[Literal["auto", "cuda", "cpu"] | None, from_config("embed.provider")] = None,
+    threads: Annotated[int | None, from_config("embed.threads")] = None,
+    file_format: Annotated[Literal["npy", "parquet"] | None, from_config("embed.format", "--format")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Embed a folder of images with onnxruntime alone (no torch); unreadable images are skipped and listed."""
-    import time
-
     from replearn.stages.embed import stage
 
     options = {"batch_size": batch_size, "provider": provider, "threads": threads, "format": file_format}
     config = with_values(state(ctx).config, {f"embed.{key}": value for key, value in options.items()})
-    started = time.perf_counter()
-    result = stage(config, model, images, out, force=force)
-    seconds = time.perf_counter() - started
-    table = Table(title=f"embeddings in {out}")
-    for column in ("images", "dimension", "skipped", "images/s"):
-        table.add_column(column, justify="right")
-    rate = len(result.paths) / seconds if seconds > 0 else 0.0
-    table.add_row(f"{len(result.paths):,}", str(result.embeddings.shape[1]), str(len(result.failures)), f"{rate:,.1f}")
-    stdout.print(table)
-    if result.failures:
-        stdout.print(f"[yellow]{len(result.failures)} unreadable file(s) skipped[/]: listed in {out / 'failures.csv'}")
+    stdout.print(stage(config, model, images, out, force=force))
 
 
 @app.command("export")
@@ -373,43 +287,23 @@ def export(
         Path | None,
         typer.Option(help="Images for the parity batch, e.g. the preprocessed folder (its splits.csv: data version)."),
     ] = None,
-    threshold_file: Annotated[
-        Path | None, typer.Option(help="threshold.json from `replearn evaluate`, stored in the metadata.")
-    ] = None,
-    threshold: Annotated[
-        float | None, typer.Option(help="A similarity threshold to store instead of --threshold-file.")
-    ] = None,
+    threshold_file: ThresholdFileOption = None,
+    threshold: ThresholdOption = None,
     data_version: Annotated[
         str | None, typer.Option(help="Data version to record [default: the one in IMAGES/preprocess.json].")
     ] = None,
-    quantize: Annotated[
-        Literal["none", "int8"] | None, typer.Option(help="Also write OUT.int8.onnx [default: export.quantize].")
-    ] = None,
-    fp16: Annotated[bool | None, typer.Option("--fp16/--no-fp16", help="Also write OUT.fp16.onnx (for GPUs).")] = None,
-    exporter: Annotated[
-        Literal["dynamo", "torchscript"] | None, typer.Option(help="ONNX exporter [default: export.exporter].")
-    ] = None,
+    quantize: Annotated[Literal["none", "int8"] | None, from_config("export.quantize")] = None,
+    fp16: Annotated[bool | None, from_config("export.fp16", "--fp16/--no-fp16")] = None,
+    exporter: Annotated[Literal["dynamo", "torchscript"] | None, from_config("export.exporter")] = None,
 ) -> None:
     """Export a checkpoint to ONNX with its metadata; fails unless onnxruntime matches eager PyTorch."""
+    from replearn.artifacts.threshold import Calibration
     from replearn.stages.export import stage
 
     options = {"export.quantize": quantize, "export.fp16": fp16, "export.exporter": exporter}
     config = with_values(state(ctx).config, options)
-    result = stage(config, checkpoint, out, images, threshold_file, threshold, data_version=data_version)
-    title = f"{result.exporter} export to {out.parent}, opset {result.opset}, parity on {result.parity.images} images"
-    table = Table(title=title)
-    for column in ("file", "MB", "max abs diff", "min cosine"):
-        table.add_column(column, justify="right")
-    for path, parity in [(result.path, result.parity), *result.variants.values()]:
-        size = path.stat().st_size / 1e6
-        table.add_row(path.name, f"{size:.1f}", f"{parity.max_abs_diff:.2e}", f"{parity.min_cosine:.6f}")
-    stdout.print(table)
-    threshold = result.metadata.threshold
-    stdout.print(
-        f"embedding dim {result.metadata.embedding_dim}, {len(result.metadata.classes)} classes, "
-        f"threshold {'not set' if threshold is None else f'{threshold:.4f}'}, data {result.metadata.data_version}",
-        highlight=False,
-    )
+    calibration = None if threshold is None else Calibration(threshold=threshold)
+    stdout.print(stage(config, checkpoint, out, images, threshold_file, calibration, data_version=data_version))
 
 
 @app.command("cluster")
@@ -422,10 +316,8 @@ def cluster(
     out: Annotated[
         Path, typer.Argument(help="Folder of the cluster registry and one runs/run-NNNNNN per run; created if missing.")
     ],
-    threshold: Annotated[
-        float | None, typer.Option(help="Similarity that links two images [default: the model's calibrated one].")
-    ] = None,
-    min_size: Annotated[int | None, typer.Option(help="Smaller clusters go to 0 [default: cluster.min_size].")] = None,
+    threshold: Annotated[float | None, from_config("cluster.threshold")] = None,
+    min_size: Annotated[int | None, from_config("cluster.min_size")] = None,
     evaluate: Annotated[
         bool, typer.Option("--evaluate", help="INBOX holds class folders: score the clusters against them.")
     ] = False,
@@ -443,31 +335,7 @@ def cluster(
         "cluster.min_size": min_size,
         "cluster.evaluate_labels": evaluate or None,
     }
-    result = stage(with_values(state(ctx).config, options), model, inbox, out)
-    if result.run is None:
-        unreadable = f", {len(result.failures)} unreadable" if result.failures else ""
-        stdout.print(f"nothing new in {inbox} ({result.images:,} files{unreadable}): {out} unchanged")
-        return
-    table = Table(title=f"clustering run {result.run} into {out}")
-    for column in ("new images", "joined existing", "new clusters", "unclustered", "unreadable"):
-        table.add_column(column, justify="right")
-    table.add_row(
-        f"{result.new_images:,}",
-        f"{result.assigned_to_existing:,}",
-        f"{result.new_clusters:,}",
-        f"{result.unclustered:,}",
-        f"{len(result.failures):,}",
-    )
-    stdout.print(table)
-    if result.metrics:
-        scores = Table(title="agreement with the class folders")
-        scores.add_column("metric")
-        scores.add_column("value", justify="right")
-        for name, value in result.metrics.items():
-            scores.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
-        stdout.print(scores)
-    assert result.run_dir is not None
-    stdout.print(f"report: {result.run_dir / 'report.html'}")
+    stdout.print(stage(with_values(state(ctx).config, options), model, inbox, out))
 
 
 def run() -> None:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from replearn.errors import UserError
 
@@ -31,7 +32,7 @@ class DataConfig(StrictModel):
     outputs_dir: Path = Field(Path("outputs"), description="Where the pipelines write models, metrics and reports.")
     per_class: int = Field(120, ge=1, description="Images per class for the generated demo data.")
     size: int = Field(64, ge=8, description="Side of the generated square images, in pixels.")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of the generated demo data.")
 
 
 class ValidateConfig(StrictModel):
@@ -173,7 +174,7 @@ class TrainConfig(StrictModel):
         32, ge=2, description="P: classes in each batch (per process); a split with fewer puts all of them in each."
     )
     images_per_class: int = Field(4, ge=2, description="K: images of each class in each batch.")
-    iterations: int = Field(600, ge=1)
+    iterations: int = Field(600, ge=1, description="Iterations to train.")
     optimizer: Literal["sgd", "adamw"] = Field(
         "adamw", description="adamw, or sgd with momentum (needs grad_clip and a smaller lr with this loss)."
     )
@@ -245,15 +246,17 @@ class ExportConfig(StrictModel):
     )
     max_abs_diff: float = Field(1e-4, gt=0.0)
     min_cosine: float = Field(0.9999, gt=0.0, le=1.0)
-    quantize: Literal["none", "int8"] = "none"
-    fp16: bool = False
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="int8: also write <name>.int8.onnx (dynamic quantisation)."
+    )
+    fp16: bool = Field(False, description="Also write <name>.fp16.onnx, for GPUs.")
     parity_images: int = Field(32, ge=1, description="Images in the onnxruntime-vs-PyTorch parity batch.")
 
 
 class EmbedConfig(StrictModel):
     """The torch-free onnxruntime embedder: `replearn embed` and the embedding half of clustering."""
 
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="Images per batch.")
     provider: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: CUDA when usable, else CPU.")
     threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime decide.")
     workers: int = Field(0, ge=0, description="Image decoding threads; 0 means one per core.")
@@ -274,7 +277,9 @@ class ClusterConfig(StrictModel):
         "louvain",
         description="louvain: communities of the kNN graph pruned at the threshold; components: the seed's rule.",
     )
-    threshold: float | None = Field(None, ge=-1.0, le=1.0, description="None: read from the model's metadata.")
+    threshold: float | None = Field(
+        None, ge=-1.0, le=1.0, description="Similarity that links two images; None: the model's calibrated one."
+    )
     resolution: float | None = Field(
         None,
         gt=0.0,
@@ -350,6 +355,20 @@ def _model_at(path: tuple[str | int, ...]) -> type[BaseModel] | None:
             return None
         model = annotation
     return model
+
+
+def config_field(key: str) -> FieldInfo:
+    """The pydantic field of a dotted config key (sections by their alias): its description documents the key.
+
+    >>> config_field("train.iterations").description
+    'Iterations to train.'
+    """
+    *sections, name = key.split(".")
+    model = _model_at(tuple(sections))
+    fields = {info.alias or field: info for field, info in model.model_fields.items()} if model else {}
+    if name not in fields:
+        raise KeyError(f"{key} is not a config key")
+    return fields[name]
 
 
 def _describe(error: ValidationError, source: str) -> str:

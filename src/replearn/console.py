@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.console import Console
@@ -25,6 +26,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 from rich.text import Text
 
 T = TypeVar("T")
@@ -121,3 +123,29 @@ def track(items: Iterable[T], total: int | None, description: str, unit: str = "
         for item in items:
             yield item
             progress.advance(task)
+
+
+def results_table(title: str, columns: Sequence[str], *rows: Sequence[str]) -> Table:
+    """Right-aligned columns of formatted cells: the one look of every stage's summary of what it did."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def class_folders_table(root: Path, counts: dict[str, int]) -> Table:
+    """Classes, images and bytes written, so the user sees at a glance what a data generator made."""
+    total_bytes = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    return results_table(
+        f"class folders in {root}",
+        ("classes", "images", "bytes", "smallest class", "largest class"),
+        (
+            str(len(counts)),
+            f"{sum(counts.values()):,}",
+            f"{total_bytes:,}",
+            str(min(counts.values(), default=0)),
+            str(max(counts.values(), default=0)),
+        ),
+    )

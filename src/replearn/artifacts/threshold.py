@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,18 @@ from replearn.atomic import write_json_atomic
 from replearn.errors import UserError
 
 THRESHOLD_FILE = "threshold.json"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What evaluation calibrated and the model's metadata carries; None where nothing was calibrated."""
+
+    threshold: float | None = None  # pairwise same-class threshold (`compare`, the components method)
+    resolution: float | None = None  # Louvain resolution of the cluster stage
+    cluster_threshold: float | None = None  # the cluster stage's edge threshold, calibrated with the resolution
+
+
+NOT_CALIBRATED = Calibration()
 
 
 def read_calibrated(path: Path | str, key: str) -> float | None:
@@ -51,3 +64,10 @@ def read_threshold(path: Path | str) -> float:
     if not (math.isfinite(value) and -1.0 <= value <= 1.0):
         raise UserError(f"{path}: threshold {value} is not a cosine similarity in [-1, 1]")
     return value
+
+
+def read_calibration(path: Path | str) -> Calibration:
+    """Everything a threshold.json (or the evaluation folder that holds one) calibrated."""
+    return Calibration(
+        read_threshold(path), read_calibrated(path, "resolution"), read_calibrated(path, "cluster_threshold")
+    )

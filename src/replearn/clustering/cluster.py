@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from rich.console import Group, RenderableType
+from rich.text import Text
 
 from replearn.artifacts.hashing import sha256_file
 from replearn.artifacts.metadata import ModelMetadata
@@ -31,8 +33,9 @@ from replearn.atomic import atomic_directory, atomic_path, write_bytes_atomic, w
 from replearn.clustering.inbox import HASH_CACHE_NAME, hash_inbox
 from replearn.clustering.placement import latest_exemplars, place_batch
 from replearn.clustering.registry import MEMBER_COLUMNS, Registry, commit_registry, load_registry, registry_lock
-from replearn.clustering.report import write_report
+from replearn.clustering.report import REPORT_FILE, write_report
 from replearn.config import ClusterConfig, Config
+from replearn.console import results_table
 from replearn.errors import UserError
 from replearn.similarity import unit_rows
 
@@ -79,6 +82,27 @@ class ClusterRun:
     failures: list[tuple[str, str]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     assignments: pd.DataFrame | None = None
+
+    def __rich__(self) -> RenderableType:
+        """What the run did with the new images, their agreement with the class folders if scored, the report."""
+        if self.run is None or self.run_dir is None:
+            unreadable = f", {len(self.failures):,} unreadable" if self.failures else ""
+            return Text(f"nothing new among {self.images:,} files{unreadable}: the registry is unchanged")
+        counts = (self.new_images, self.assigned_to_existing, self.new_clusters, self.unclustered, len(self.failures))
+        work = results_table(
+            f"clustering run {self.run} into {self.run_dir.parent.parent}",  # OUT/runs/run-NNNNNN
+            ("new images", "joined existing", "new clusters", "unclustered", "unreadable"),
+            tuple(f"{n:,}" for n in counts),
+        )
+        parts: list[RenderableType] = [work]
+        if self.metrics:
+            rows = (
+                (name, f"{value:.4f}" if isinstance(value, float) else str(value))
+                for name, value in self.metrics.items()
+            )
+            parts.append(results_table("agreement with the class folders", ("metric", "value"), *rows))
+        parts.append(Text(f"report: {self.run_dir / REPORT_FILE}"))
+        return Group(*parts)
 
 
 def add_to_clusters(registry: Registry, cluster_ids: np.ndarray, embeddings: np.ndarray) -> None:

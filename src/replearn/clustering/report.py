@@ -25,6 +25,7 @@ from replearn.data.images import load_image
 
 log = logging.getLogger(__name__)
 
+REPORT_FILE = "report.html"
 MAX_TABLE_ROWS = 1000
 UNCLUSTERED_ROWS = 6
 
@@ -226,6 +227,6 @@ def write_report(
         f"<title>replearn clusters: run {summary['run']}</title><style>{STYLE}</style></head>"
         f"<body>{''.join(parts)}</body></html>\n"
     )
-    report = run_dir / "report.html"
+    report = run_dir / REPORT_FILE
     report.write_text(page, encoding="utf-8")
     return report

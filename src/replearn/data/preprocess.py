@@ -31,11 +31,13 @@ from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
 import pandas as pd
+from rich.console import Group
+from rich.text import Text
 
 from replearn import __version__
 from replearn.atomic import atomic_path, write_json_atomic, write_text_atomic
 from replearn.config import Config, PreprocessConfig, ResizeConfig
-from replearn.console import track
+from replearn.console import results_table, track
 from replearn.data.images import DECODE_ERRORS, load_image
 from replearn.data.manifest import CONTENT_COLUMNS, ScanTotals, display_path, scan_data_dir
 from replearn.data.splits import COLUMNS, SPLITS, SPLITS_FILE, SUBSETS, assign_splits
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 
 IMAGES_DIR = "images"
 SUMMARY_FILE = "preprocess.json"
+SHOWN = 10  # undecodable files listed on the terminal; preprocess.json lists them all
 # Bump when load_image or the encoding changes its pixels: every output name changes, so all is redone.
 PIPELINE_VERSION = 1
 _OWN_ENTRIES = {IMAGES_DIR, SPLITS_FILE, SUMMARY_FILE}
@@ -118,6 +121,7 @@ class Outcome:
 class PreprocessResult:
     """What a run did and what the output holds; the counts of the output are in preprocess.json too."""
 
+    data_dir: Path
     out_dir: Path
     images: int
     written: int
@@ -129,6 +133,30 @@ class PreprocessResult:
     duplicates: list[tuple[str, str]] = field(default_factory=list)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     classes: dict[str, list[str]] = field(default_factory=dict)
+
+    def __rich__(self) -> Group:
+        """The work done, the split sizes, and the first files that could not be decoded."""
+        counts = (self.images, self.written, self.skipped, self.removed, self.left_out)
+        work = results_table(
+            f"preprocessed {self.data_dir} into {self.out_dir}",
+            ("images", "written", "already done", "stale removed", "left out", "undecodable", "duplicates"),
+            (*(f"{n:,}" for n in counts), f"{len(self.failures):,}", f"{len(self.duplicates):,}"),
+        )
+        splits = results_table(
+            "splits",
+            ("subset", "classes", "train", "val", "test"),
+            *(
+                (subset, str(len(self.classes[subset])), *(f"{counts[s]:,}" for s in ("train", "val", "test")))
+                for subset, counts in self.counts.items()
+            ),
+        )
+        lines = [
+            Text.assemble(("skipped", "yellow"), f" {self.data_dir / source}: {error}")
+            for source, error in self.failures[:SHOWN]
+        ]
+        if len(self.failures) > SHOWN:
+            lines.append(Text(f"... and {len(self.failures) - SHOWN} more, listed in {self.out_dir / SUMMARY_FILE}"))
+        return Group(work, splits, *lines)
 
 
 def list_images(data_dir: Path) -> list[tuple[str, str]]:
@@ -385,6 +413,7 @@ def preprocess(full_config: Config, data_dir: Path, out_dir: Path, only: Path | 
     removed = remove_stale(out_dir, set(table["path"]))
     written = sum(o.written for o in done)
     result = PreprocessResult(
+        data_dir=data_dir,
         out_dir=out_dir,
         images=len(table),
         written=written,

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from replearn.atomic import atomic_directory, atomic_path, write_json_atomic
 from replearn.config import Config
@@ -88,6 +90,13 @@ class ValidationResult:
     @property
     def failed(self) -> list[CheckResult]:
         return [check for check in self.checks if not check.success]
+
+    def __rich__(self) -> Group:
+        return Group(
+            report_table(self),
+            Text(f"Data Docs: {self.data_docs_path.resolve().as_uri()}"),
+            Text(f"summary: {self.summary_path}  bad files: {self.bad_files_path}"),
+        )
 
 
 def read_manifest(path: Path) -> pd.DataFrame:

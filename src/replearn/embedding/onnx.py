@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +23,13 @@ from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
+from rich.console import Group
+from rich.text import Text
 
 from replearn.artifacts.metadata import ModelMetadata
 from replearn.atomic import atomic_directory
 from replearn.config import EmbedConfig
+from replearn.console import results_table
 from replearn.data.images import image_to_array, load_image
 from replearn.embedding.batches import embed_paths
 from replearn.errors import UserError
@@ -37,6 +41,7 @@ ORT_PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 # onnxruntime's own default severity (warning); restored after a quiet CUDA probe.
 ORT_DEFAULT_SEVERITY = 2
 ORT_FATAL_ONLY = 4
+FAILURES_FILE = "failures.csv"  # path, error of every file the embed stage skipped
 
 
 @dataclass
@@ -46,6 +51,22 @@ class EmbeddingResult:
     paths: list[str]
     embeddings: np.ndarray
     failures: list[tuple[str, str]] = field(default_factory=list)
+    out_dir: Path | None = None  # where the embed stage wrote them
+    seconds: float = 0.0  # how long embedding took
+
+    def __rich__(self) -> Group:
+        rate = f"{len(self.paths) / self.seconds:,.1f}" if self.seconds > 0 else "-"
+        table = results_table(
+            f"embeddings in {self.out_dir}",
+            ("images", "dimension", "skipped", "images/s"),
+            (f"{len(self.paths):,}", str(self.embeddings.shape[1]), str(len(self.failures)), rate),
+        )
+        if not self.failures:
+            return Group(table)
+        where = Path(self.out_dir or ".") / FAILURES_FILE
+        return Group(
+            table, Text.assemble((f"{len(self.failures)} unreadable file(s) skipped", "yellow"), f": listed in {where}")
+        )
 
 
 class OnnxEmbedder:
@@ -205,7 +226,7 @@ def write_embeddings(result: EmbeddingResult, out_dir: Path, file_format: Litera
         dim = result.embeddings.shape[1]
         vectors = pa.FixedSizeListArray.from_arrays(pa.array(result.embeddings.reshape(-1), pa.float32()), dim)
         pq.write_table(pa.table({"path": result.paths, "embedding": vectors}), out_dir / "embeddings.parquet")
-    _write_csv(out_dir / "failures.csv", ["path", "error"], [list(item) for item in result.failures])
+    _write_csv(out_dir / FAILURES_FILE, ["path", "error"], [list(item) for item in result.failures])
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
@@ -218,7 +239,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
 def read_embeddings(out_dir: Path | str) -> EmbeddingResult:
     """Read what `embed_images` wrote, in either format."""
     out_dir = Path(out_dir)
-    with (out_dir / "failures.csv").open(newline="", encoding="utf-8") as handle:
+    with (out_dir / FAILURES_FILE).open(newline="", encoding="utf-8") as handle:
         failures = [(row["path"], row["error"]) for row in csv.DictReader(handle)]
     if (out_dir / "embeddings.parquet").is_file():
         import pyarrow.parquet as pq
@@ -239,8 +260,10 @@ def embed_images(
     embedder = OnnxEmbedder(model_path, provider=config.provider, threads=config.threads)
     if not list_images(images_dir):
         raise UserError(f"image folder {images_dir} holds no files to embed")
+    started = time.perf_counter()
     with atomic_directory(out_dir, replace=force) as temporary:
         result = embed_folder(embedder, images_dir, batch_size=config.batch_size, workers=config.workers)
+        result.out_dir, result.seconds = out_dir, time.perf_counter() - started
         write_embeddings(result, temporary, config.format)
         summary = {
             "model": str(model_path),

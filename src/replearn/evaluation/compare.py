@@ -21,6 +21,16 @@ class Comparison:
         """True when the pair passes the threshold; None when no threshold is known."""
         return None if self.threshold is None else self.similarity >= self.threshold
 
+    def __rich__(self) -> str:
+        lines = [f"cosine similarity: {self.similarity:.4f}"]
+        if self.same_class is None:
+            lines.append("no threshold known: pass --threshold or --threshold-file, or use a model with one")
+        else:
+            verdict, relation = ("same class", ">=") if self.same_class else ("different classes", "<")
+            judged = f"{self.similarity:.4f} {relation} threshold {self.threshold:.4f}"
+            lines.append(f"{verdict}: {judged} (from {self.threshold_source})")
+        return "\n".join(lines)
+
 
 def compare_images(
     config: Config,

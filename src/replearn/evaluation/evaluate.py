@@ -23,10 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.console import Group
+from rich.text import Text
 
 from replearn.artifacts.threshold import THRESHOLD_FILE, write_threshold
 from replearn.atomic import atomic_directory, write_json_atomic, write_text_atomic
 from replearn.config import ClusterConfig, Config, EvaluateConfig
+from replearn.console import results_table
 from replearn.data.splits import SPLITS_FILE, SUBSETS, read_splits
 from replearn.errors import UserError
 from replearn.evaluation.calibration import PairCurve, ThresholdChoice, choose_threshold, count_pairs, score_threshold
@@ -59,6 +62,29 @@ class EvaluationResult:
     threshold: float  # pairs: two images are the same class at or above it (compare, cluster.method components)
     cluster_threshold: float  # the Louvain graph's pruning, calibrated with the resolution
     resolution: float
+
+    def __rich__(self) -> Group:
+        """The headline metrics of each subset, the seen-unseen drop, and the calibrated values."""
+        keys = ("precision_at_1", "recall_at_4", "map_at_r", "knn_accuracy", "loo/precision_at_1", "nmi")
+        rows = []
+        for subset in ("seen", "unseen"):
+            values = [self.metrics.get(f"{subset}/{key}") for key in keys]
+            if any(value is not None for value in values):
+                rows.append((subset, *("-" if value is None else f"{value:.3f}" for value in values)))
+        table = results_table(
+            f"evaluation in {self.out_dir}", ("classes", "P@1", "R@4", "MAP@R", "kNN acc", "LOO P@1", "NMI"), *rows
+        )
+        lines = []
+        if "precision_drop" in self.metrics:
+            lines.append(Text(f"precision drop, seen - unseen P@1: {self.metrics['precision_drop']:.3f}"))
+        lines.append(
+            Text(
+                f"threshold {self.threshold:.4f} (pairwise F1 {self.metrics.get('threshold/f1', float('nan')):.3f}); "
+                f"clusters: threshold {self.cluster_threshold:.4f}, resolution {self.resolution:g}; "
+                f"in {self.out_dir / THRESHOLD_FILE}"
+            )
+        )
+        return Group(table, *lines)
 
 
 @dataclass(frozen=True)

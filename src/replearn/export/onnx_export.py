@@ -32,11 +32,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 from PIL import Image
+from rich.console import Group
+from rich.text import Text
 
 from replearn import __version__
 from replearn.artifacts.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata, Precision
+from replearn.artifacts.threshold import NOT_CALIBRATED, Calibration
 from replearn.atomic import atomic_path
 from replearn.config import Config, ExportConfig
+from replearn.console import results_table
 from replearn.data.images import DECODE_ERRORS, NORMALIZE_MEAN, NORMALIZE_STD, image_to_array, load_image
 from replearn.data.preprocess import read_summary
 from replearn.embedding.onnx import OnnxEmbedder, list_images
@@ -71,6 +75,26 @@ class ExportResult:
     opset: int
     parity: Parity
     variants: dict[str, tuple[Path, Parity]] = field(default_factory=dict)
+
+    def __rich__(self) -> Group:
+        """Each file's size and parity with eager PyTorch, then what the metadata records."""
+        rows = (
+            (path.name, f"{path.stat().st_size / 1e6:.1f}", f"{parity.max_abs_diff:.2e}", f"{parity.min_cosine:.6f}")
+            for path, parity in [(self.path, self.parity), *self.variants.values()]
+        )
+        table = results_table(
+            f"{self.exporter} export to {self.path.parent}, opset {self.opset}, parity on {self.parity.images} images",
+            ("file", "MB", "max abs diff", "min cosine"),
+            *rows,
+        )
+        metadata, threshold = self.metadata, self.metadata.threshold
+        return Group(
+            table,
+            Text(
+                f"embedding dim {metadata.embedding_dim}, {len(metadata.classes)} classes, "
+                f"threshold {'not set' if threshold is None else f'{threshold:.4f}'}, data {metadata.data_version}"
+            ),
+        )
 
 
 def measure_parity(reference: np.ndarray, candidate: np.ndarray) -> Parity:
@@ -275,15 +299,13 @@ def export_model(
     out_path: Path,
     images_dir: Path | None = None,
     data_version: str | None = None,
-    threshold: float | None = None,
-    resolution: float | None = None,
-    cluster_threshold: float | None = None,
+    calibration: Calibration = NOT_CALIBRATED,
 ) -> ExportResult:
     """The `export` stage: checkpoint -> parity-checked ONNX file with metadata (plus int8/fp16 variants).
 
     images_dir: folder of real images for the parity batch (a preprocessed folder also gives the
-    data version: a hash of its splits.csv). threshold, resolution and cluster_threshold: evaluation's
-    calibration, stored in the metadata (stages/export.py reads them from its threshold.json).
+    data version: a hash of its splits.csv). calibration: evaluation's threshold, resolution and cluster threshold,
+    stored in the metadata (stages/export.py reads them from its threshold.json).
     All files are renamed into place together, and only when every check passed.
     """
     import torch
@@ -302,9 +324,9 @@ def export_model(
         mean=NORMALIZE_MEAN,
         std=NORMALIZE_STD,
         embedding_dim=int(reference.shape[1]),
-        threshold=threshold,
-        resolution=resolution,
-        cluster_threshold=cluster_threshold,
+        threshold=calibration.threshold,
+        resolution=calibration.resolution,
+        cluster_threshold=calibration.cluster_threshold,
         classes=tuple(classes),
         replearn_version=__version__,
         config_hash=hash_config(train_config),

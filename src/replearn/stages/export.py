@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from replearn.artifacts.threshold import read_calibrated, read_threshold
+from replearn.artifacts.threshold import NOT_CALIBRATED, Calibration, read_calibration
 from replearn.config import Config
 from replearn.errors import UserError
 from replearn.export.onnx_export import ExportResult, export_model
@@ -19,25 +19,17 @@ def stage(
     out_path: Path,
     images_dir: Path | None = None,
     threshold_file: Path | None = None,
-    threshold: float | None = None,
-    resolution: float | None = None,
-    cluster_threshold: float | None = None,
+    calibration: Calibration | None = None,
     data_version: str | None = None,
 ) -> ExportResult:
-    """Export with the threshold, resolution and cluster threshold of `threshold_file`, or with the values given."""
-    if threshold_file is not None:
-        if (threshold, resolution, cluster_threshold) != (None, None, None):
-            raise UserError("give the threshold or a threshold file, not both")
-        threshold = read_threshold(threshold_file)
-        resolution = read_calibrated(threshold_file, "resolution")
-        cluster_threshold = read_calibrated(threshold_file, "cluster_threshold")
+    """Export with the calibration in `threshold_file`, or with the one given (none: the metadata has no threshold)."""
+    if threshold_file is not None and calibration is not None:
+        raise UserError("give the threshold or a threshold file, not both")
     return export_model(
         config.export,
         Path(checkpoint),
         Path(out_path),
         images_dir=None if images_dir is None else Path(images_dir),
         data_version=data_version,
-        threshold=threshold,
-        resolution=resolution,
-        cluster_threshold=cluster_threshold,
+        calibration=read_calibration(threshold_file) if threshold_file is not None else calibration or NOT_CALIBRATED,
     )

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from rich.progress import TextColumn
+from rich.table import Table
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader
 from replearn.artifacts.checkpoint import checkpoint_payload, read_checkpoint, save_checkpoint
 from replearn.atomic import write_json_atomic
 from replearn.config import Config, TrainConfig
-from replearn.console import make_progress
+from replearn.console import make_progress, results_table
 from replearn.data.preprocess import SUMMARY_FILE, read_summary
 from replearn.data.splits import SPLITS_FILE, read_splits
 from replearn.errors import UserError
@@ -78,6 +79,21 @@ class TrainResult:
     iterations: int
     best_val_precision_at_1: float
     summary: dict[str, Any]
+
+    def __rich__(self) -> Table:
+        summary = self.summary
+        return results_table(
+            f"training run in {self.out_dir}",
+            ("iterations", "minutes", "images/s", "final loss", "best val P@1", "best at"),
+            (
+                str(summary["iterations"]),
+                f"{summary['seconds'] / 60:.1f}",
+                f"{summary['images_per_second']:,.1f}",
+                f"{summary['final_loss']:.4f}",
+                f"{summary['best_val_precision_at_1']:.4f}",
+                str(summary["best_iteration"]),
+            ),
+        )
 
 
 @dataclass(frozen=True)
