@@ -25,11 +25,12 @@ import onnx
 import torch
 
 from replearn.artifacts.checkpoint import save_checkpoint
-from replearn.config import ExportConfig, load_config
+from replearn.config import load_config
 from replearn.data.chars import generate_chars
 from replearn.embedding.onnx import OnnxEmbedder
 from replearn.errors import UserError
-from replearn.export.onnx_export import ExportResult, export_model
+from replearn.export.onnx_export import ExportResult
+from replearn.stages.export import stage as export_stage
 from replearn.training.model import build_model, load_model
 
 BATCHES = (1, 64)
@@ -47,9 +48,9 @@ def images_per_second(run: Callable[[np.ndarray], object], batch: np.ndarray) ->
 
 
 def export(checkpoint: Path, images: Path, out: Path, exporter: str, quantize: str) -> tuple[ExportResult, float]:
-    config = ExportConfig.model_validate({"exporter": exporter, "quantize": quantize})
+    config = load_config(None, [f"export.exporter={exporter}", f"export.quantize={quantize}"])
     started = time.perf_counter()
-    result = export_model(config, checkpoint, out, images)
+    result = export_stage(config, checkpoint, out, images)
     return result, time.perf_counter() - started
 
 

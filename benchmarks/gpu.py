@@ -101,19 +101,16 @@ def time_onnxruntime_cuda(
         return "n/a: not timing CUDA"
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return f"n/a: onnxruntime {ort.__version__} has no CUDA provider"
-    from replearn.artifacts.checkpoint import save_checkpoint
     from replearn.embedding.onnx import OnnxEmbedder
-    from replearn.export.onnx_export import export_model
+    from replearn.export.onnx_export import export_model, load_parity_batch
 
     torch.manual_seed(0)
-    model = build_model(config.train.model)
+    model = build_model(config.train.model).eval()
+    size = config.preprocess.resize.size
     with tempfile.TemporaryDirectory() as folder:
-        checkpoint = Path(folder) / "model.pt"
-        values = config.model_dump(mode="json", by_alias=True)
-        save_checkpoint(checkpoint, {"model": model.state_dict(), "config": values, "classes": ["a"]})
-        exported = export_model(config.export, checkpoint, Path(folder) / "model.onnx")
+        parity = load_parity_batch(None, config.preprocess.resize, config.export.parity_images)
+        exported = export_model(config.export, model, config, ["a"], Path(folder) / "model.onnx", parity, "random")
         embedder = OnnxEmbedder(exported.path, provider="cuda")
-        size = config.preprocess.resize.size
         images = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
         return images_per_second(lambda: embedder.embed_arrays(images), device, batch, iterations, warmup)
 

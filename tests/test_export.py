@@ -15,12 +15,13 @@ from typer.testing import CliRunner
 from replearn import __version__
 from replearn.artifacts.metadata import ModelMetadata
 from replearn.cli import app
-from replearn.config import ExportConfig, ResizeConfig
+from replearn.config import ExportConfig, ResizeConfig, load_config
 from replearn.data.images import NORMALIZE_MEAN, NORMALIZE_STD, image_to_array, load_image
 from replearn.embedding.onnx import OnnxEmbedder, read_metadata
 from replearn.errors import UserError
 from replearn.export import onnx_export
-from replearn.export.onnx_export import ExportResult, Parity, check_parity, export_model, hash_config, measure_parity
+from replearn.export.onnx_export import ExportResult, Parity, check_parity, hash_config, measure_parity
+from replearn.stages.export import stage
 from replearn.training.model import load_model
 
 runner = CliRunner()
@@ -132,9 +133,9 @@ def test_failed_parity_writes_nothing(
     graph = onnx.load(str(tiny_export.path))
     monkeypatch.setattr(onnx_export, "trace_to_onnx", lambda model, example, config: graph)
     out = tmp_path / "model.onnx"
-    config = ExportConfig(max_abs_diff=1e-12, quantize="int8")
+    config = load_config(None, ["export.max_abs_diff=1e-12", "export.quantize=int8"])
     with pytest.raises(UserError, match="does not match eager PyTorch on 32 images: max abs diff"):
-        export_model(config, tiny_checkpoint, out, tiny_preprocessed)
+        stage(config, tiny_checkpoint, out, tiny_preprocessed)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -114,10 +114,10 @@ def test_auto_precision_is_bf16_from_compute_capability_8() -> None:
 
 
 def test_export_of_a_cuda_trained_checkpoint_passes_parity(cuda_run, tiny_preprocessed: Path, tmp_path: Path) -> None:
-    from replearn.export.onnx_export import export_model
+    from replearn.stages.export import stage
 
     _, result = cuda_run
-    exported = export_model(Config().export, result.best_checkpoint, tmp_path / "model.onnx", tiny_preprocessed)
+    exported = stage(Config(), result.best_checkpoint, tmp_path / "model.onnx", tiny_preprocessed)
     assert exported.parity.min_cosine > 0.9999 and exported.metadata.embedding_dim == 32
 
 

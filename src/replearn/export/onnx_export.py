@@ -39,7 +39,7 @@ from replearn import __version__
 from replearn.artifacts.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata, Precision
 from replearn.artifacts.threshold import NOT_CALIBRATED, Calibration
 from replearn.atomic import atomic_path
-from replearn.config import Config, ExportConfig
+from replearn.config import Config, ExportConfig, ResizeConfig
 from replearn.console import results_table
 from replearn.data.images import DECODE_ERRORS, NORMALIZE_MEAN, NORMALIZE_STD, image_to_array, load_image
 from replearn.data.preprocess import read_summary
@@ -141,13 +141,13 @@ def describe_data(images_dir: Path | None, data_version: str | None) -> str:
     return "unknown" if summary is None else f"splits-{summary.data_version}"
 
 
-def load_parity_batch(images_dir: Path | None, config: Config, count: int) -> np.ndarray:
+def load_parity_batch(images_dir: Path | None, resize: ResizeConfig, count: int) -> np.ndarray:
     """Up to `count` real images, spread evenly over the sorted folder, as the model's input.
 
     Without a folder the batch is seeded uniform noise: the graph is still checked, but on
     inputs unlike real images, so a warning says so.
     """
-    size = config.preprocess.resize.size
+    size = resize.size
     if images_dir is None:
         log.warning("no --images folder given: the parity check runs on random inputs, not real images")
         return np.random.default_rng(0).random((count, 3, size, size), dtype=np.float32)
@@ -157,7 +157,7 @@ def load_parity_batch(images_dir: Path | None, config: Config, count: int) -> np
     arrays = []
     for index in picks:
         try:
-            arrays.append(image_to_array(load_image(images_dir / names[index], config.preprocess.resize)))
+            arrays.append(image_to_array(load_image(images_dir / names[index], resize)))
         except DECODE_ERRORS as error:  # a broken file must not stop the export; the others still check parity
             log.warning("parity batch: skipped %s: %s", images_dir / names[index], error)
     if not arrays:
@@ -295,25 +295,24 @@ def variant_path(out_path: Path, variant: str) -> Path:
 
 def export_model(
     config: ExportConfig,
-    checkpoint: Path,
+    model: torch.nn.Module,
+    train_config: Config,
+    classes: list[str],
     out_path: Path,
-    images_dir: Path | None = None,
-    data_version: str | None = None,
+    batch: np.ndarray,
+    data_version: str,
     calibration: Calibration = NOT_CALIBRATED,
 ) -> ExportResult:
-    """The `export` stage: checkpoint -> parity-checked ONNX file with metadata (plus int8/fp16 variants).
+    """A trained model (eval mode, on the CPU) -> parity-checked ONNX file with metadata (plus int8/fp16 variants).
 
-    images_dir: folder of real images for the parity batch (a preprocessed folder also gives the
-    data version: a hash of its splits.csv). calibration: evaluation's threshold, resolution and cluster threshold,
-    stored in the metadata (stages/export.py reads them from its threshold.json).
-    All files are renamed into place together, and only when every check passed.
+    Takes values, reads no file: stages/export.py loads the checkpoint, the parity batch and the
+    data version. train_config: the config the model was trained with (input size, resize mode, its
+    hash); batch: model inputs for the parity check (`load_parity_batch`); calibration: evaluation's
+    threshold, resolution and cluster threshold, stored in the metadata. All files are renamed into
+    place together, and only when every check passed.
     """
     import torch
 
-    from replearn.training.model import load_model
-
-    model, train_config, classes = load_model(checkpoint, device="cpu")
-    batch = load_parity_batch(images_dir, train_config, config.parity_images)
     with torch.no_grad():
         reference = model(torch.from_numpy(batch)).numpy()
     # torch.export specialises a dimension seen as 1, so the traced example has at least two images.
@@ -330,11 +329,11 @@ def export_model(
         classes=tuple(classes),
         replearn_version=__version__,
         config_hash=hash_config(train_config),
-        data_version=describe_data(images_dir, data_version),
+        data_version=data_version,
         resize_mode=train_config.preprocess.resize.mode,
         precision="fp32",
     )
-    log.info("exporting %s with the %s exporter, opset %d", checkpoint, config.exporter, config.opset)
+    log.info("exporting to %s with the %s exporter, opset %d", out_path, config.exporter, config.opset)
     proto = trace_to_onnx(model, example, config)
     opset = next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
     requested: tuple[tuple[Precision, bool], ...] = (("int8", config.quantize == "int8"), ("fp16", config.fp16))

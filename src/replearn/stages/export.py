@@ -1,6 +1,7 @@
 """The export stage: a checkpoint to a parity-checked ONNX file with its metadata (export/onnx_export.py).
 
-The calibrated values come from evaluation's threshold.json here, so export_model itself takes values.
+The files are read here (the checkpoint, the parity images, preprocess.json's data version,
+evaluation's threshold.json), so export_model itself takes values.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 from replearn.artifacts.threshold import NOT_CALIBRATED, Calibration, read_calibration
 from replearn.config import Config
 from replearn.errors import UserError
-from replearn.export.onnx_export import ExportResult, export_model
+from replearn.export.onnx_export import ExportResult, describe_data, export_model, load_parity_batch
 
 
 def stage(
@@ -22,14 +23,23 @@ def stage(
     calibration: Calibration | None = None,
     data_version: str | None = None,
 ) -> ExportResult:
-    """Export with the calibration in `threshold_file`, or with the one given (none: the metadata has no threshold)."""
+    """Export with the calibration in `threshold_file`, or with the one given (none: the metadata has no threshold).
+
+    images_dir: real images for the parity batch; a preprocessed folder also gives the data version.
+    """
+    from replearn.training.model import load_model
+
     if threshold_file is not None and calibration is not None:
         raise UserError("give the threshold or a threshold file, not both")
+    model, train_config, classes = load_model(checkpoint, device="cpu")
+    images_dir = None if images_dir is None else Path(images_dir)
     return export_model(
         config.export,
-        Path(checkpoint),
+        model,
+        train_config,
+        classes,
         Path(out_path),
-        images_dir=None if images_dir is None else Path(images_dir),
-        data_version=data_version,
-        calibration=read_calibration(threshold_file) if threshold_file is not None else calibration or NOT_CALIBRATED,
+        load_parity_batch(images_dir, train_config.preprocess.resize, config.export.parity_images),
+        describe_data(images_dir, data_version),
+        read_calibration(threshold_file) if threshold_file is not None else calibration or NOT_CALIBRATED,
     )
