@@ -20,6 +20,7 @@ from replearn.atomic import write_json_atomic
 from replearn.errors import UserError
 
 THRESHOLD_FILE = "threshold.json"
+OPTIONAL = ("resolution", "cluster_threshold")  # keys that files older than them lack
 
 
 @dataclass(frozen=True)
@@ -34,23 +35,15 @@ class Calibration:
 NOT_CALIBRATED = Calibration()
 
 
-def read_calibrated(path: Path | str, key: str) -> float | None:
-    """An optional value of a threshold.json (or its folder), such as "resolution"; older files give None."""
-    path = Path(path)
-    path = path / THRESHOLD_FILE if path.is_dir() else path
-    value = (json.loads(path.read_text()) if path.is_file() else {}).get(key)
-    return None if value is None else float(value)
-
-
 def write_threshold(path: Path, threshold: float, **details: Any) -> None:
     """Write {"threshold": t, ...details} atomically; details say how t was chosen and how well it did."""
     write_json_atomic(path, {"threshold": float(threshold), **details})
 
 
-def read_threshold(path: Path | str) -> float:
-    """The threshold in a threshold.json (or in the evaluation folder that holds one).
+def _read_record(path: Path | str) -> tuple[Path, Any]:
+    """The file a threshold.json path names (the file, or the evaluation folder holding it) and its parsed JSON.
 
-    A missing file or a value outside [-1, 1] is a UserError naming the file.
+    A missing or unparsable file is a UserError naming it.
     """
     path = Path(path)
     if path.is_dir():
@@ -58,7 +51,15 @@ def read_threshold(path: Path | str) -> float:
     if not path.is_file():
         raise UserError(f"threshold file {path} does not exist; run `replearn evaluate` first")
     try:
-        value = float(json.loads(path.read_text())["threshold"])
+        return path, json.loads(path.read_text())
+    except ValueError as error:
+        raise UserError(f"{path} does not hold a numeric 'threshold': {error}") from None
+
+
+def _checked_threshold(path: Path, record: Any) -> float:
+    """The record's threshold; a missing one or a value outside [-1, 1] is a UserError naming the file."""
+    try:
+        value = float(record["threshold"])
     except (ValueError, KeyError, TypeError) as error:
         raise UserError(f"{path} does not hold a numeric 'threshold': {error}") from None
     if not (math.isfinite(value) and -1.0 <= value <= 1.0):
@@ -66,8 +67,17 @@ def read_threshold(path: Path | str) -> float:
     return value
 
 
+def read_threshold(path: Path | str) -> float:
+    """The threshold in a threshold.json (or in the evaluation folder that holds one)."""
+    return _checked_threshold(*_read_record(path))
+
+
 def read_calibration(path: Path | str) -> Calibration:
-    """Everything a threshold.json (or the evaluation folder that holds one) calibrated."""
-    return Calibration(
-        read_threshold(path), read_calibrated(path, "resolution"), read_calibrated(path, "cluster_threshold")
-    )
+    """Everything a threshold.json (or the evaluation folder that holds one) calibrated, read once.
+
+    resolution and cluster_threshold are optional: files older than them give None.
+    """
+    path, record = _read_record(path)
+    threshold = _checked_threshold(path, record)
+    resolution, cluster_threshold = (None if record.get(key) is None else float(record[key]) for key in OPTIONAL)
+    return Calibration(threshold, resolution, cluster_threshold)
