@@ -23,11 +23,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
 
-from replearn.config import Config, load_config
+from replearn.config import BackboneName, Config, load_config
 from replearn.training.loop import batch_loss, build_optimizer
 from replearn.training.loss import CircleLoss
 from replearn.training.model import build_model
@@ -117,7 +118,7 @@ def time_onnxruntime_cuda(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="resnet50", choices=["resnet18", "resnet34", "resnet50"])
+    parser.add_argument("--backbone", default="resnet50", choices=get_args(BackboneName))
     parser.add_argument("--size", type=int, default=224, help="input side in pixels")
     parser.add_argument("--iterations", type=int, default=30, help="timed training steps (embedding: batches)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (cuDNN autotuning, allocator)")

@@ -16,15 +16,17 @@ from replearn import __version__
 from replearn.artifacts.metadata import ModelMetadata
 from replearn.cli import app
 from replearn.config import ExportConfig, ResizeConfig, load_config
-from replearn.data.images import NORMALIZE_MEAN, NORMALIZE_STD, image_to_array, load_image
+from replearn.data.images import image_to_array, load_image
 from replearn.embedding.onnx import OnnxEmbedder, read_metadata
 from replearn.errors import UserError
 from replearn.export import onnx_export
-from replearn.export.onnx_export import ExportResult, Parity, check_parity, hash_config, measure_parity
+from replearn.export.onnx_export import ExportResult, Parity, check_parity, export_model, hash_config, measure_parity
 from replearn.stages.export import stage
-from replearn.training.model import load_model
+from replearn.training.backbones import BACKBONES
+from replearn.training.model import build_model, load_model
 
 runner = CliRunner()
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def real_batch(preprocessed: Path, count: int) -> np.ndarray:
@@ -77,8 +79,8 @@ def test_metadata_round_trip(tiny_export: ExportResult, tiny_checkpoint: Path, t
     expected = ModelMetadata(
         input_size=32,
         channel_order="RGB",
-        mean=NORMALIZE_MEAN,
-        std=NORMALIZE_STD,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
         embedding_dim=8,
         threshold=0.42,
         classes=tuple(classes),
@@ -91,12 +93,12 @@ def test_metadata_round_trip(tiny_export: ExportResult, tiny_checkpoint: Path, t
     assert read_metadata(tiny_export.path) == expected == tiny_export.metadata
     props = {entry.key: entry.value for entry in onnx.load(str(tiny_export.path)).metadata_props}
     assert props["channel_order"] == "RGB" and json.loads(props["classes"]) == classes
-    assert json.loads(props["mean"]) == list(NORMALIZE_MEAN) and json.loads(props["threshold"]) == 0.42
+    assert json.loads(props["mean"]) == list(IMAGENET_MEAN) and json.loads(props["threshold"]) == 0.42
     assert ModelMetadata.from_props(expected.to_props()) == expected
 
 
 def test_metadata_without_threshold_and_malformed_metadata() -> None:
-    metadata = ModelMetadata(64, "RGB", NORMALIZE_MEAN, NORMALIZE_STD, 128, None, (), "0", "h", "v", "crop")
+    metadata = ModelMetadata(64, "RGB", IMAGENET_MEAN, IMAGENET_STD, 128, None, (), "0", "h", "v", "crop")
     props = metadata.to_props()
     assert props["threshold"] == "null" and ModelMetadata.from_props(props).threshold is None
     with pytest.raises(UserError, match=r"m.onnx lacks replearn metadata \['classes'\]"):
@@ -161,3 +163,20 @@ def test_cli_export_and_bad_inputs(
     (tmp_path / "threshold.json").write_text('{"f1": 0.5}')
     bad = runner.invoke(app, [*args, "--threshold-file", str(tmp_path / "threshold.json")])
     assert isinstance(bad.exception, UserError) and "numeric 'threshold'" in str(bad.exception)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(set(BACKBONES) - {"resnet18"}))  # resnet18: `tiny_export` above
+def test_each_backbone_exports_with_parity_and_its_imagenet_statistics(name: str, tmp_path: Path) -> None:
+    """Every backbone on offer, at 64 px with a one-layer transformer, through the default (dynamo) exporter."""
+    overrides = ["preprocess.resize.size=64", f"train.model.backbone.name={name}", "train.model.d_model=16"]
+    overrides += ["train.model.heads=2", "train.model.layers=1", "train.model.embedding_dim=8"]
+    config = load_config(None, overrides)
+    torch.manual_seed(0)
+    model = build_model(config.train.model).eval()
+    batch = np.random.default_rng(0).random((3, 3, 64, 64), dtype=np.float32)
+    result = export_model(config.export, model, config, ["a", "b"], tmp_path / "model.onnx", batch, "v1")
+    assert result.parity.max_abs_diff <= 1e-4 and result.parity.min_cosine >= 0.9999
+    transforms = BACKBONES[name].imagenet.transforms()
+    metadata = read_metadata(result.path)
+    assert metadata.mean == tuple(transforms.mean) and metadata.std == tuple(transforms.std)

@@ -6,7 +6,8 @@ import torchvision
 
 from replearn.config import ModelConfig
 from replearn.errors import UserError
-from replearn.training.model import build_model, imagenet_weights_path
+from replearn.training.backbones import imagenet_weights_path
+from replearn.training.model import build_model
 
 TINY = {"d_model": 32, "heads": 2, "layers": 1, "embedding_dim": 16}
 

@@ -103,10 +103,25 @@ class PreprocessConfig(StrictModel):
     workers: int = Field(0, ge=0, description="Threads decoding and resizing; 0 means one per core.")
 
 
-class BackboneConfig(StrictModel):
-    """The torchvision ResNet that turns an image into a feature map."""
+BackboneName = Literal[
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "convnext_tiny",
+    "efficientnet_b0",
+    "regnet_y_400mf",
+    "regnet_y_1_6gf",
+]
 
-    name: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+
+class BackboneConfig(StrictModel):
+    """The torchvision classifier whose convolutional trunk turns an image into a feature map.
+
+    The names are torchvision's; replearn.training.backbones says which layers form each trunk and
+    which ImageNet weights `weights: imagenet` fetches.
+    """
+
+    name: BackboneName = "resnet18"
     weights: str = Field(
         "none",
         description="none | imagenet (from the local torch hub cache, never downloaded) | path to a state_dict.",
@@ -117,9 +132,16 @@ class BackboneConfig(StrictModel):
         "(the last stage runs at stride 1), which helps small inputs.",
     )
 
+    @model_validator(mode="after")
+    def _stride_16_needs_a_strided_convolution(self) -> BackboneConfig:
+        # ConvNeXt downsamples with 2x2 patchifying convolutions: at stride 1 they would overlap and shrink the map.
+        if self.output_stride == 16 and self.name.startswith("convnext"):
+            raise ValueError(f"output_stride 16 is not offered for {self.name}; use 32")
+        return self
+
 
 class ModelConfig(StrictModel):
-    """ResNet -> 1x1 conv -> positional embeddings -> transformer encoder -> linear -> L2 norm."""
+    """Backbone -> 1x1 conv -> positional embeddings -> transformer encoder -> linear -> L2 norm."""
 
     backbone: BackboneConfig = BackboneConfig()
     d_model: int = Field(128, ge=8)

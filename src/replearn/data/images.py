@@ -19,9 +19,6 @@ WHITE = (255, 255, 255)
 # What Pillow raises for a file it cannot decode (truncated, corrupt, not an image, decompression bomb).
 # Callers that skip bad files and report them catch exactly these.
 DECODE_ERRORS: tuple[type[Exception], ...] = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
-# ImageNet statistics: applied inside the model, recorded in the ONNX metadata.
-NORMALIZE_MEAN = (0.485, 0.456, 0.406)
-NORMALIZE_STD = (0.229, 0.224, 0.225)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -41,7 +41,7 @@ from replearn.artifacts.threshold import NOT_CALIBRATED, Calibration
 from replearn.atomic import atomic_path
 from replearn.config import Config, ExportConfig, ResizeConfig
 from replearn.console import results_table
-from replearn.data.images import DECODE_ERRORS, NORMALIZE_MEAN, NORMALIZE_STD, image_to_array, load_image
+from replearn.data.images import DECODE_ERRORS, image_to_array, load_image
 from replearn.data.preprocess import read_summary
 from replearn.embedding.onnx import OnnxEmbedder, list_images
 from replearn.errors import UserError
@@ -313,15 +313,19 @@ def export_model(
     """
     import torch
 
+    from replearn.training.backbones import imagenet_statistics
+
     with torch.no_grad():
         reference = model(torch.from_numpy(batch)).numpy()
+    # The statistics the model normalises with inside the graph (those of its backbone's ImageNet weights).
+    mean, std = imagenet_statistics(train_config.train.model.backbone.name)
     # torch.export specialises a dimension seen as 1, so the traced example has at least two images.
     example = torch.from_numpy(np.concatenate([batch, batch]) if len(batch) < 2 else batch)
     metadata = ModelMetadata(
         input_size=train_config.preprocess.resize.size,
         channel_order="RGB",
-        mean=NORMALIZE_MEAN,
-        std=NORMALIZE_STD,
+        mean=mean,
+        std=std,
         embedding_dim=int(reference.shape[1]),
         threshold=calibration.threshold,
         resolution=calibration.resolution,

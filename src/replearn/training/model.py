@@ -1,87 +1,27 @@
-"""The embedding model: ResNet feature map -> 1x1 conv -> 2-D positional embeddings -> transformer -> L2 norm.
+"""The embedding model: CNN feature map -> 1x1 conv -> 2-D positional embeddings -> transformer -> L2 norm.
 
-The ResNet runs on an input larger than it needs for a single vector, so it yields a feature map
-whose cells look at different parts of the image; the transformer lets those cells attend to each
-other before they are pooled into one embedding. Mean/std normalisation lives inside the model,
-so every runtime (training, evaluation, ONNX) feeds plain float32 RGB in [0, 1].
+The backbone (a torchvision ResNet, ConvNeXt, EfficientNet or RegNet trunk: training/backbones.py)
+runs on an input larger than it needs for a single vector, so it yields a feature map whose cells
+look at different parts of the image; the transformer lets those cells attend to each other before
+they are pooled into one embedding. Mean/std normalisation, with the statistics of the backbone's
+ImageNet weights, lives inside the model, so every runtime (training, evaluation, ONNX) feeds plain
+float32 RGB in [0, 1].
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
-from replearn.artifacts.checkpoint import load_torch_dict, read_checkpoint
-from replearn.config import BackboneConfig, Config, ModelConfig, build_config
-from replearn.data.images import NORMALIZE_MEAN, NORMALIZE_STD
-from replearn.errors import UserError
-
-log = logging.getLogger(__name__)
+from replearn.artifacts.checkpoint import read_checkpoint
+from replearn.config import Config, ModelConfig, build_config
+from replearn.training.backbones import build_backbone, imagenet_statistics
 
 # Largest feature map side the positional table covers: 32 cells is a 1024 px input at stride 32.
 MAX_GRID = 32
-
-_WEIGHTS = {
-    "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
-    "resnet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
-    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V2,
-}
-
-
-def imagenet_weights_path(name: str) -> Path:
-    """Where torchvision's own download would cache the ImageNet weights of `name`."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_WEIGHTS[name].url)
-
-
-def read_backbone_state(config: BackboneConfig) -> dict[str, torch.Tensor] | None:
-    """The backbone's starting weights: None (random), torchvision's ImageNet file, or a state_dict file.
-
-    Nothing is downloaded: run time has no network, so a missing file is a UserError that says
-    where to put it.
-    """
-    if config.weights == "none":
-        return None
-    if config.weights == "imagenet":
-        path = imagenet_weights_path(config.name)
-        if not path.is_file():
-            raise UserError(
-                f"train.model.backbone.weights=imagenet needs {path}, which is missing (no download at run time); "
-                f"fetch {_WEIGHTS[config.name].url} on a machine with network and copy it there, "
-                "or set train.model.backbone.weights to a state_dict file, or to none"
-            )
-    else:
-        path = Path(config.weights)
-        if not path.is_file():
-            raise UserError(f"train.model.backbone.weights: {path} does not exist (expected none, imagenet or a file)")
-    state = load_torch_dict(path, "a loadable state_dict")
-    return {key: value for key, value in state.items() if not key.startswith("fc.")}
-
-
-def build_backbone(config: BackboneConfig) -> tuple[nn.Sequential, int]:
-    """A torchvision ResNet without pooling and fc, and the channels of its feature map."""
-    resnet = getattr(torchvision.models, config.name)(weights=None)
-    state = read_backbone_state(config)
-    channels = resnet.fc.in_features
-    del resnet.fc
-    if state is not None:
-        try:
-            resnet.load_state_dict(state, strict=True)
-        except RuntimeError as error:
-            raise UserError(f"{config.weights} does not fit a {config.name}: {str(error)[:500]}") from None
-        log.info("backbone %s starts from %s", config.name, config.weights)
-    if config.output_stride == 16:
-        for module in resnet.layer4[0].modules():
-            if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
-                module.stride = (1, 1)
-    layers = [resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool]
-    layers += [resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4]
-    return nn.Sequential(*layers), channels
 
 
 class EmbeddingModel(nn.Module):
@@ -93,8 +33,9 @@ class EmbeddingModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.register_buffer("mean", torch.tensor(NORMALIZE_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(NORMALIZE_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = imagenet_statistics(config.backbone.name)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.backbone, channels = build_backbone(config.backbone)
         self.project = nn.Conv2d(channels, config.d_model, kernel_size=1)
         self.position = nn.Parameter(torch.zeros(1, config.d_model, MAX_GRID, MAX_GRID))
