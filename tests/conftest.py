@@ -21,6 +21,9 @@ os.environ["ZENML_ANALYTICS_OPT_IN"] = "false"
 os.environ["ZENML_CONFIG_PATH"] = str(_ZENML_HOME / "config")
 os.environ["ZENML_REPOSITORY_PATH"] = str(_ZENML_HOME)
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Nothing in the suite reaches beyond the machine: `weights: imagenet` never downloads here. The download
+# tests (test_backbones.py) lift this for a server on 127.0.0.1.
+os.environ["REPLEARN_OFFLINE"] = "1"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

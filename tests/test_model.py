@@ -47,9 +47,10 @@ def test_heads_must_divide_width() -> None:
 
 def test_imagenet_offline_names_the_expected_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setenv("REPLEARN_OFFLINE", "1")
     expected = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     assert imagenet_weights_path("resnet18") == expected
-    with pytest.raises(UserError, match="weights=imagenet needs .*resnet18-f37072fd.pth.*no download"):
+    with pytest.raises(UserError, match="weights=imagenet needs .*resnet18-f37072fd.pth, which is missing.*OFFLINE"):
         build_model(ModelConfig.model_validate({**TINY, "backbone": {"weights": "imagenet"}}))
 
 

@@ -124,7 +124,8 @@ class BackboneConfig(StrictModel):
     name: BackboneName = "resnet18"
     weights: str = Field(
         "none",
-        description="none | imagenet (from the local torch hub cache, never downloaded) | path to a state_dict.",
+        description="none | imagenet (torchvision's file: read from the torch hub cache, downloaded there with its "
+        "hash check when missing, never when REPLEARN_OFFLINE=1) | path to a state_dict.",
     )
     output_stride: Literal[16, 32] = Field(
         32,

@@ -5,7 +5,11 @@ member: the file's URL, which ends in its sha256 prefix, and the mean/std it was
 classifier head that is dropped, and the layers from the image to the last feature map. The model
 (training/model.py) puts a 1x1 conv, positional embeddings and a transformer on that map.
 
-`weights: imagenet` reads torchvision's file from torch's hub cache; nothing is downloaded.
+Nothing downloads unless the config says `weights: imagenet`. Then the file comes from torch's hub
+cache (`torch.hub.get_dir()/checkpoints`, under `$TORCH_HOME`), and when it is missing there,
+torchvision's own download fetches it with its hash check and a progress bar, unless
+REPLEARN_OFFLINE=1 forbids the network: then, as when the download fails, a UserError says which
+file to copy where.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from replearn.errors import UserError
 
 log = logging.getLogger(__name__)
 
+OFFLINE_VARIABLE = "REPLEARN_OFFLINE"
 Statistics = tuple[float, float, float]
 
 
@@ -122,16 +127,44 @@ def imagenet_weights_path(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(BACKBONES[name].imagenet.url)
 
 
+def offline_requested() -> bool:
+    """True when REPLEARN_OFFLINE says never to reach the network (1, true, yes or on)."""
+    return os.environ.get(OFFLINE_VARIABLE, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def missing_imagenet_weights(name: str, why: str) -> UserError:
+    """The error for an ImageNet file that is not in the cache and cannot be downloaded: what to copy where."""
+    path, url = imagenet_weights_path(name), BACKBONES[name].imagenet.url
+    return UserError(
+        f"train.model.backbone.weights=imagenet needs {path}, which is missing, and {why}; "
+        f"fetch {url} on a machine with network and copy it there (or point TORCH_HOME at a cache that has it), "
+        "or set train.model.backbone.weights to a state_dict file, or to none"
+    )
+
+
 def read_imagenet_state(name: str) -> dict[str, torch.Tensor]:
-    """torchvision's ImageNet state_dict of `name`, from the hub cache; nothing is downloaded."""
+    """torchvision's ImageNet state_dict of `name`: from the hub cache, else downloaded into it.
+
+    The download is torchvision's own (`WeightsEnum.get_state_dict`, i.e. torch.hub's
+    load_state_dict_from_url): a progress bar on stderr, a partial file renamed into place only
+    when the sha256 of its content starts with the prefix in its name. The cache is checked first
+    and REPLEARN_OFFLINE before any connection is attempted.
+    """
+    weights = BACKBONES[name].imagenet
     path = imagenet_weights_path(name)
-    if not path.is_file():
-        raise UserError(
-            f"train.model.backbone.weights=imagenet needs {path}, which is missing (no download at run time); "
-            f"fetch {BACKBONES[name].imagenet.url} on a machine with network and copy it there, "
-            "or set train.model.backbone.weights to a state_dict file, or to none"
-        )
-    return load_torch_dict(path, "a loadable state_dict")
+    if path.is_file():
+        return load_torch_dict(path, "a loadable state_dict")
+    if offline_requested():
+        raise missing_imagenet_weights(name, f"{OFFLINE_VARIABLE} forbids downloading it")
+    log.info("downloading %s's ImageNet weights from %s to %s", name, weights.url, path)
+    try:
+        state = weights.get_state_dict(model_dir=str(path.parent), progress=True, check_hash=True, weights_only=True)
+    except OSError as error:  # no network, refused, HTTP errors (URLError), an unwritable cache
+        raise missing_imagenet_weights(name, f"downloading it failed ({error})") from None
+    except RuntimeError as error:  # torch.hub's hash check; the partial file is already deleted
+        raise UserError(f"the download of {weights.url} was refused, nothing was kept: {error}") from None
+    log.info("%s's ImageNet weights are cached at %s", name, path)
+    return state
 
 
 def read_backbone_state(config: BackboneConfig) -> dict[str, torch.Tensor] | None:
