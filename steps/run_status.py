@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 from zenml import get_step_context
 from zenml.client import Client
@@ -76,12 +77,11 @@ def record_preflight_failure(config: Config, error: BaseException) -> None:
 def record_run_success() -> None:
     """on_success hook of the last step: the run is good; the end of a streak of failures is worth an alert too."""
     context = get_step_context()
-    summary = Client().get_pipeline_run(context.pipeline_run.id).steps["cluster"].run_metadata
+    metadata = Client().get_pipeline_run(context.pipeline_run.id).steps["cluster"].run_metadata
+    images, new_images, run = (cast(int, metadata[key]) for key in ("images", "new_images", "run"))
     where = run_clusters_dir()
     before = read_run_status(where)
-    status = record_success(
-        where, images=int(summary["images"]), new_images=int(summary["new_images"]), run=int(summary["run"]) or None
-    )
+    status = record_success(where, images=images, new_images=new_images, run=run or None)
     if before.consecutive_failures and status.last_success is not None:
         post_alert(
             f"replearn: {context.pipeline.name} is green again after {before.consecutive_failures} failed run(s): "

@@ -380,7 +380,7 @@ def clusters_status(
 
     if not (out / STATUS_FILE).is_file():
         raise UserError(f"no run has recorded its status in {out} yet ({out / STATUS_FILE} is missing)")
-    stdout.print(read_run_status(out))
+    stdout.print(read_run_status(out), soft_wrap=True)  # one line each, whatever the width: for grep and alerts
 
 
 def run() -> None:
