@@ -51,12 +51,22 @@ def failure_message(status: RunStatus, pipeline: str, run: str, where: Path) -> 
 
 
 def post_alert(message: str) -> None:
-    """Post to the active stack's alerter; without one, the status record and the log are where it shows."""
+    """Post to the active stack's alerter; without one, the status record and the log are where it shows.
+
+    An alerter that cannot post (Slack unreachable, a revoked token) logs a warning: it never hides the
+    failure being reported, nor fails a run.
+    """
     alerter = Client().active_stack.alerter
     if alerter is None:
         log.info("no alerter in the active stack: the failure is only in the run status and the log")
         return
-    alerter.post(message)
+    try:
+        posted = alerter.post(message)
+    except Exception as error:
+        log.warning("the alerter %s could not post: %s", alerter.name, error)
+        return
+    if posted is False:
+        log.warning("the alerter %s could not post (see its log above)", alerter.name)
 
 
 def record_run_failure(exception: BaseException) -> None:
