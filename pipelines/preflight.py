@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 from zenml.pipelines.pipeline_definition import Pipeline
+from zenml.steps import BaseStep
 from zenml.utils import dict_utils
 
 from pipelines.inputs import MODEL_NAME, load_run_config, require_data
@@ -39,13 +40,24 @@ def run_parameters(argv: list[str]) -> dict[str, Any]:
     return {}
 
 
+def pipeline_steps(pipeline: Pipeline) -> set[str]:
+    """The names of the steps that a pipeline's module imports: each pipeline here calls every step it imports."""
+    module = sys.modules[pipeline.entrypoint.__module__]
+    return {value.name for value in vars(module).values() if isinstance(value, BaseStep)}
+
+
 def apply_run_config(pipeline: Pipeline, settings: dict[str, Any] | None = None) -> Pipeline:
     """The pipeline configured with zenml_config.yaml, plus `settings` on top.
 
     The file's values are applied as configuration, not as a config_path: ZenML reads a
     config_path again when it compiles the run, which would undo `settings` given here.
+    The file serves both pipelines: its `steps` entries for the other pipeline's steps are left
+    out, which ZenML would otherwise warn about on every run.
     """
     run_config: dict[str, Any] = yaml.safe_load(RUN_CONFIG.read_text()) or {}
+    if run_config.get("steps"):
+        ours = pipeline_steps(pipeline)
+        run_config["steps"] = {name: step for name, step in run_config["steps"].items() if name in ours}
     if settings:
         run_config["settings"] = dict_utils.recursive_update(run_config.get("settings") or {}, settings)
     return pipeline.with_options(**run_config)
@@ -61,11 +73,18 @@ def require_training_data(config: Config) -> None:
     require_data(config.data.raw_dir)
 
 
-def preflight(check: Callable[[Config], None]) -> None:
-    """Load the run's params and run `check`; on a user error print it and exit 1."""
+def preflight(check: Callable[[Config], None], on_error: Callable[[Config, UserError], None] | None = None) -> None:
+    """Load the run's params and run `check`; on a user error print it and exit 1.
+
+    `on_error` hears of a failed check (clustering records it in its run status, as a failed run).
+    """
     parameters = run_parameters(sys.argv)
+    config: Config | None = None
     try:
-        check(load_run_config(parameters.get("params_file", "params.yaml"), parameters.get("overrides")))
+        config = load_run_config(parameters.get("params_file", "params.yaml"), parameters.get("overrides"))
+        check(config)
     except UserError as error:
+        if on_error is not None and config is not None:
+            on_error(config, error)
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None

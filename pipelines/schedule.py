@@ -5,8 +5,9 @@ writing a crontab line does not need.
 
 ZenML's local orchestrator refuses schedules, so cron runs `zenml pipeline run clustering` from
 this repository's root, under `flock -n`: a run that is still going makes the next one skip
-instead of piling up. Remote orchestrators (Kubeflow, Kubernetes, ...) take a run configuration
-with a `schedule:` block instead, as the comment at the end of zenml_config.yaml shows.
+instead of piling up. Its output goes to outputs/logs/clustering.log, moved to clustering.log.1
+when a run starts with it over schedule.log_max_mb. Remote orchestrators (Kubeflow, Kubernetes, ...)
+take a run configuration with a `schedule:` block instead, as the comment at the end of zenml_config.yaml shows.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from replearn.schedule import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TAG = f"replearn scheduled clustering {REPO_ROOT}"
+LOG = "outputs/logs/clustering.log"
 
 log = logging.getLogger(__name__)
 stdout = Console()
@@ -49,21 +51,32 @@ CronOption = Annotated[
 ]
 
 
-def clustering_command(repo_root: Path) -> str:
-    """The shell command cron runs: the clustering pipeline from the repository root, skipped while one runs."""
+def rotate_log_command(log: str, max_bytes: int) -> str:
+    """POSIX sh that moves `log` to `log`.1 (replacing it) when it is over `max_bytes`: the log stays bounded.
+
+    A size check before each run, as logrotate's `size` rule does, with nothing to install. No `%`,
+    which a crontab line would turn into a newline.
+    """
+    return f'if [ -f {log} ] && [ "$(wc -c < {log})" -gt {max_bytes} ]; then mv -f {log} {log}.1; fi'
+
+
+def clustering_command(repo_root: Path, log_max_bytes: int) -> str:
+    """The shell command cron runs: the clustering pipeline from the repository root, skipped while one runs,
+    appending to a log that is rotated when it grows over `log_max_bytes`."""
     root = shlex.quote(str(repo_root))
     zenml = shlex.quote(str(Path(sys.executable).with_name("zenml")))
     return (
-        f"cd {root} && mkdir -p outputs/logs && ZENML_ANALYTICS_OPT_IN=false "
-        f"flock -n .zen/clustering.lock {zenml} pipeline run clustering >> outputs/logs/clustering.log 2>&1"
+        f"cd {root} && mkdir -p outputs/logs && {rotate_log_command(LOG, log_max_bytes)} && "
+        f"ZENML_ANALYTICS_OPT_IN=false flock -n .zen/clustering.lock {zenml} pipeline run clustering >> {LOG} 2>&1"
     )
 
 
 def entry(cron: str | None) -> CronEntry:
     """The entry for `cron`, or for the schedule in the params.yaml the scheduled runs will read (the repository's)."""
     params = REPO_ROOT / "params.yaml"
-    when = validate_cron(cron or load_config(params if params.is_file() else None).schedule.cron)
-    return CronEntry(cron=when, command=clustering_command(REPO_ROOT), tag=TAG)
+    schedule = load_config(params if params.is_file() else None).schedule
+    command = clustering_command(REPO_ROOT, schedule.log_max_mb * 1024 * 1024)
+    return CronEntry(cron=validate_cron(cron or schedule.cron), command=command, tag=TAG)
 
 
 @app.callback()

@@ -33,6 +33,7 @@ def cluster(
     registry = Path(clusters_dir) / onnx_model.sha256[:12]
     run = stage(settings, Path(onnx_model.path), Path(inbox_dir), registry)
     summary: dict[str, Any] = {
+        "run": run.run or 0,  # the registry's run number; 0 when there was nothing new
         "images": run.images,
         "new_images": run.new_images,
         "assigned_to_existing": run.assigned_to_existing,

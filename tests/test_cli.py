@@ -27,6 +27,7 @@ COMMANDS = [
     *[[name] for name in ("validate", "preprocess", "train", "evaluate", "compare", "embed", "export", "cluster")],
     ["data", "chars"],
     ["data", "digits"],
+    ["clusters", "status"],
 ]
 
 

@@ -288,9 +288,11 @@ def check_orchestrator_settings(run_config: dict) -> None:
 
 
 def compiled_steps(pipeline: Any) -> dict[str, Any]:
-    """Every step's configuration, as ZenML compiles the run."""
+    """Every step's configuration, as ZenML compiles the run (_create_snapshot passes step_configurations as steps)."""
     pipeline.prepare()
-    snapshot, _, _ = pipeline._compile(**pipeline._run_args)
+    run_args = dict(pipeline._run_args)
+    run_args["steps"] = run_args.pop("step_configurations", None)
+    snapshot, _, _ = pipeline._compile(**run_args)
     return {name: step.config for name, step in snapshot.step_configurations.items()}
 
 
@@ -321,6 +323,7 @@ def test_deploy_gpu_run_config_gives_the_train_step_gpus_and_keeps_the_image(
     assert "resources" not in steps["validate"].settings
     assert steps["train"].parameters["config"]["train"]["nproc_per_node"] == "auto"
     assert steps["train"].enable_cache is not False and steps["register"].enable_cache is False  # metrics every run
+    assert all(config.retry is None for config in steps.values())  # the clustering steps' retries are theirs alone
     for config in steps.values():
         docker = config.settings["docker"].model_dump(exclude_unset=True)
         assert docker["dockerfile"] == "Dockerfile" and not docker["install_stack_requirements"]
@@ -346,6 +349,9 @@ def test_clustering_steps_get_the_inference_image(
     assert {docker_target(config) for config in steps.values()} == {"inference"}
     # Never cached, whatever the run config says: a cached run would not see the inbox's new images.
     assert not any(config.enable_cache for config in steps.values())
+    # zenml_config.yaml's retries reach every clustering step, whatever -c adds.
+    retries = {name: config.retry for name, config in steps.items()}
+    assert all(r is not None and r.max_retries == 2 and r.backoff >= 1 for r in retries.values()), retries
 
 
 def test_preflight_reads_the_parameters_of_the_run_config_given_with_c(tmp_path: Path) -> None:

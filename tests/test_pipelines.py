@@ -233,10 +233,16 @@ def test_the_literal_zenml_commands_in_a_copy_of_the_repository(tmp_path: Path) 
 
     too_early = run("zenml", "pipeline", "run", "clustering")
     assert too_early.returncode == 1 and "no production version" in too_early.stderr
+    status = root / "outputs" / "zenml" / "clusters" / "run_status.json"
+    failed = yaml.safe_load(status.read_text())  # a scheduled run that cannot start is a failed run
+    assert failed["consecutive_failures"] == 1 and failed["last_failure"]["step"] == "preflight"
     trained = run("zenml", "pipeline", "run", "training")
     assert trained.returncode == 0, trained.stderr[-3000:]
     clustered = run("zenml", "pipeline", "run", "clustering")
     assert clustered.returncode == 0, clustered.stderr[-3000:]
+    shown = run(str(bin_dir / "replearn"), "clusters", "status", "outputs/zenml/clusters")
+    assert shown.returncode == 0 and "run 1: 6 new of 6 images" in shown.stdout, shown.stdout + shown.stderr
+    assert "consecutive failures: 0" in shown.stdout and "in step preflight: there is no production" in shown.stdout
     (assignments,) = (root / "outputs" / "zenml" / "clusters").glob("*/assignments.csv")
     assert len(assignments.read_text().splitlines()) == 1 + 6
 
@@ -247,3 +253,120 @@ def test_the_literal_zenml_commands_in_a_copy_of_the_repository(tmp_path: Path) 
     assert len(assignments.read_text().splitlines()) == 1 + 7
     summary = run(str(bin_dir / "python"), "-m", "pipelines.summary")
     assert summary.returncode == 0 and "1 new of 7" in summary.stdout
+
+
+def ensure_production_model(project: Path) -> None:
+    from steps.production import production_version as current
+
+    if current("replearn") is None:
+        run_pipeline("training", project)
+
+
+def run_scheduled_clustering(project: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """What cron's `zenml pipeline run clustering -c FILE` runs: the pipeline as the root clustering.py builds it
+    (zenml_config.yaml applied, with its retries, but waiting 1 s, then 2 s, instead of 30 s and 60 s)."""
+    from zenml.client import Client
+
+    from pipelines import preflight
+    from pipelines.clustering import INFERENCE_IMAGE, clustering
+
+    run_config = yaml.safe_load(preflight.RUN_CONFIG.read_text())
+    for step in run_config["steps"].values():
+        step["retry"] = step["retry"] | {"delay": 1}
+    faster = project / "zenml_config.fast-retries.yaml"
+    faster.write_text(yaml.safe_dump(run_config))
+    monkeypatch.setattr(preflight, "RUN_CONFIG", faster)
+    parameters = project / "clustering-run.yaml"
+    parameters.write_text(yaml.safe_dump({"parameters": {"params_file": str(project / "params.yaml")}}))
+    pipeline = preflight.apply_run_config(clustering, settings=INFERENCE_IMAGE)
+    pipeline = pipeline.with_options(config_path=str(parameters))
+    try:
+        pipeline()
+    finally:
+        monkeypatch.undo()  # RUN_CONFIG, and the test's stand-in for the stage
+    return Client().get_pipeline("clustering").last_run
+
+
+def failing_stage(failures: int) -> Any:
+    """The cluster stage, failing its first `failures` calls with a transient-looking I/O error."""
+    import replearn.stages.cluster
+
+    real, calls = replearn.stages.cluster.stage, []
+
+    def stage(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) <= failures:
+            raise OSError(5, "Input/output error on the inbox share")
+        return real(*args, **kwargs)
+
+    stage.calls = calls  # type: ignore[attr-defined]
+    return stage
+
+
+def test_a_transient_failure_is_retried_and_the_run_ends_green(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from zenml.client import Client
+
+    from replearn.clustering.run_status import read_run_status
+
+    ensure_production_model(project)
+    clusters = project / "out" / "zenml" / "clusters"
+    before = read_run_status(clusters)
+    flaky = failing_stage(2)
+    monkeypatch.setattr("replearn.stages.cluster.stage", flaky)
+    run = run_scheduled_clustering(project, monkeypatch)
+    assert len(flaky.calls) == 3
+    assert str(run.status.value) == "completed"
+    assert statuses(run) == dict.fromkeys(["load_production_model", "cluster", "report"], "completed")
+    attempts = Client().list_run_steps(pipeline_run_id=run.id, name="cluster", sort_by="asc:version", size=10)
+    assert [str(step.status.value) for step in attempts.items] == ["retried", "retried", "completed"]
+    after = read_run_status(clusters)
+    assert after.consecutive_failures == 0 and after.last_failure == before.last_failure  # retried tries are no failure
+    assert after.last_success is not None and after.last_success != before.last_success
+
+
+def test_a_run_that_keeps_failing_shows_in_status_and_in_the_alerter(
+    project: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A stack with an alerter of a flavor of our own (tests/file_alerter.py) that appends to a file."""
+    from typer.testing import CliRunner
+    from zenml.client import Client
+    from zenml.enums import StackComponentType
+
+    from file_alerter import SEPARATOR
+    from replearn.cli import app
+    from replearn.clustering.run_status import read_run_status
+
+    ensure_production_model(project)
+    client, alerts = Client(), tmp_path / "alerts.txt"
+    client.create_flavor(source="file_alerter.FileAlerterFlavor", component_type=StackComponentType.ALERTER)
+    client.create_stack_component("file_alerter", "file", StackComponentType.ALERTER, {"path": str(alerts)})
+    default = client.active_stack_model
+    components = {kind: [c.id for c in found] for kind, found in default.components.items()}
+    client.create_stack("with_file_alerter", components | {StackComponentType.ALERTER: "file_alerter"})
+    client.activate_stack("with_file_alerter")
+    clusters = project / "out" / "zenml" / "clusters"
+    try:
+        before = read_run_status(clusters).consecutive_failures
+        for _ in range(2):
+            monkeypatch.setattr("replearn.stages.cluster.stage", failing_stage(99))
+            with pytest.raises(RuntimeError, match="failure in step\(s\): cluster"):
+                run_scheduled_clustering(project, monkeypatch)
+        status = read_run_status(clusters)
+        assert status.consecutive_failures == before + 2  # runs, not their 3 tries each
+        assert status.last_failure is not None and status.last_failure.step == "cluster"
+        assert status.last_failure.reason == "OSError: [Errno 5] Input/output error on the inbox share"
+        shown = CliRunner().invoke(app, ["clusters", "status", str(clusters)])
+        assert shown.exit_code == 0 and f"consecutive failures: {before + 2}" in shown.output
+        assert "in step cluster: OSError: [Errno 5] Input/output error" in " ".join(shown.output.split())
+
+        messages = alerts.read_text().split(SEPARATOR)[:-1]
+        assert len(messages) == 2
+        assert f"clustering failed ({before + 2} runs in a row) in step cluster: OSError" in messages[1]
+        assert "last good run: " in messages[1] and f"replearn clusters status {clusters}" in messages[1]
+
+        run_scheduled_clustering(project, monkeypatch)  # the share is back
+        assert read_run_status(clusters).consecutive_failures == 0
+        recovered = alerts.read_text().split(SEPARATOR)[:-1]
+        assert len(recovered) == 3 and f"green again after {before + 2} failed run(s)" in recovered[2]
+    finally:
+        client.activate_stack(default.id)

@@ -1,11 +1,14 @@
 """`python pipelines/schedule.py`: the crontab entry for scheduled clustering, against a fake `crontab` that stores
 its table in a file."""
 
+import importlib.util
 import os
+import shlex
 import stat
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 FAKE_CRONTAB = """#!/usr/bin/env bash
 table="$FAKE_CRONTAB_FILE"
@@ -90,3 +93,32 @@ def test_the_default_schedule_is_the_repositorys_whatever_the_working_folder(tmp
     result = subprocess.run(command, capture_output=True, text=True, env=environment(tmp_path, False), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert not result.stdout.startswith("5 5 * * *") and f"cd {repo_root} && " in result.stdout
+
+
+def load_schedule_script(repo_root: Path) -> ModuleType:
+    """pipelines/schedule.py as cron's installer runs it: a script, without the pipelines package (and ZenML)."""
+    spec = importlib.util.spec_from_file_location("schedule_script", repo_root / "pipelines" / "schedule.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_cron_command_keeps_its_log_bounded(tmp_path: Path, repo_root: Path) -> None:
+    """The crontab line itself, run by /bin/sh with cron's PATH and a stand-in zenml that logs 60 bytes a run."""
+    schedule = load_schedule_script(repo_root)
+    fake_zenml = tmp_path / "bin" / "zenml"
+    fake_zenml.parent.mkdir()
+    fake_zenml.write_text("#!/bin/sh\nprintf '%059d\\n' 0\n")
+    fake_zenml.chmod(0o755)
+    repo = tmp_path / "repo"
+    (repo / ".zen").mkdir(parents=True)
+    command = schedule.clustering_command(repo, log_max_bytes=100)
+    assert "%" not in command  # cron turns % into a newline
+    command = command.replace(shlex.quote(str(Path(sys.executable).with_name("zenml"))), str(fake_zenml))
+    logs = repo / "outputs" / "logs"
+    for _ in range(7):
+        subprocess.run(["/bin/sh", "-c", command], check=True, env={"PATH": "/usr/bin:/bin"})
+    assert sorted(p.name for p in logs.iterdir()) == ["clustering.log", "clustering.log.1"]
+    assert all(path.stat().st_size <= 100 + 60 for path in logs.iterdir())
+    assert (logs / "clustering.log").read_text().count("\n") == 1  # 7 runs: rotated after the 2nd, 4th and 6th

@@ -2,7 +2,8 @@
 
 Global options come before the subcommand: `replearn --config params.yaml --set train.iterations=50 train ...`.
 Errors meant for the user (bad config, bad data, steps out of order) print a message and exit 1;
-usage errors exit 2, as typer does.
+usage errors exit 2, as typer does. `replearn cluster --detailed-exit-code` exits 3 when there was
+nothing new (NOTHING_NEW_EXIT_CODE), for cron jobs that act only on new clusters.
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ data_app = typer.Typer(
     help="Generate the bundled demo datasets as class folders.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(data_app, name="data")
+clusters_app = typer.Typer(
+    help="Inspect the cluster folder OUT of `replearn cluster` (or the clustering pipeline's).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(clusters_app, name="clusters")
+
+# `replearn cluster --detailed-exit-code` when the inbox held nothing new. Not 1 (failures) nor 2 (usage errors).
+NOTHING_NEW_EXIT_CODE = 3
 
 
 def from_config(key: str, *names: str) -> Any:
@@ -321,13 +331,26 @@ def cluster(
     evaluate: Annotated[
         bool, typer.Option("--evaluate", help="INBOX holds class folders: score the clusters against them.")
     ] = False,
+    detailed_exit_code: Annotated[
+        bool,
+        typer.Option(
+            "--detailed-exit-code",
+            help=f"Exit {NOTHING_NEW_EXIT_CODE} when there was nothing new to cluster, instead of 0.",
+        ),
+    ] = False,
 ) -> None:
     """Cluster the new images of INBOX into OUT: ids stay stable across runs; a batch seen before changes nothing.
 
     New images are grouped with earlier unclustered images and with the clusters they are near.
 
     cluster.method: louvain (the default) or components (the seed's rule). Merges are recorded, never renumbered.
+
+    Every run records its outcome in OUT/run_status.json (`replearn clusters status OUT`). Exit codes:
+    0 the run finished (new images clustered, or nothing new); 1 it failed; 2 a usage error.
+    With --detailed-exit-code, nothing new exits 3 instead of 0.
     """
+    from replearn.clustering.registry import RegistryLockedError
+    from replearn.clustering.run_status import record_failure, record_success
     from replearn.stages.cluster import stage
 
     options = {
@@ -335,7 +358,29 @@ def cluster(
         "cluster.min_size": min_size,
         "cluster.evaluate_labels": evaluate or None,
     }
-    stdout.print(stage(with_values(state(ctx).config, options), model, inbox, out))
+    try:
+        result = stage(with_values(state(ctx).config, options), model, inbox, out)
+    except RegistryLockedError:
+        raise  # another run is at work on OUT: this one skipped, it did not fail
+    except Exception as error:
+        record_failure(out, error)
+        raise
+    record_success(out, images=result.images, new_images=result.new_images, run=result.run)
+    stdout.print(result)
+    if detailed_exit_code and result.run is None:
+        raise typer.Exit(NOTHING_NEW_EXIT_CODE)
+
+
+@clusters_app.command("status")
+def clusters_status(
+    out: Annotated[Path, typer.Argument(help="OUT of `replearn cluster`, or outputs/zenml/clusters for ZenML runs.")],
+) -> None:
+    """The last good run, the last failure with its one-line reason, and how many runs in a row have failed."""
+    from replearn.clustering.run_status import STATUS_FILE, read_run_status
+
+    if not (out / STATUS_FILE).is_file():
+        raise UserError(f"no run has recorded its status in {out} yet ({out / STATUS_FILE} is missing)")
+    stdout.print(read_run_status(out), soft_wrap=True)  # one line each, whatever the width: for grep and alerts
 
 
 def run() -> None:

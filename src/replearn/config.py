@@ -341,6 +341,12 @@ class ScheduleConfig(StrictModel):
     """Scheduled batch clustering through the user's crontab (`make schedule`: pipelines/schedule.py)."""
 
     cron: str = Field("0 * * * *", description="Crontab expression: five fields or an @-shortcut such as @hourly.")
+    log_max_mb: int = Field(
+        10,
+        ge=1,
+        description="A scheduled run that finds outputs/logs/clustering.log over this size first moves it to "
+        "clustering.log.1 (replacing the older one), so the two files stay near twice this size.",
+    )
 
 
 class Config(StrictModel):
