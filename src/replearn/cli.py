@@ -349,7 +349,7 @@ def cluster(
     0 the run finished (new images clustered, or nothing new); 1 it failed; 2 a usage error.
     With --detailed-exit-code, nothing new exits 3 instead of 0.
     """
-    from replearn.clustering.registry import RegistryLockedError
+    from replearn.catalogue.store import CatalogueLockedError
     from replearn.clustering.run_status import record_failure, record_success
     from replearn.stages.cluster import stage
 
@@ -360,7 +360,7 @@ def cluster(
     }
     try:
         result = stage(with_values(state(ctx).config, options), model, inbox, out)
-    except RegistryLockedError:
+    except CatalogueLockedError:
         raise  # another run is at work on OUT: this one skipped, it did not fail
     except Exception as error:
         record_failure(out, error)
@@ -381,6 +381,18 @@ def clusters_status(
     if not (out / STATUS_FILE).is_file():
         raise UserError(f"no run has recorded its status in {out} yet ({out / STATUS_FILE} is missing)")
     stdout.print(read_run_status(out), soft_wrap=True)  # one line each, whatever the width: for grep and alerts
+
+
+@clusters_app.command("export")
+def clusters_export(
+    out: Annotated[Path, typer.Argument(help="OUT of `replearn cluster`: the folder that holds catalogue/.")],
+    file: Annotated[Path, typer.Argument(help="CSV to write: path, cluster_id, similarity, run, changed_run.")],
+) -> None:
+    """Write the current cluster of every image in OUT's catalogue as one CSV, one row per image."""
+    from replearn.catalogue.read import export_assignments
+
+    rows = export_assignments(out, file)
+    stdout.print(f"{rows:,} images written to {file}", highlight=False)
 
 
 def run() -> None:

@@ -3,7 +3,8 @@
 A one-shot run clusters every image at once. A scheduled run sees only its batch, so it builds a
 window that looks like the one-shot graph around the batch:
 
-- the exemplars (latest members) of every cluster that is the nearest prototype of some new image;
+- the exemplars (latest members) of every cluster that is the nearest prototype of some new image
+  (found by the catalogue's nearest-prototype index, neighbourhood.py);
 - the images left unclustered by earlier runs (the pool);
 - the batch.
 
@@ -29,7 +30,6 @@ import pandas as pd
 
 from replearn.clustering.components import UNCLUSTERED, number_by_size
 from replearn.clustering.methods import find_groups
-from replearn.clustering.registry import Registry
 from replearn.config import ClusterConfig
 from replearn.similarity import nearest
 
@@ -43,23 +43,6 @@ class Placement:
     joined_existing: int
     new_clusters: int
     merges: dict[int, int] = field(default_factory=dict)
-
-
-def context_of(registry: Registry, embeddings: np.ndarray, config: ClusterConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Exemplars (cluster ids, embeddings) of the active clusters that are the nearest prototype of some new image.
-
-    At most cluster.context_exemplars of them, so the window is bounded whatever the number of
-    clusters: when a batch touches many clusters, each gives its latest few (at least one).
-    """
-    active = registry.active
-    if not active.any():
-        return np.zeros(0, dtype=np.int64), np.zeros((0, embeddings.shape[1]), dtype=np.float32)
-    closest, _ = nearest(embeddings, registry.prototypes[active], config.block_memory_mb)
-    touched = registry.cluster_ids[active][np.unique(closest)]
-    per_cluster = max(1, min(config.exemplars, config.context_exemplars // len(touched)))
-    near = np.flatnonzero(np.isin(registry.exemplar_ids, touched))
-    ids, rows = latest_exemplars(registry.exemplar_ids[near], near, per_cluster)
-    return ids, registry.exemplars[rows]
 
 
 def group_owners(
@@ -101,7 +84,15 @@ def linked_to(embeddings: np.ndarray, candidates: np.ndarray, threshold: float, 
     return nearest(candidates, embeddings, memory_mb)[1] >= threshold
 
 
-def place_batch(registry: Registry, embeddings: np.ndarray, threshold: float, config: ClusterConfig) -> Placement:
+def place_batch(
+    context_ids: np.ndarray,
+    context: np.ndarray,
+    pool: np.ndarray,
+    embeddings: np.ndarray,
+    threshold: float,
+    config: ClusterConfig,
+    next_cluster_id: int,
+) -> Placement:
     """Cluster the window (nearby exemplars, pool, batch) and map its groups to existing or new cluster ids.
 
     Only the exemplars and pool images linked to some new image (similarity >= threshold) enter the
@@ -109,8 +100,7 @@ def place_batch(registry: Registry, embeddings: np.ndarray, threshold: float, co
     size of the batch and its surroundings. Ownership counts a cluster's exemplars in the window;
     merges need more than half of all its exemplars in the context.
     """
-    context_ids, context = context_of(registry, embeddings, config)
-    pool = registry.pool_embeddings.reshape(len(registry.pool_keys), embeddings.shape[1])
+    pool = pool.reshape(len(pool), embeddings.shape[1])
     in_context = linked_to(embeddings, context, threshold, config.block_memory_mb)
     in_pool = linked_to(embeddings, pool, threshold, config.block_memory_mb)
     window = np.concatenate([context[in_context], pool[in_pool], embeddings]).astype(np.float32)
@@ -124,7 +114,7 @@ def place_batch(registry: Registry, embeddings: np.ndarray, threshold: float, co
     owned = owner_of.notna().to_numpy()
     ids = owner_of.fillna(UNCLUSTERED).to_numpy(dtype=np.int64, copy=True)
     ranks = number_by_size(rest[~owned], config.min_size)
-    ids[~owned] = np.where(ranks > 0, ranks + registry.next_cluster_id - 1, UNCLUSTERED)
+    ids[~owned] = np.where(ranks > 0, ranks + next_cluster_id - 1, UNCLUSTERED)
     pool_ids = np.zeros(len(pool), dtype=np.int64)
     pool_ids[in_pool] = ids[:n_pool]
     return Placement(
@@ -134,16 +124,3 @@ def place_batch(registry: Registry, embeddings: np.ndarray, threshold: float, co
         new_clusters=int(ranks.max(initial=0)),
         merges=merges,
     )
-
-
-def latest_exemplars(ids: np.ndarray, rows: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
-    """Of the parallel arrays `ids` (cluster ids) and `rows`, the last `keep` entries of every id, in order.
-
-    The exemplars after a run appended its members, or the latest few of each cluster for a window.
-
-    >>> latest_exemplars(np.array([1, 2, 1, 1]), np.arange(4.0)[:, None], 2)[0].tolist()
-    [2, 1, 1]
-    """
-    from_end = pd.Series(ids).groupby(ids).cumcount(ascending=False).to_numpy()
-    kept = from_end < keep
-    return ids[kept], rows[kept]

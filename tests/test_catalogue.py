@@ -1,7 +1,8 @@
-"""The cluster registry: stable ids across runs, idempotent reruns, the lock, and crash safety."""
+"""The cluster catalogue: stable ids across runs, idempotent reruns, the lock, crash safety, compaction, format 1."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from replearn.clustering import registry as registry_module
+from replearn.catalogue import store as store_module
+from replearn.catalogue.read import current_assignments, read_table
+from replearn.catalogue.store import CatalogueLockedError, catalogue_lock, load_catalogue
 from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into
-from replearn.clustering.registry import RegistryLockedError, load_registry, registry_lock
 from replearn.config import ClusterConfig
 from replearn.errors import UserError
 
@@ -40,7 +42,7 @@ def run(out: Path, batch: ImageBatch, config: ClusterConfig = CONFIG, model_id: 
 
 
 def current(out: Path) -> dict[str, int]:
-    table = pd.read_csv(out / "assignments.csv")
+    table = current_assignments(out)
     return dict(zip(table["path"], table["cluster_id"], strict=True))
 
 
@@ -77,10 +79,10 @@ def test_incremental_run_keeps_ids_and_is_idempotent(tmp_path: Path) -> None:
     assert {c for p, c in day2.items() if blob_of(p) == 3} == {3}  # new id after 1 and 2, never reused
     assert result.assigned_to_existing == 3 and result.new_clusters == 1
 
-    manifest = (tmp_path / "registry" / "manifest.json").read_bytes()
+    manifest = (tmp_path / "catalogue" / "manifest.json").read_bytes()
     again = run(tmp_path, second)
     assert again.run is None
-    assert (tmp_path / "registry" / "manifest.json").read_bytes() == manifest
+    assert (tmp_path / "catalogue" / "manifest.json").read_bytes() == manifest
     assert current(tmp_path) == after
     assert not (tmp_path / "runs" / "run-000003").exists()
 
@@ -101,7 +103,7 @@ def test_unclustered_images_can_form_a_cluster_later(tmp_path: Path) -> None:
     ids = current(tmp_path)
     assert second.new_clusters == 1
     assert {ids["day2/b1_0.png"], ids["day2/b1_1.png"], ids["day3/b1_0.png"]} == {2}
-    assert load_registry(tmp_path).pool_keys.size == 0
+    assert load_catalogue(tmp_path).pool.size == 0
 
 
 def test_a_concurrent_run_is_refused_by_the_lock(tmp_path: Path) -> None:
@@ -109,15 +111,15 @@ def test_a_concurrent_run_is_refused_by_the_lock(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from replearn.clustering.registry import registry_lock\n"
-            f"with registry_lock(Path({str(tmp_path)!r})):\n    print('locked', flush=True); time.sleep(60)",
+            "import sys, time; from pathlib import Path; from replearn.catalogue.store import catalogue_lock\n"
+            f"with catalogue_lock(Path({str(tmp_path)!r})):\n    print('locked', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        with pytest.raises(RegistryLockedError, match=f"pid {holder.pid}"):
+        with pytest.raises(CatalogueLockedError, match=f"pid {holder.pid}"):
             run(tmp_path, make_batch({0: 3}, "day1", seed=0))
     finally:
         holder.kill()
@@ -126,38 +128,32 @@ def test_a_concurrent_run_is_refused_by_the_lock(tmp_path: Path) -> None:
 
 
 def test_the_lock_is_exclusive_within_one_process(tmp_path: Path) -> None:
-    with registry_lock(tmp_path), pytest.raises(RegistryLockedError), registry_lock(tmp_path):
+    with catalogue_lock(tmp_path), pytest.raises(CatalogueLockedError), catalogue_lock(tmp_path):
         pass
 
 
-def test_a_crash_before_the_commit_leaves_the_previous_registry(
+def test_a_crash_before_the_commit_leaves_the_previous_catalogue(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run(tmp_path, make_batch({0: 4}, "day1", seed=0))
-    manifest = (tmp_path / "registry" / "manifest.json").read_bytes()
+    manifest = (tmp_path / "catalogue" / "manifest.json").read_bytes()
+    files = sorted(p.relative_to(tmp_path) for p in (tmp_path / "catalogue").rglob("*"))
 
-    def power_cut(*paths: Path) -> None:
+    def power_cut(*args: object) -> None:
         raise OSError("simulated crash before the manifest was replaced")
 
-    monkeypatch.setattr(registry_module, "_fsync_files", power_cut)
+    monkeypatch.setattr(store_module, "commit_manifest", power_cut)
     with pytest.raises(OSError, match="simulated crash"):
         run(tmp_path, make_batch({5: 4}, "day2", seed=1))
     monkeypatch.undo()
 
-    assert (tmp_path / "registry" / "manifest.json").read_bytes() == manifest
-    registry = load_registry(tmp_path)
-    assert registry.run == 1 and registry.cluster_ids.tolist() == [1]
+    assert (tmp_path / "catalogue" / "manifest.json").read_bytes() == manifest
+    catalogue = load_catalogue(tmp_path)
+    assert catalogue.run == 1 and read_table(tmp_path, "clusters")["id"].tolist() == [1]
     retry = run(tmp_path, make_batch({5: 4}, "day2", seed=1))
     assert retry.run == 2 and retry.new_clusters == 1
-    assert sorted(p.name for p in (tmp_path / "registry").iterdir()) == [
-        "keys-000001.npy",
-        "keys-000002.npy",
-        "manifest.json",
-        "members-000001.parquet",
-        "members-000002.parquet",
-        "pool-000002.npz",
-        "prototypes-000002.npz",
-    ]
+    after = sorted(p.relative_to(tmp_path) for p in (tmp_path / "catalogue").rglob("*"))
+    assert len(after) == len(files) + 5  # a segment per table, the index of the clusters one; the old pool's successor
 
 
 def test_another_model_is_refused(tmp_path: Path) -> None:
@@ -175,16 +171,51 @@ def test_a_first_batch_with_no_cluster_at_all_is_recorded_and_can_grow_later(tmp
     assert current(tmp_path)["day1/b2_0.png"] == current(tmp_path)["day2/b2_0.png"] == 1
 
 
-def test_assignments_view_appends_and_rebuilds_after_a_torn_write(tmp_path: Path) -> None:
-    run(tmp_path, make_batch({0: 4, 1: 3}, "day1", seed=0))
-    view = tmp_path / "assignments.csv"
-    first = view.read_bytes()
-    run(tmp_path, make_batch({0: 2}, "day2", seed=1))
-    second = view.read_bytes()
-    assert second.startswith(first) and second.count(b"\n") == 1 + 7 + 2  # appended, header once
+FIXTURE = Path(__file__).parent / "fixtures" / "registry_format1"
 
-    view.write_bytes(second[:-5])  # a crash between the commit and the end of the append
-    run(tmp_path, make_batch({1: 2}, "day3", seed=2))
-    rebuilt = pd.read_csv(view)
-    assert len(rebuilt) == 11 and rebuilt["path"].is_unique
-    assert set(rebuilt["path"]) == set(current(tmp_path))
+
+def test_a_format1_registry_is_converted_with_every_id_member_merge_and_pool_image(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(FIXTURE, out)
+    before = sorted((p.relative_to(out), p.read_bytes()) for p in (out / "registry").iterdir())
+    old = pd.read_csv(out / "assignments.csv").drop_duplicates("path", keep="last").set_index("path")
+
+    fixture_vectors = np.eye(16, dtype=np.float32)[[3, 3, 3]]  # three more images of the fixture's cluster 4
+    later = ImageBatch(
+        paths=[f"3/r4-{i}.png" for i in range(3)],
+        sha256=[f"04{i:04d}" for i in range(3)],
+        sources=[f"/inbox/3/r4-{i}.png" for i in range(3)],
+        embeddings=fixture_vectors,
+    )
+    result = cluster_embeddings_into(CONFIG, later, out, 0.6, "sha256:fixture")
+
+    assert sorted((p.relative_to(out), p.read_bytes()) for p in (out / "registry").iterdir()) == before
+    images = read_table(out, "images").set_index("path")
+    assert images.loc[old.index, "cluster_id"].tolist() == old["cluster_id"].tolist()  # every member, its id
+    assert images.loc[later.paths, "cluster_id"].tolist() == [4, 4, 4] and result.run == 4
+    clusters = read_table(out, "clusters").set_index("id")
+    assert clusters.index.tolist() == [1, 2, 3, 4] and clusters.loc[2, "merged_into"] == 1
+    assert clusters.loc[4, "size"] == 4 + 3
+    events = read_table(out, "events")
+    assert sorted(events.loc[events["kind"] == "created", "cluster_id"]) == [1, 2, 3, 4]
+    merge = events[events["kind"] == "merged_into"]
+    assert merge[["cluster_id", "other_id", "run"]].values.tolist() == [[2, 1, 2]]
+    assert read_table(out, "runs")["run"].tolist() == [1, 2, 3, 4]
+    catalogue = load_catalogue(out)
+    pool = catalogue.image_rows(catalogue.pool).column("key").to_pylist()
+    assert len(pool) == 4 and all(key.startswith("noise/") for key in pool)  # the pool kept, with embeddings
+    assert catalogue.next_cluster_id == 5  # ids are never reused
+
+
+def test_compaction_merges_levels_and_reads_the_same(tmp_path: Path) -> None:
+    for day in range(9):
+        run(tmp_path, make_batch({day % 3: 3, 3 + day: 1}, f"day{day}", seed=day))
+    catalogue = load_catalogue(tmp_path)
+    assert [segment.level for segment in catalogue.images.segments] == [1, 1, 0]  # 4 + 4 merged, one new
+    assert [s.level for s in catalogue.tables["runs"].segments] == [1, 1, 0]
+    images = read_table(tmp_path, "images")
+    assert len(images) == 9 * 4 and images["key"].is_unique
+    assert sorted(read_table(tmp_path, "runs")["run"]) == list(range(1, 10))
+    on_disk = {p.relative_to(catalogue.directory).as_posix() for p in catalogue.directory.rglob("*.arrow")}
+    assert on_disk == {s.file for t in catalogue.tables.values() for s in t.segments}  # merged parts are gone
+    assert current(tmp_path)["day8/b2_0.png"] == current(tmp_path)["day2/b2_0.png"]

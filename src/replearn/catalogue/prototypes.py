@@ -1,0 +1,66 @@
+"""The nearest-cluster index: one faiss index per clusters segment, written with it and never updated.
+
+A segment's index holds the prototypes (unit-length member sums) of its active clusters, keyed by
+row. A hit is kept only where that row is still its cluster's newest (a later segment did not
+supersede it), so the newest segment that holds a cluster answers for it. Small segments get an
+exact flat index; a compacted one of IVF_MIN_ROWS or more gets an IVF index (faiss's own k-means
+on the segment), searched with cluster.nprobe lists, which is where an approximate neighbour can
+differ from an exact one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from replearn.similarity import unit_rows
+
+INDEX_SUFFIX = ".faiss"
+IVF_MIN_ROWS = 20_000
+CANDIDATES = 4  # hits per segment, so that rows superseded by newer segments do not hide the live ones
+
+
+def index_path_of(segment_path: Path) -> Path:
+    """clusters/seg-000012.arrow -> clusters/seg-000012.faiss"""
+    return segment_path.with_suffix(INDEX_SUFFIX)
+
+
+def write_prototype_index(path: Path, sums: np.ndarray, active: np.ndarray, seed: int) -> None:
+    """Index the prototypes of the active rows of a segment (faiss ids are row positions), durably."""
+    import faiss
+
+    from replearn.atomic import atomic_path
+    from replearn.catalogue.segments import fsync_file
+
+    rows = np.flatnonzero(active)
+    vectors = unit_rows(sums[rows]).astype(np.float32)
+    dim = sums.shape[1]
+    if len(rows) >= IVF_MIN_ROWS:
+        lists = int(4 * np.sqrt(len(rows)))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.train(vectors)
+    else:
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    index.add_with_ids(vectors, rows.astype(np.int64))
+    with atomic_path(path) as temporary:
+        faiss.write_index(index, str(temporary))
+        fsync_file(temporary)
+
+
+def search_prototype_index(path: Path, queries: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, rows) of the CANDIDATES nearest prototypes of each query; rows -1 where fewer exist.
+
+    The file is memory-mapped, so an IVF search reads only the lists it probes.
+    """
+    import faiss
+
+    index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+    if hasattr(index, "nprobe"):
+        index.nprobe = nprobe
+    if index.ntotal == 0:
+        empty = np.full((len(queries), CANDIDATES), -1, dtype=np.int64)
+        return np.full(empty.shape, -np.inf, dtype=np.float32), empty
+    similarities, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), CANDIDATES)
+    return similarities, rows
