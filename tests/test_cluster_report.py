@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from replearn.artifacts.hashing import sha256_file
@@ -182,7 +183,7 @@ def test_cluster_command_end_to_end(inbox: Path, tmp_path: Path) -> None:
 
     first = runner.invoke(app, ["cluster", str(model), str(inbox), str(out), "--min-size", "2", "--evaluate"])
     assert first.exit_code == 1 and "class folder" in str(first.exception)  # the loose file is in no class folder
-    assert not (out / "registry").exists()
+    assert not (out / "catalogue").exists()
     (inbox / "not-an-image.png").rename(inbox / CLASSES[0] / "not-an-image.png")
 
     first = runner.invoke(app, ["cluster", str(model), str(inbox), str(out), "--min-size", "2", "--evaluate"])
@@ -193,8 +194,10 @@ def test_cluster_command_end_to_end(inbox: Path, tmp_path: Path) -> None:
     failures = (run_dir / "failures.csv").read_text().splitlines()
     assert len(failures) == 2 and failures[1].startswith("digit_1/not-an-image.png,")
     assert str(inbox) in failures[1]  # the error names the inbox file, not a temporary link
-    before = (out / "assignments.csv").read_text()
-    assert before.count("\n") == 1 + 24
+    exported = runner.invoke(app, ["clusters", "export", str(out), str(tmp_path / "before.csv")])
+    assert exported.exit_code == 0 and "24 images written" in exported.output
+    before = pd.read_csv(tmp_path / "before.csv").set_index("path")
+    assert len(before) == 24 and list(before.columns) == ["cluster_id", "similarity", "run", "changed_run"]
 
     again = runner.invoke(app, ["cluster", str(model), str(inbox), str(out)])
     assert again.exit_code == 0 and "nothing new" in again.output
@@ -203,10 +206,12 @@ def test_cluster_command_end_to_end(inbox: Path, tmp_path: Path) -> None:
     shutil.copy(inbox / CLASSES[1] / sorted(p.name for p in (inbox / CLASSES[1]).iterdir())[0], inbox / "new.png")
     grown = runner.invoke(app, ["cluster", str(model), str(inbox), str(out), "--min-size", "2"])
     assert grown.exit_code == 0, grown.output
-    after = (out / "assignments.csv").read_text().splitlines()
-    assert after[: len(before.splitlines())] == before.splitlines()  # earlier images keep their ids
+    runner.invoke(app, ["clusters", "export", str(out), str(tmp_path / "after.csv")])
+    after = pd.read_csv(tmp_path / "after.csv").set_index("path")
+    kept = before[before["cluster_id"] > 0].index
+    assert after.loc[kept, "cluster_id"].tolist() == before.loc[kept, "cluster_id"].tolist()  # ids are kept
     # new.png, and the earlier unclustered image it duplicates, which now forms a cluster with it
-    assert any(line.startswith("new.png,") for line in after[len(before.splitlines()) :])
+    assert after.loc["new.png", "changed_run"] == 2 and after.loc["new.png", "cluster_id"] > 0
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -41,3 +41,10 @@ def export_assignments(out_dir: Path, target: Path) -> int:
     with atomic_path(target) as temporary:
         assignments.to_csv(temporary, index=False, float_format="%.6f")
     return len(assignments)
+
+
+def merges(out_dir: Path) -> dict[int, int]:
+    """Every cluster found to be one with another: id -> the id it was merged into (follow it; it may chain)."""
+    clusters = read_table(out_dir, "clusters")
+    merged = clusters[clusters["merged_into"] > 0]
+    return dict(zip(merged["id"].astype(int), merged["merged_into"].astype(int), strict=True))
