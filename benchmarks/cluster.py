@@ -10,9 +10,11 @@ threshold is 0.6 and min_size 3.
 2. replearn alone at 100k (exact blocked graph) and at 1M (faiss IVF kNN graph).
 3. pairwise F1 of the approximate graph against the exact one at 100k.
 4. refinement: does mutual kNN help when stray images bridge two classes?
-5. history: 50 scheduled runs of 5,000 new images each into one registry (`cluster_embeddings_into`,
-   2,000 centres, noisy enough that most images stay unclustered). A run's cost must follow its batch,
-   not the history: the last run may take at most 1.5x the first.
+5. growth: 200 scheduled runs of 5,000 images into one catalogue (`cluster_embeddings_into`), half of each
+   batch from 250 classes never seen before and half from classes seen before, so clusters, pool and
+   images all grow (one million images in the end). A run's cost must follow its batch, not the history:
+   the last run may take at most 1.5x run 2, and the bytes a run writes stay flat.
+6. one-shot (--one-shot N): the stage on N images at once, to time the same call on two versions of the code.
 
 Every measurement runs in a fresh process; peak memory is the process's high-water mark (VmHWM, reset
 after the data is generated) minus its resident size at that point, so it counts what the algorithm
@@ -20,7 +22,8 @@ allocates, faiss included.
 
     python benchmarks/cluster.py              # the full set (about ten minutes on 2 cores)
     python benchmarks/cluster.py --quick      # 2k/10k comparison and 20k stages only
-    python benchmarks/cluster.py --history-only
+    python benchmarks/cluster.py --growth-only
+    PYTHONPATH=<other checkout>/src python benchmarks/cluster.py --one-shot 1000000
 """
 
 from __future__ import annotations
@@ -179,41 +182,87 @@ def refinement(n: int) -> None:
         )
 
 
-def noisy_batch(run: int, size: int, centres: np.ndarray, spread: float) -> ImageBatch:
-    """One scheduled run's new images: points around random centres, unique paths and digests."""
+def written_bytes() -> int:
+    """Bytes this process has passed to write() so far (/proc/self/io wchar): what a run writes, whatever the file."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    return 0
+
+
+def growing_batch(run: int, size: int, centres: np.ndarray, new_classes: int, spread: float) -> ImageBatch:
+    """Run `run`'s images: half from `new_classes` classes never seen before, half from classes seen before.
+
+    Classes first appear in order, new_classes a run, so run r's new classes are rows (r-1)*new_classes
+    on; the seen half draws from every class before them. Unique paths and digests.
+    """
     rng = np.random.default_rng(run)
-    points = centres[rng.integers(len(centres), size=size)]
-    points = points + spread * rng.standard_normal(points.shape, dtype=np.float32)
+    first_new = (run - 1) * new_classes
+    new = first_new + rng.integers(new_classes, size=size // 2)
+    seen = rng.integers(first_new if first_new else new_classes, size=size - size // 2)
+    labels = np.concatenate([new, seen])
+    points = centres[labels] + spread * rng.standard_normal((size, DIM), dtype=np.float32)
     points /= np.linalg.norm(points, axis=1, keepdims=True)
-    paths = [f"run{run:03d}/{i:05d}.png" for i in range(size)]
+    paths = [f"run{run:03d}/{label}/{i:05d}.png" for i, label in enumerate(labels)]
     return ImageBatch(paths=paths, sha256=[f"{run}-{i}" for i in range(size)], sources=paths, embeddings=points)
 
 
-def history(runs: int, batch: int, centres: int) -> None:
-    print(f"\n== history: {runs} runs of {batch:,} new images into one registry ({centres:,} centres)")
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def growth(runs: int, batch: int, new_classes: int) -> None:
+    """The catalogue's growth case: every run brings new classes, so clusters, pool and images all grow."""
+    print(f"\n== growth: {runs} runs of {batch:,} images, half from {new_classes} new classes a run")
     rng = np.random.default_rng(0)
-    means = rng.standard_normal((centres, DIM), dtype=np.float32)
-    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    centres = rng.standard_normal((runs * new_classes, DIM), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    spread = np.float32(0.45 / np.sqrt(DIM))
     config = ClusterConfig(min_size=MIN_SIZE)  # the stage's default method
     seconds: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="replearn-history-") as out:
-        # Warm-up in another registry: run 1 must not carry the lazy imports (faiss, scikit-network).
-        cluster_embeddings_into(config, noisy_batch(0, 100, means, spread=0.09), Path(out) / "warm-up", THRESHOLD, "")
+    megabytes: list[float] = []
+    print(f"{'run':>4} {'history':>10} {'seconds':>8} {'MB written':>11} {'new clusters':>12} {'unclustered':>11}")
+    with tempfile.TemporaryDirectory(prefix="replearn-growth-") as out:
+        # Warm-up in another catalogue: run 1 must not carry the lazy imports (faiss, scikit-network).
+        warm = growing_batch(1, 100, centres, new_classes, spread)
+        cluster_embeddings_into(config, warm, Path(out) / "warm-up", THRESHOLD, "")
         for run in range(1, runs + 1):
-            images = noisy_batch(run, batch, means, spread=0.09)
+            images = growing_batch(run, batch, centres, new_classes, spread)
+            before = written_bytes()
             started = time.perf_counter()
-            result = cluster_embeddings_into(config, images, Path(out) / "registry", THRESHOLD, "benchmark")
+            result = cluster_embeddings_into(config, images, Path(out) / "out", THRESHOLD, "benchmark")
             seconds.append(time.perf_counter() - started)
-            if run in (1, 2, 5) or run % 10 == 0 or run == runs:
+            megabytes.append((written_bytes() - before) / 1e6)
+            written = megabytes[-1]
+            if run in (1, 2, 5, 10) or run % 25 == 0 or run == runs:
                 print(
-                    f"run {run:>3}  history {run * batch:>9,}  {seconds[-1]:6.2f} s  "
-                    f"{result.new_clusters:>5} new clusters  {result.unclustered:>5} unclustered",
+                    f"{run:>4} {run * batch:>10,} {seconds[-1]:>8.2f} {written:>11.1f} "
+                    f"{result.new_clusters:>12} {result.unclustered:>11}",
                     flush=True,
                 )
-    print(f"last run / first run: {seconds[-1] / seconds[0]:.2f}x (goal <= 1.5x)")
-    if runs >= 20:
-        # The first run has no pool and no clusters to consult; from run 10 on the window is full.
-        print(f"last run / run 10: {seconds[-1] / seconds[9]:.2f}x, history {runs / 10:.0f}x larger")
+        size = folder_bytes(Path(out) / "out" / "catalogue")
+    print(f"run {runs} / run 2: {seconds[-1] / seconds[1]:.2f}x (goal <= 1.5x)")
+    last = seconds[-10:]
+    print(f"mean of the last 10 runs / run 2: {np.mean(last) / seconds[1]:.2f}x, slowest run {max(seconds):.2f} s")
+    # Compaction rewrites a level now and then: compare means, which include its amortised share.
+    print(
+        f"MB written a run, mean: runs 2-11 {np.mean(megabytes[1:11]):.1f}, last 10 runs {np.mean(megabytes[-10:]):.1f}"
+    )
+    print(f"catalogue: {size / 1e6:,.0f} MB for {runs * batch:,} images, {size / (runs * batch):,.0f} bytes an image")
+
+
+def one_shot(n: int) -> None:
+    """The stage on n images at once into a new OUT: the same call on the code before and after a change."""
+    embeddings, _ = blobs_on_sphere(n)
+    paths = [f"{i:07d}.png" for i in range(n)]
+    batch = ImageBatch(paths=paths, sha256=paths, sources=paths, embeddings=embeddings)
+    with tempfile.TemporaryDirectory(prefix="replearn-one-shot-") as out:
+        started = time.perf_counter()
+        result = cluster_embeddings_into(ClusterConfig(min_size=MIN_SIZE), batch, Path(out), THRESHOLD, "benchmark")
+        seconds = time.perf_counter() - started
+    print(
+        f"one-shot stage N={n:,}: {seconds:.1f} s, {result.new_clusters:,} clusters, {result.unclustered:,} unclustered"
+    )
 
 
 def main() -> None:
@@ -222,18 +271,22 @@ def main() -> None:
     parser.add_argument("--compare", type=int, nargs="+", default=[2_000, 10_000], help="sizes vs the seed")
     parser.add_argument("--exact", type=int, default=100_000, help="size of the exact run")
     parser.add_argument("--approximate", type=int, default=1_000_000, help="size of the approximate run")
-    parser.add_argument("--history-runs", type=int, default=50, help="scheduled runs in the history case")
-    parser.add_argument("--history-only", action="store_true", help="run the history case alone")
+    parser.add_argument("--growth-runs", type=int, default=200, help="scheduled runs in the growth case")
+    parser.add_argument("--growth-only", action="store_true", help="run the growth case alone")
+    parser.add_argument("--one-shot", type=int, metavar="N", help="only the stage on N images at once")
     args = parser.parse_args()
-    if args.history_only:
-        history(args.history_runs, 5_000, 2_000)
+    if args.one_shot:
+        one_shot(args.one_shot)
+        return
+    if args.growth_only:
+        growth(args.growth_runs, 5_000, 250)
         return
     exact, approximate = (20_000, 100_000) if args.quick else (args.exact, args.approximate)
     print(f"blobs on the sphere: dim {DIM}, threshold {THRESHOLD}, min_size {MIN_SIZE}, {NOISE:.0%} noise")
     compare_with_seed(args.compare)
     stage_alone(exact, approximate)
     refinement(20_000)
-    history(args.history_runs, 5_000, 2_000)
+    growth(args.growth_runs, 5_000, 250)
 
 
 if __name__ == "__main__":

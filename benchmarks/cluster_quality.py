@@ -17,16 +17,15 @@ Infomap (igraph, GPL) and FINCH are benchmark-only: `pip install -e '.[bench]'`.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
+from replearn.catalogue.read import current_assignments, merges
 from replearn.clustering.cluster import (
     ImageBatch,
     class_labels,
@@ -226,10 +225,8 @@ def stage_assignments(
                 embeddings=embeddings[part],
             )
             cluster_embeddings_into(config, batch, Path(out), threshold, "benchmark")
-        view = pd.read_csv(Path(out) / "assignments.csv").drop_duplicates("path", keep="last").set_index("path")
-        merged_into = json.loads((Path(out) / "clusters.json").read_text())["merged_into"]
-    merges = {int(source): int(target) for source, target in merged_into.items()}
-    return follow_merges(view.loc[paths, "cluster_id"].to_numpy(), merges)
+        view = current_assignments(Path(out)).set_index("path")
+        return follow_merges(view.loc[paths, "cluster_id"].to_numpy(), merges(Path(out)))
 
 
 def incremental_vs_one_shot(embeddings: np.ndarray, labels: list[str], threshold: float, config: ClusterConfig) -> None:

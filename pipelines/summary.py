@@ -99,11 +99,11 @@ def summary_table(training: Any, clustering: Any | None) -> Table:
 
 
 def latest_report(cluster_run: dict[str, Any]) -> str:
-    """This run's report, or when it had nothing new, the newest one in its registry ("" if none)."""
+    """This run's report, or when it had nothing new, the newest one in its catalogue's OUT ("" if none)."""
     if cluster_run["report"]:
         return str(cluster_run["report"])
-    registry = cluster_run.get("registry")
-    reports = sorted(Path(registry).glob("runs/run-*/report.html")) if registry else []
+    catalogue = cluster_run.get("catalogue")
+    reports = sorted(Path(catalogue).glob("runs/run-*/report.html")) if catalogue else []
     return str(reports[-1]) if reports else ""
 
 

@@ -22,18 +22,18 @@ def load_production_model(model_name: str) -> Annotated[ModelFile, ArtifactName.
 def cluster(
     config: dict[str, Any], onnx_model: ModelFile, inbox_dir: str, clusters_dir: str
 ) -> Annotated[dict[str, Any], ArtifactName.CLUSTER_RUN]:
-    """Cluster the inbox's new images into the registry of this model; never cached (inbox and registry change).
+    """Cluster the inbox's new images into the catalogue of this model; never cached (inbox and catalogue change).
 
-    Each production model keeps its own registry (ids are only comparable within one embedding
-    space), so promoting a new model starts new cluster ids instead of failing on the old registry.
+    Each production model keeps its own catalogue (ids are only comparable within one embedding
+    space), so promoting a new model starts new cluster ids instead of failing on the old catalogue.
     """
     from replearn.stages.cluster import stage
 
     settings = rebuild(config)
-    registry = Path(clusters_dir) / onnx_model.sha256[:12]
-    run = stage(settings, Path(onnx_model.path), Path(inbox_dir), registry)
+    catalogue = Path(clusters_dir) / onnx_model.sha256[:12]
+    run = stage(settings, Path(onnx_model.path), Path(inbox_dir), catalogue)
     summary: dict[str, Any] = {
-        "run": run.run or 0,  # the registry's run number; 0 when there was nothing new
+        "run": run.run or 0,  # the catalogue's run number; 0 when there was nothing new
         "images": run.images,
         "new_images": run.new_images,
         "assigned_to_existing": run.assigned_to_existing,
@@ -41,7 +41,7 @@ def cluster(
         "unclustered": run.unclustered,
         "failures": len(run.failures),
         "report": str(run.run_dir / "report.html") if run.run_dir else "",
-        "registry": str(registry),
+        "catalogue": str(catalogue),
     } | {f"labels/{key}": value for key, value in run.metrics.items()}
     log_metadata(metadata=summary)
     return summary

@@ -136,7 +136,7 @@ def test_repro_runs_every_stage(dvc_repo: DvcRepo) -> None:
     assert curve[0] == "threshold,precision,recall,f1" and len(curve) > 2
     assert (outputs / "train" / "metrics.csv").read_text().startswith("iteration,loss,")
     assert (outputs / "model.onnx").stat().st_size > 0
-    assert (outputs / "clusters" / "assignments.csv").is_file()
+    assert (outputs / "clusters" / "catalogue" / "manifest.json").is_file()
     lock = yaml.safe_load((dvc_repo.root / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(STAGES)
     assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["iterations"] == 3

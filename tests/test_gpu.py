@@ -8,7 +8,6 @@ what it skipped and why. DDP over NCCL is in test_distributed.py, beside its glo
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ import torch
 from typer.testing import CliRunner
 
 from replearn.artifacts.checkpoint import read_checkpoint
+from replearn.catalogue.read import current_assignments
 from replearn.cli import app
 from replearn.config import Config, load_config
 from replearn.errors import UserError
@@ -179,9 +179,9 @@ def test_cluster_on_cuda_embeddings_gives_the_cpu_clusters(
         result = CliRunner().invoke(app, [*command, str(tmp_path / provider)])
         assert result.exit_code == 0, result.output
 
-    def clusters(out: Path) -> dict[str, str]:
-        with (out / "assignments.csv").open(newline="") as handle:
-            return {row["path"]: row["cluster_id"] for row in csv.DictReader(handle)}
+    def clusters(out: Path) -> dict[str, int]:
+        table = current_assignments(out)
+        return dict(zip(table["path"], table["cluster_id"], strict=True))
 
     on_gpu = clusters(tmp_path / "cuda")
     assert len(on_gpu) == 32 and on_gpu == clusters(tmp_path / "cpu")

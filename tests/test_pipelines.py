@@ -14,6 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from replearn.catalogue.read import current_assignments
 from repo_copy import copy_repository
 
 pytestmark = pytest.mark.slow
@@ -171,7 +172,7 @@ def test_clustering_pipeline_uses_production_and_is_idempotent(project: Path) ->
     summary = first.steps["cluster"].outputs["cluster_run"][0].load()
     assert summary["new_images"] == 12
     assert Path(summary["report"]).is_file()
-    assert len(list((project / "out" / "zenml" / "clusters").glob("*/assignments.csv"))) == 1
+    assert len(list((project / "out" / "zenml" / "clusters").glob("*/catalogue/manifest.json"))) == 1
 
     second = run_pipeline("clustering", project)
     repeat = second.steps["cluster"].outputs["cluster_run"][0].load()
@@ -243,14 +244,14 @@ def test_the_literal_zenml_commands_in_a_copy_of_the_repository(tmp_path: Path) 
     shown = run(str(bin_dir / "replearn"), "clusters", "status", "outputs/zenml/clusters")
     assert shown.returncode == 0 and "run 1: 6 new of 6 images" in shown.stdout, shown.stdout + shown.stderr
     assert "consecutive failures: 0" in shown.stdout and "in step preflight: there is no production" in shown.stdout
-    (assignments,) = (root / "outputs" / "zenml" / "clusters").glob("*/assignments.csv")
-    assert len(assignments.read_text().splitlines()) == 1 + 6
+    (catalogue,) = (root / "outputs" / "zenml" / "clusters").glob("*/catalogue")
+    assert len(current_assignments(catalogue.parent)) == 6
 
     # A scheduled run must see what is new: its steps are never cached.
     shutil.copy(next((root / "data" / "raw" / "lower_b").iterdir()), root / "data" / "inbox" / "upper_A" / "new.png")
     again = run("zenml", "pipeline", "run", "clustering")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert len(assignments.read_text().splitlines()) == 1 + 7
+    assert len(current_assignments(catalogue.parent)) == 7
     summary = run(str(bin_dir / "python"), "-m", "pipelines.summary")
     assert summary.returncode == 0 and "1 new of 7" in summary.stdout
 
