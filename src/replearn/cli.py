@@ -324,7 +324,8 @@ def cluster(
     ],
     inbox: Annotated[Path, typer.Argument(help="Folder of images to cluster (recursive; hidden files skipped).")],
     out: Annotated[
-        Path, typer.Argument(help="Folder of the cluster registry and one runs/run-NNNNNN per run; created if missing.")
+        Path,
+        typer.Argument(help="Folder of the cluster catalogue and of one runs/run-NNNNNN a run; created if missing."),
     ],
     threshold: Annotated[float | None, from_config("cluster.threshold")] = None,
     min_size: Annotated[int | None, from_config("cluster.min_size")] = None,

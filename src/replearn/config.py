@@ -294,7 +294,7 @@ DEFAULT_RESOLUTION = 0.3
 
 
 class ClusterConfig(StrictModel):
-    """Similarity graph, clustering method, and the registry that keeps cluster ids stable."""
+    """Similarity graph, clustering method, and the catalogue that keeps cluster ids stable."""
 
     method: Literal["louvain", "components"] = Field(
         "louvain",

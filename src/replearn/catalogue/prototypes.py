@@ -17,13 +17,14 @@ import numpy as np
 from replearn.similarity import unit_rows
 
 INDEX_SUFFIX = ".faiss"
+INDEX_DIR = "prototypes"  # beside the tables, so that a table's folder holds Arrow files alone
 IVF_MIN_ROWS = 20_000
 CANDIDATES = 4  # hits per segment, so that rows superseded by newer segments do not hide the live ones
 
 
-def index_path_of(segment_path: Path) -> Path:
-    """clusters/seg-000012.arrow -> clusters/seg-000012.faiss"""
-    return segment_path.with_suffix(INDEX_SUFFIX)
+def index_path_of(catalogue_dir: Path, segment_file: str) -> Path:
+    """The index of a clusters segment: clusters/seg-000012.arrow -> prototypes/seg-000012.faiss"""
+    return catalogue_dir / INDEX_DIR / Path(segment_file).with_suffix(INDEX_SUFFIX).name
 
 
 def write_prototype_index(path: Path, sums: np.ndarray, active: np.ndarray, seed: int) -> None:

@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from replearn.atomic import atomic_path
-from replearn.catalogue.prototypes import index_path_of, search_prototype_index, write_prototype_index
+from replearn.catalogue.prototypes import INDEX_DIR, index_path_of, search_prototype_index, write_prototype_index
 from replearn.catalogue.segments import (
     SEGMENT_SUFFIX,
     Segment,
@@ -238,9 +238,7 @@ class Catalogue:
         best = np.full(len(embeddings), -np.inf, dtype=np.float32)
         table = self.clusters
         for index, segment in enumerate(table.segments):
-            similarities, rows = search_prototype_index(
-                index_path_of(self.directory / segment.file), embeddings, nprobe
-            )
+            similarities, rows = search_prototype_index(index_path_of(self.directory, segment.file), embeddings, nprobe)
             hit = rows >= 0
             if not hit.any():
                 continue
@@ -315,7 +313,7 @@ def write_table_segment(catalogue: Catalogue, name: str, rows: pa.Table, level: 
         dim = catalogue.embedding_dim or 0
         sums = rows.column("sum").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(-1, dim)
         active = column_array(rows, "merged_into") == 0
-        write_prototype_index(index_path_of(catalogue.directory / file), sums, active, seed)
+        write_prototype_index(index_path_of(catalogue.directory, file), sums, active, seed)
     return Segment(file=file, rows=rows.num_rows, level=level)
 
 
@@ -335,7 +333,7 @@ def live_files(catalogue: Catalogue) -> set[str]:
         for segment in table.segments:
             files.add(segment.file)
             if table.name == "clusters":
-                files.add(str(Path(segment.file).with_suffix(".faiss")))
+                files.add(str(index_path_of(catalogue.directory, segment.file).relative_to(catalogue.directory)))
     return files
 
 
@@ -343,7 +341,7 @@ def remove_orphans(catalogue: Catalogue) -> None:
     """Delete what no manifest names: superseded segments and pools, and files of crashed runs."""
     keep = live_files(catalogue)
     directory = catalogue.directory
-    folders = [directory, *(directory / name for name in TABLE_KEYS)]
+    folders = [directory, directory / INDEX_DIR, *(directory / name for name in TABLE_KEYS)]
     for folder in folders:
         if not folder.is_dir():
             continue

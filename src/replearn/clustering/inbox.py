@@ -52,7 +52,7 @@ def hash_inbox(inbox: Path, names: list[str], cache_path: Path) -> InboxHashes:
 
     A file that cannot be read (permission denied, a broken symlink) is reported, not fatal: one
     bad file must not stop a scheduled run. So is a name that is not UTF-8, which the cache, the
-    registry and the CSVs cannot store: it is listed (as `printable_name`) for the user to rename.
+    catalogue and the CSVs cannot store: it is listed (as `printable_name`) for the user to rename.
     """
     known = _read_cache(cache_path)
     result, rows = InboxHashes(), []

@@ -29,7 +29,7 @@ REASON_MAX_CHARS = 300
 
 @dataclass(frozen=True)
 class GoodRun:
-    """A run that finished: `run` is the registry's run number, None when there was nothing new."""
+    """A run that finished: `run` is the catalogue's run number, None when there was nothing new."""
 
     at: str
     images: int

@@ -1,4 +1,4 @@
-"""The cluster stage: cluster the new images of INBOX into OUT's registry with stable ids (clustering/cluster.py)."""
+"""The cluster stage: cluster the new images of INBOX into OUT's catalogue with stable ids (clustering/cluster.py)."""
 
 from __future__ import annotations
 
