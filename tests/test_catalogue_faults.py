@@ -16,7 +16,7 @@ from replearn.catalogue.store import load_catalogue
 BATCH = 12
 # A child that clusters batch after batch into OUT, printing each batch once it is committed; batch i's
 # images are always the same, so a batch killed before its commit is simply done again by the next child.
-CHILD = """
+CHILD = f"""
 import sys
 from pathlib import Path
 import numpy as np
@@ -26,13 +26,13 @@ from replearn.config import ClusterConfig
 out, first = Path(sys.argv[1]), int(sys.argv[2])
 for i in range(first, first + 1000):
     rng = np.random.default_rng(i)
-    labels = rng.integers(0, 6, size={batch})
-    points = np.eye(16)[labels] + 0.05 * rng.normal(size=({batch}, 16))
+    labels = rng.integers(0, 6, size={BATCH})
+    points = np.eye(16)[labels] + 0.05 * rng.normal(size=({BATCH}, 16))
     paths = [f"b{{i:04d}}/{{label}}_{{j}}.png" for j, label in enumerate(labels)]
     images = ImageBatch(paths=paths, sha256=paths, sources=paths, embeddings=points.astype(np.float32))
     cluster_embeddings_into(ClusterConfig(min_size=3), images, out, 0.8, "m")
     print(i, flush=True)
-""".format(batch=BATCH)
+"""
 
 
 @pytest.mark.slow
