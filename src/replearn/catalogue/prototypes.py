@@ -1,11 +1,12 @@
 """The nearest-cluster index: one faiss index per clusters segment, written with it and never updated.
 
 A segment's index holds the prototypes (unit-length member sums) of its active clusters, keyed by
-row. A hit is kept only where that row is still its cluster's newest (a later segment did not
-supersede it), so the newest segment that holds a cluster answers for it. Small segments get an
-exact flat index; a compacted one of IVF_MIN_ROWS or more gets an IVF index (faiss's own k-means
-on the segment), searched with cluster.nprobe lists, which is where an approximate neighbour can
-differ from an exact one.
+row. Each segment gives its nearest row, kept only where that row is still its cluster's newest (a
+later segment did not supersede it): the newest segment that holds a cluster answers for it.
+Segments under IVF_MIN_ROWS get an exact flat index, larger ones an IVF index (faiss k-means on the
+segment, sqrt(rows) lists) searched with cluster.nprobe lists. Both are where the nearest cluster can
+differ from an exact search over every live prototype; benchmarks/cluster.py compares the clusters
+with those of the format-1 code.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from replearn.similarity import unit_rows
 
 INDEX_SUFFIX = ".faiss"
 INDEX_DIR = "prototypes"  # beside the tables, so that a table's folder holds Arrow files alone
-IVF_MIN_ROWS = 20_000
-CANDIDATES = 4  # hits per segment, so that rows superseded by newer segments do not hide the live ones
+IVF_MIN_ROWS = 2_048
+CANDIDATES = 1
 
 
 def index_path_of(catalogue_dir: Path, segment_file: str) -> Path:
@@ -38,7 +39,7 @@ def write_prototype_index(path: Path, sums: np.ndarray, active: np.ndarray, seed
     vectors = unit_rows(sums[rows]).astype(np.float32)
     dim = sums.shape[1]
     if len(rows) >= IVF_MIN_ROWS:
-        lists = int(4 * np.sqrt(len(rows)))
+        lists = int(np.sqrt(len(rows)))  # faiss wants 39 training points a list
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
         index.train(vectors)
