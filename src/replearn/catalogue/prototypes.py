@@ -4,9 +4,9 @@ A segment's index holds the prototypes (unit-length member sums) of its active c
 row. Each segment gives its nearest row, kept only where that row is still its cluster's newest (a
 later segment did not supersede it): the newest segment that holds a cluster answers for it.
 Segments under IVF_MIN_ROWS get an exact flat index, larger ones an IVF index (faiss k-means on the
-segment, sqrt(rows) lists) searched with cluster.nprobe lists. Both are where the nearest cluster can
-differ from an exact search over every live prototype; benchmarks/cluster.py compares the clusters
-with those of the format-1 code.
+segment, a list per ROWS_PER_LIST rows) searched with cluster.nprobe lists. Both are where the
+nearest cluster can differ from an exact search over every live prototype; benchmarks/cluster.py
+compares the clusters with those of the format-1 code.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ INDEX_SUFFIX = ".faiss"
 INDEX_DIR = "prototypes"  # beside the tables, so that a table's folder holds Arrow files alone
 IVF_MIN_ROWS = 2_048
 CANDIDATES = 1
+ROWS_PER_LIST = 64  # so that a probe scans the same number of rows whatever the segment size
 
 
 def index_path_of(catalogue_dir: Path, segment_file: str) -> Path:
@@ -39,7 +40,7 @@ def write_prototype_index(path: Path, sums: np.ndarray, active: np.ndarray, seed
     vectors = unit_rows(sums[rows]).astype(np.float32)
     dim = sums.shape[1]
     if len(rows) >= IVF_MIN_ROWS:
-        lists = int(np.sqrt(len(rows)))  # faiss wants 39 training points a list
+        lists = max(1, len(rows) // ROWS_PER_LIST)
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
         index.train(vectors)
