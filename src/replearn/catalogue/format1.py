@@ -26,11 +26,12 @@ import pyarrow as pa
 from replearn.catalogue.segments import vector_column
 from replearn.catalogue.store import (
     CATALOGUE_DIR,
-    EVENTS_SCHEMA,
     Catalogue,
     CatalogueChange,
+    Event,
     clusters_schema,
     commit_change,
+    events_table,
     images_schema,
     key_digests,
     runs_table,
@@ -135,28 +136,16 @@ def convert_registry(out_dir: Path) -> Catalogue:
         },
         schema=clusters_schema(dim),
     )
-    created = [
-        ("created", int(c), 0, int(n), int(runs_of.loc[c, "min"])) for c, n in zip(cluster_ids, sizes, strict=True)
-    ]
+    times = {int(info["run"]): str(info.get("time", "")) for info in manifest["runs"]}
     merge_runs = [info["run"] for info in manifest["runs"] if info.get("merged", 0)]
+    created = [
+        (int(runs_of.loc[c, "min"]), "created", int(c), 0, int(n)) for c, n in zip(cluster_ids, sizes, strict=True)
+    ]
     merges = [
-        ("merged_into", m, o, int(sizes[cluster_ids == m][0]), merge_run(int(runs_of.loc[m, "max"]), merge_runs))
+        (merge_run(int(runs_of.loc[m, "max"]), merge_runs), "merged_into", m, o, int(sizes[cluster_ids == m][0]))
         for m, o in merged_into.items()
     ]
-    event_rows = created + merges
-    times = {int(info["run"]): str(info.get("time", "")) for info in manifest["runs"]}
-    events = pa.table(
-        {
-            "run": pa.array([r[4] for r in event_rows], pa.int64()),
-            "time": pa.array([times.get(r[4], "") for r in event_rows], pa.string()),
-            "actor": pa.array(["run"] * len(event_rows), pa.string()),
-            "kind": pa.array([r[0] for r in event_rows], pa.string()),
-            "cluster_id": pa.array([r[1] for r in event_rows], pa.int64()),
-            "other_id": pa.array([r[2] for r in event_rows], pa.int64()),
-            "images": pa.array([r[3] for r in event_rows], pa.int64()),
-        },
-        schema=EVENTS_SCHEMA,
-    ).sort_by([("run", "ascending"), ("cluster_id", "ascending")])
+    events = events_table([Event(run, times.get(run, ""), *rest) for run, *rest in sorted(created + merges)])
     catalogue = Catalogue(
         directory=out_dir / CATALOGUE_DIR,
         run=int(manifest["run"]),

@@ -146,6 +146,24 @@ EVENTS_SCHEMA = pa.schema(
     ]
 )
 
+
+@dataclass(frozen=True)
+class Event:
+    """One row of the events table: `kind` happened to `cluster_id` (with `other_id`, 0 if none) in `run`."""
+
+    run: int
+    time: str
+    kind: str
+    cluster_id: int
+    other_id: int = 0
+    images: int = 0
+    actor: str = "run"
+
+
+def events_table(events: list[Event]) -> pa.Table:
+    return pa.Table.from_pylist([vars(event) for event in events], EVENTS_SCHEMA)
+
+
 RUN_COUNTS = (
     "new_images",
     "assigned_to_existing",

@@ -18,10 +18,11 @@ import pyarrow as pa
 
 from replearn.catalogue.segments import column_array, vector_column, vectors_of
 from replearn.catalogue.store import (
-    EVENTS_SCHEMA,
     Catalogue,
     CatalogueChange,
+    Event,
     clusters_schema,
+    events_table,
     images_schema,
     runs_table,
 )
@@ -265,21 +266,14 @@ def run_events(
     run: int, time: str, new_ids: np.ndarray, added: pd.Series, merges: dict[int, int], view: Neighbourhood
 ) -> pa.Table:
     """created for new clusters, joined for existing clusters that took images, merged_into for merges."""
-    rows: list[tuple[str, int, int, int]] = [("created", int(c), 0, int(added.get(c, 0))) for c in new_ids]
-    rows += [("joined", int(c), 0, int(n)) for c, n in added.sort_index().items() if c not in set(new_ids.tolist())]
-    rows += [("merged_into", m, o, int(view.sizes[view.rows_of(np.array([m]))[0]])) for m, o in merges.items()]
-    return pa.table(
-        {
-            "run": pa.array([run] * len(rows), pa.int64()),
-            "time": pa.array([time] * len(rows), pa.string()),
-            "actor": pa.array(["run"] * len(rows), pa.string()),
-            "kind": pa.array([r[0] for r in rows], pa.string()),
-            "cluster_id": pa.array([r[1] for r in rows], pa.int64()),
-            "other_id": pa.array([r[2] for r in rows], pa.int64()),
-            "images": pa.array([r[3] for r in rows], pa.int64()),
-        },
-        schema=EVENTS_SCHEMA,
-    )
+    new = set(new_ids.tolist())
+    events = [Event(run, time, "created", int(c), images=int(added.get(c, 0))) for c in new_ids]
+    events += [Event(run, time, "joined", int(c), images=int(n)) for c, n in added.sort_index().items() if c not in new]
+    events += [
+        Event(run, time, "merged_into", m, o, images=int(view.sizes[view.rows_of(np.array([m]))[0]]))
+        for m, o in merges.items()
+    ]
+    return events_table(events)
 
 
 def similarity_to_prototype(view: Neighbourhood, cluster_ids: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
