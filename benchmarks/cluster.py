@@ -242,6 +242,8 @@ def growth(runs: int, batch: int, new_classes: int) -> None:
                 )
         size = folder_bytes(Path(out) / "out" / "catalogue")
     print(f"run {runs} / run 2: {seconds[-1] / seconds[1]:.2f}x (goal <= 1.5x)")
+    if runs > 20:
+        print(f"run {runs} / run 20: {seconds[-1] / seconds[19]:.2f}x (the pool and the context are full from about run 15)")
     last = seconds[-10:]
     print(f"mean of the last 10 runs / run 2: {np.mean(last) / seconds[1]:.2f}x, slowest run {max(seconds):.2f} s")
     # Compaction rewrites a level now and then: compare means, which include its amortised share.

@@ -219,3 +219,14 @@ def test_compaction_merges_levels_and_reads_the_same(tmp_path: Path) -> None:
     on_disk = {p.relative_to(catalogue.directory).as_posix() for p in catalogue.directory.rglob("*.arrow")}
     assert on_disk == {s.file for t in catalogue.tables.values() for s in t.segments}  # merged parts are gone
     assert current(tmp_path)["day8/b2_0.png"] == current(tmp_path)["day2/b2_0.png"]
+
+
+def test_reading_a_missing_catalogue_or_table_says_what_is_wrong(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="holds no cluster catalogue yet"):
+        read_table(tmp_path, "images")
+    run(tmp_path, make_batch({0: 3}, "day1", seed=0))
+    with pytest.raises(UserError, match="no table 'members'; its tables are images, clusters, events, runs"):
+        read_table(tmp_path, "members")
+    assert "embedding" not in read_table(tmp_path, "images") and "sum" not in read_table(tmp_path, "clusters")
+    embeddings = np.stack(read_table(tmp_path, "images", embeddings=True)["embedding"].to_numpy())
+    assert embeddings.shape == (3, DIM) and np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-6)

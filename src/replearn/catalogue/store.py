@@ -364,7 +364,7 @@ def remove_orphans(catalogue: Catalogue) -> None:
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
-            if path.is_file() and str(path.relative_to(directory)) not in keep and path.name != ".gitignore":
+            if path.is_file() and str(path.relative_to(directory)) not in keep:
                 path.unlink(missing_ok=True)
 
 
