@@ -243,13 +243,16 @@ def growth(runs: int, batch: int, new_classes: int) -> None:
         size = folder_bytes(Path(out) / "out" / "catalogue")
     print(f"run {runs} / run 2: {seconds[-1] / seconds[1]:.2f}x (goal <= 1.5x)")
     if runs > 20:
-        print(f"run {runs} / run 20: {seconds[-1] / seconds[19]:.2f}x (the pool and the context are full from about run 15)")
+        print(
+            f"run {runs} / run 20: {seconds[-1] / seconds[19]:.2f}x (the pool and the context are full by about run 15)"
+        )
     last = seconds[-10:]
     print(f"mean of the last 10 runs / run 2: {np.mean(last) / seconds[1]:.2f}x, slowest run {max(seconds):.2f} s")
-    # Compaction rewrites a level now and then: compare means, which include its amortised share.
-    print(
-        f"MB written a run, mean: runs 2-11 {np.mean(megabytes[1:11]):.1f}, last 10 runs {np.mean(megabytes[-10:]):.1f}"
-    )
+    # A run writes its own segments; every fourth run also merges a level (compaction), more rarely a
+    # larger one: the median is what a run writes, the mean of many runs adds compaction's share.
+    early, late = megabytes[1:21], megabytes[-20:]
+    print(f"MB written a run, median: runs 2-21 {np.median(early):.1f}, last 20 runs {np.median(late):.1f}")
+    print(f"MB written a run, mean with compaction: runs 2-21 {np.mean(early):.1f}, last 20 runs {np.mean(late):.1f}")
     print(f"catalogue: {size / 1e6:,.0f} MB for {runs * batch:,} images, {size / (runs * batch):,.0f} bytes an image")
 
 
