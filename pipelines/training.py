@@ -32,7 +32,7 @@ def training(params_file: str = "params.yaml", overrides: list[str] | None = Non
     checkpoint, _ = train(
         config=sections(config, *STAGES["train"].config_keys), preprocessed=preprocessed, outputs_dir=outputs
     )
-    metrics, threshold, resolution, cluster_threshold = evaluate(
+    metrics, threshold, resolution, cluster_threshold, _ = evaluate(
         config=sections(config, *STAGES["evaluate"].config_keys),
         checkpoint=checkpoint,
         preprocessed=preprocessed,
