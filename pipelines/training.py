@@ -20,7 +20,7 @@ def training(params_file: str = "params.yaml", overrides: list[str] | None = Non
     config = load_run_config(params_file, overrides)
     data_dir = require_data(config.data.raw_dir)
     outputs = str(config.data.outputs_dir)
-    dataset = validate(
+    dataset, _ = validate(
         config=sections(config, *STAGES["validate"].config_keys),
         data_dir=str(data_dir),
         data_version=data_version(data_dir),
