@@ -19,6 +19,7 @@ from rich.table import Table
 from zenml.client import Client
 
 from pipelines.inputs import MODEL_NAME
+from replearn.html_images import embedded_images
 from steps.artifacts import ArtifactName
 from steps.production import production_version
 
@@ -122,18 +123,25 @@ def paths(training: Any, clustering: Any | None) -> list[tuple[str, str]]:
 
 
 def crop_report(report: Path, target: Path) -> None:
-    """The report's largest-cluster montages stacked with their titles: a picture of the report for the README."""
-    montages = sorted((report.parent / "thumbs").glob("cluster-*.jpg"))[:REPORT_CROP_CLUSTERS]
+    """The montages of the report's first clusters (lowest ids) stacked with their titles: a picture for the README.
+
+    The montages are inside the page (data URIs), found by their alt text, "typical members of cluster 12".
+    """
+    found: list[tuple[int, str, Image.Image]] = []
+    for alt, image in embedded_images(report.read_text(encoding="utf-8")):
+        kind, _, number = alt.partition(" members of cluster ")
+        if number.isdigit():
+            found.append((int(number), kind, image.convert("RGB")))
+    montages = sorted(found, key=lambda montage: montage[:2])[:REPORT_CROP_CLUSTERS]
     if not montages:
         return
-    images = [Image.open(path).convert("RGB") for path in montages]
-    width = max(image.width for image in images)
+    width = max(image.width for _, _, image in montages)
     caption = 18
-    canvas = Image.new("RGB", (width, sum(image.height + caption for image in images)), "white")
+    canvas = Image.new("RGB", (width, sum(image.height + caption for _, _, image in montages)), "white")
     draw = ImageDraw.Draw(canvas)
     top = 0
-    for path, image in zip(montages, images, strict=True):
-        draw.text((4, top + 3), f"cluster {int(path.stem.split('-')[1])}", fill="black")
+    for cluster_id, _, image in montages:
+        draw.text((4, top + 3), f"cluster {cluster_id}", fill="black")
         canvas.paste(image, (0, top + caption))
         top += image.height + caption
     canvas.save(target)

@@ -20,7 +20,7 @@ def training(params_file: str = "params.yaml", overrides: list[str] | None = Non
     config = load_run_config(params_file, overrides)
     data_dir = require_data(config.data.raw_dir)
     outputs = str(config.data.outputs_dir)
-    dataset = validate(
+    dataset, _ = validate(
         config=sections(config, *STAGES["validate"].config_keys),
         data_dir=str(data_dir),
         data_version=data_version(data_dir),
@@ -32,7 +32,7 @@ def training(params_file: str = "params.yaml", overrides: list[str] | None = Non
     checkpoint, _ = train(
         config=sections(config, *STAGES["train"].config_keys), preprocessed=preprocessed, outputs_dir=outputs
     )
-    metrics, threshold, resolution, cluster_threshold = evaluate(
+    metrics, threshold, resolution, cluster_threshold, _ = evaluate(
         config=sections(config, *STAGES["evaluate"].config_keys),
         checkpoint=checkpoint,
         preprocessed=preprocessed,

@@ -4,11 +4,14 @@ Image folders never travel through the artifact store (copying them would cost m
 steps): a `FolderRef` carries the path and a digest of the content, and the digest is what
 ZenML's cache key sees. Checkpoints and ONNX models are real artifacts: `ModelFile`'s
 materializer copies the file into the artifact store, so a model version keeps its files even
-after `outputs/` is cleaned, and a remote orchestrator can load them anywhere.
+after `outputs/` is cleaned, and a remote orchestrator can load them anywhere. Plots travel the same
+way (`PlotFiles`), so that the dashboard, which reads only the artifact store, shows each one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from enum import StrEnum
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
-from zenml.enums import ArtifactType
+from zenml.enums import ArtifactType, VisualizationType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
@@ -26,6 +29,7 @@ from replearn.errors import UserError
 
 class ArtifactName(StrEnum):
     DATASET = "dataset"
+    VALIDATION_REPORT = "validation_report"
     PREPROCESSED = "preprocessed"
     CHECKPOINT = "checkpoint"
     TRAIN_SUMMARY = "train_summary"
@@ -33,6 +37,7 @@ class ArtifactName(StrEnum):
     THRESHOLD = "threshold"
     RESOLUTION = "resolution"
     CLUSTER_THRESHOLD = "cluster_threshold"
+    EVALUATION_PLOTS = "evaluation_plots"
     ONNX_MODEL = "onnx_model"
     PROMOTED = "promoted"
     PRODUCTION_MODEL = "production_model"
@@ -98,3 +103,55 @@ class ModelFileMaterializer(BaseMaterializer):
 
     def extract_metadata(self, data: ModelFile) -> dict[str, Any]:
         return {"sha256": data.sha256, "bytes": Path(data.path).stat().st_size}
+
+
+class PlotFiles(BaseModel):
+    """PNG plots on the local disk, in the order they are best read; their file names are distinct."""
+
+    paths: list[str]
+
+    def names(self) -> list[str]:
+        return [Path(path).name for path in self.paths]
+
+
+class PlotFilesMaterializer(BaseMaterializer):
+    """Copies each plot into the artifact store and names each copy a visualization, so the dashboard shows it.
+
+    The dashboard lists one artifact's visualizations by file name and shows the first; loading gives the
+    copies (local paths, or temporary copies of a remote store's files).
+    """
+
+    ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (PlotFiles,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA_ANALYSIS
+    ORDER_FILE = "plots.json"
+
+    def save(self, data: PlotFiles) -> None:
+        names = data.names()
+        if len(set(names)) != len(names):
+            raise ValueError(f"plots with the same file name: {names}")
+        for path, name in zip(data.paths, names, strict=True):
+            fileio.copy(path, os.path.join(self.uri, name), overwrite=True)
+        with fileio.open(os.path.join(self.uri, self.ORDER_FILE), "w") as order:
+            order.write(json.dumps(names))
+
+    def load(self, data_type: type[Any]) -> PlotFiles:
+        with fileio.open(os.path.join(self.uri, self.ORDER_FILE), "r") as order:
+            names: list[str] = json.loads(order.read())
+        stored = [os.path.join(self.uri, name) for name in names]
+        if all(os.path.exists(path) for path in stored):
+            return PlotFiles(paths=stored)
+        with self.get_temporary_directory(delete_at_exit=False) as folder:
+            for remote, name in zip(stored, names, strict=True):
+                with fileio.open(remote, "rb") as source, (Path(folder) / name).open("wb") as target:
+                    shutil.copyfileobj(source, target)
+            return PlotFiles(paths=[str(Path(folder) / name) for name in names])
+
+    def save_visualizations(self, data: PlotFiles) -> dict[str, VisualizationType]:
+        return {os.path.join(self.uri, name).replace("\\", "/"): VisualizationType.IMAGE for name in data.names()}
+
+    def compute_content_hash(self, data: PlotFiles) -> str | None:
+        listing = [f"{Path(path).name} {sha256_file(Path(path))}" for path in data.paths]
+        return hashlib.sha256("\n".join(listing).encode()).hexdigest()
+
+    def extract_metadata(self, data: PlotFiles) -> dict[str, Any]:
+        return {"plots": ", ".join(data.names())}

@@ -4,7 +4,8 @@ import shutil
 from pathlib import Path
 from typing import Annotated, Any
 
-from zenml import log_metadata, step
+from zenml import log_metadata, save_artifact, step
+from zenml.types import MarkdownString
 
 from replearn.atomic import atomic_path
 from replearn.errors import UserError
@@ -35,8 +36,13 @@ def seed_manifest_cache(out_dir: Path) -> None:
 )
 def validate(
     config: dict[str, Any], data_dir: str, data_version: str, outputs_dir: str
-) -> Annotated[FolderRef, ArtifactName.DATASET]:
-    """Validate the class folders; `data_version` (DVC hash and stat fingerprint) keys the cache on the data."""
+) -> tuple[Annotated[FolderRef, ArtifactName.DATASET], Annotated[MarkdownString, ArtifactName.VALIDATION_REPORT]]:
+    """Validate the class folders; `data_version` (DVC hash and stat fingerprint) keys the cache on the data.
+
+    The table of checks is a Markdown artifact the dashboard shows. Data that fails validation fails the
+    step, which then returns nothing: the table is saved first, so the failed step shows why it failed.
+    """
+    from replearn.data.validation import report_markdown
     from replearn.stages.validate import stage
 
     out_dir = stage_dir(outputs_dir, "validate", config, data_version)
@@ -53,7 +59,9 @@ def validate(
             "data_docs": str(out_dir / "data_docs"),
         }
     )
+    table = MarkdownString(report_markdown(result))
     if not result.valid:
+        save_artifact(table, name=ArtifactName.VALIDATION_REPORT)
         raise UserError(f"{data_dir} failed validation ({', '.join(failed)}); see {result.summary_path}")
     # Downstream caching follows the content: touching files reruns validation, not training. So the
     # list of good files that preprocessing reads is copied to a folder named by that content too.
@@ -61,4 +69,4 @@ def validate(
     file_list = stage_dir(outputs_dir, "good_files", content) / result.good_files_path.name
     with atomic_path(file_list) as temporary:
         shutil.copyfile(result.good_files_path, temporary)
-    return FolderRef(path=data_dir, digest=content, file_list=str(file_list))
+    return FolderRef(path=data_dir, digest=content, file_list=str(file_list)), table

@@ -1,8 +1,11 @@
-"""report.html: written every run, opens without a server, links only to files that exist; evaluation metrics."""
+"""report.html: written every run, one self-contained page whose pictures decode; evaluation metrics."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -10,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from replearn.artifacts.hashing import sha256_file
 from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into
 from replearn.config import ClusterConfig
+from replearn.html_images import PageImages, jpeg_data_uri
 
 CLASSES = ["digit_1", "upper_A", "lower_q"]
 
@@ -27,10 +32,36 @@ class LinkCollector(HTMLParser):
         self.links.extend(value for name, value in attrs if name in ("href", "src") and value)
 
 
-def links_of(report: Path) -> list[str]:
-    collector = LinkCollector()
-    collector.feed(report.read_text(encoding="utf-8"))
-    return collector.links
+def pictures_of(report: Path) -> dict[str, Image.Image]:
+    """Every link of the page, which must be a picture inside it, decoded; by alt text.
+
+    Decoded here by hand (not with replearn.html_images), so the test does not trust the code it checks.
+    """
+    page = report.read_text(encoding="utf-8")
+    assert "url(" not in page and "<link" not in page and "<script" not in page and "srcset" not in page
+    collector = ImageCollector()
+    collector.feed(page)
+    assert len(collector.links) == len(collector.images), "every link is an <img> source"
+    decoded = {}
+    for alt, source in collector.images:
+        match = re.fullmatch(r"data:image/jpeg;base64,([A-Za-z0-9+/=]+)", source)
+        assert match, f"{alt} points outside the page: {source[:80]}"
+        image = Image.open(io.BytesIO(base64.b64decode(match.group(1), validate=True)))
+        image.load()  # raises if the data is not a whole picture
+        decoded[alt] = image
+    return decoded
+
+
+class ImageCollector(LinkCollector):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        super().handle_starttag(tag, attrs)
+        if tag == "img":
+            values = dict(attrs)
+            self.images.append((values.get("alt") or "", values.get("src") or ""))
 
 
 @pytest.fixture()
@@ -66,21 +97,43 @@ def labelled_batch(inbox: Path, odd_ones: int = 0) -> ImageBatch:
     )
 
 
-def test_report_links_only_to_files_that_exist(inbox: Path, tmp_path: Path) -> None:
+def test_report_is_one_page_whose_pictures_decode(inbox: Path, tmp_path: Path) -> None:
+    """The dashboard shows the page alone: it references no file, and each montage is inside it and decodes."""
     out = tmp_path / "out"
-    result = cluster_embeddings_into(ClusterConfig(min_size=3), labelled_batch(inbox, odd_ones=2), out, 0.8, "m")
+    config = ClusterConfig(min_size=3, report_samples=4, thumbnail_size=32)
+    result = cluster_embeddings_into(config, labelled_batch(inbox, odd_ones=2), out, 0.8, "m")
     assert result.run_dir is not None
     report = result.run_dir / "report.html"
-    assert report.is_file()
-    links = links_of(report)
-    assert "thumbs/unclustered.jpg" in links
-    assert sum(link.endswith("-typical.jpg") for link in links) == 3
-    assert sum(link.endswith("-atypical.jpg") for link in links) == 3
-    for link in links:
-        assert not link.startswith(("http:", "https:", "/")), link
-        assert (result.run_dir / link).is_file(), link
+    pictures = pictures_of(report)
+    montages = [f"{kind} members of cluster {i}" for i in (1, 2, 3) for kind in ("typical", "atypical")]
+    assert sorted(pictures) == sorted(["unclustered images", *montages])
+    assert pictures["unclustered images"].size == (2 * 32, 32)  # the two odd ones, one row
+    assert pictures["typical members of cluster 1"].size == (2 * 32, 32)  # report_samples // 2 each side
+    assert [path.name for path in result.run_dir.iterdir() if path.is_dir()] == []  # no thumbs/ beside it
     html = report.read_text()
     assert "Cluster sizes" in html and "Unclustered this run (2)" in html
+    assert "montages of 3 of them (at most cluster.report_clusters = 100, within 8 MB" in html
+
+
+def test_report_states_its_cap_on_clusters(inbox: Path, tmp_path: Path) -> None:
+    config = ClusterConfig(min_size=3, report_clusters=1)
+    result = cluster_embeddings_into(config, labelled_batch(inbox), tmp_path / "out", 0.8, "m")
+    assert result.run_dir is not None
+    html = (result.run_dir / "report.html").read_text()
+    assert "montages of 1 of them (at most cluster.report_clusters = 1," in html and "2 more in clusters.json" in html
+    assert len(pictures_of(result.run_dir / "report.html")) == 2  # one cluster: its typical and atypical members
+
+
+def test_pictures_beyond_the_page_budget_are_left_out_and_counted() -> None:
+    quiet = Image.new("RGB", (64, 64), "white")
+    noisy = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    small, large = len(jpeg_data_uri(quiet)), len(jpeg_data_uri(noisy))
+    assert large > 2 * small
+    pictures = PageImages(max_bytes=small + large - 1)
+    assert pictures.tag(quiet, "a") is not None
+    assert pictures.tag(noisy, "b") is None  # one byte short of fitting beside the first
+    assert pictures.tag(quiet, "c") is not None  # a small one still fits
+    assert pictures.left_out == 1 and pictures.spent == 2 * small
 
 
 def test_report_skips_images_that_have_gone(inbox: Path, tmp_path: Path) -> None:
@@ -90,9 +143,8 @@ def test_report_skips_images_that_have_gone(inbox: Path, tmp_path: Path) -> None
     shutil.rmtree(inbox / CLASSES[0])
     result = cluster_embeddings_into(ClusterConfig(min_size=3), batch, out, 0.8, "m")
     assert result.run_dir is not None
-    links = links_of(result.run_dir / "report.html")
-    assert sum(link.endswith("-typical.jpg") for link in links) == 2
-    assert all((result.run_dir / link).is_file() for link in links)
+    pictures = pictures_of(result.run_dir / "report.html")
+    assert sum(alt.startswith("typical members") for alt in pictures) == 2
 
 
 def test_least_cohesive_cluster_comes_first_and_is_flagged(tmp_path: Path) -> None:
@@ -123,7 +175,7 @@ def test_evaluation_against_class_folders(inbox: Path, tmp_path: Path) -> None:
     assert metrics["unclustered_fraction"] == pytest.approx(2 / 24)
     assert metrics["pairwise_recall"] < 1.0 and metrics["clusters"] == 3
     page = (result.run_dir / "report.html").read_text()
-    assert 'href="metrics.json"' in page
+    assert "in the run folder:</span> assignments.csv · clusters.json · metrics.json" in page
     assert "<td>clusters</td><td>3</td>" in page and "<td>classes</td><td>3</td>" in page
 
 
@@ -190,7 +242,7 @@ def test_cluster_command_end_to_end(inbox: Path, tmp_path: Path) -> None:
     assert first.exit_code == 0, first.output
     assert "pairwise_f1" in first.output
     run_dir = out / "runs" / "run-000001"
-    assert all((run_dir / link).is_file() for link in links_of(run_dir / "report.html"))
+    assert pictures_of(run_dir / "report.html")
     failures = (run_dir / "failures.csv").read_text().splitlines()
     assert len(failures) == 2 and failures[1].startswith("digit_1/not-an-image.png,")
     assert str(inbox) in failures[1]  # the error names the inbox file, not a temporary link

@@ -219,3 +219,16 @@ def test_onnx_model_evaluates_like_its_checkpoint_and_carries_the_threshold(
     result = compare_images(config, model, image, image)
     assert result.threshold == read_threshold(evaluated) and result.threshold_source == f"metadata of {model}"
     assert result.same_class is True
+
+
+def test_the_plots_and_headline_metrics_the_dashboard_shows(evaluated: Path) -> None:
+    from replearn.evaluation.evaluate import PLOT_FILES, EvaluationResult, headline_metrics
+
+    metrics = json.loads((evaluated / "metrics.json").read_text())
+    result = EvaluationResult(evaluated, metrics, threshold=0.0, cluster_threshold=0.0, resolution=1.0)
+    written = {path.name for path in (evaluated / "plots").iterdir()}
+    assert [path.name for path in result.plots] == [name for name in PLOT_FILES if name in written]
+    assert {path.name for path in result.plots} == written  # no plot is left off the dashboard
+    headline = headline_metrics(metrics)
+    assert {"seen/precision_at_1", "seen/map_at_r", "threshold", "cluster/threshold"} <= set(headline)
+    assert all(headline[key] == metrics[key] for key in headline) and len(headline) < 20

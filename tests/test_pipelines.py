@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import yaml
 from PIL import Image
 
 from replearn.catalogue.read import current_assignments
+from replearn.html_images import embedded_images
 from repo_copy import copy_repository
 
 pytestmark = pytest.mark.slow
@@ -92,6 +94,32 @@ STEPS = ["validate", "preprocess", "train", "evaluate", "export", "register"]
 CACHED_AFTER_VALIDATE = dict.fromkeys(STEPS[1:-1], "cached") | {"register": "completed"}
 
 
+def visualizations(artifact: Any) -> list[tuple[str, Any]]:
+    """(type, content) of each of an artifact's visualizations, read as the dashboard's server reads them."""
+    from zenml.artifacts.utils import load_artifact_visualization
+
+    return [
+        (str(shown.type.value), load_artifact_visualization(artifact, index).value)
+        for index, shown in enumerate(artifact.visualizations)
+    ]
+
+
+def assert_shown_in_the_dashboard(run: Any) -> None:
+    """validate's table as Markdown, evaluate's plots as images, its headline metrics as step metadata."""
+    ((kind, table),) = visualizations(run.steps["validate"].outputs["validation_report"][0])
+    assert kind == "markdown" and "| min\\_width | passed |" in table and "[Data Docs](file://" in table
+    plots = run.steps["evaluate"].outputs["evaluation_plots"][0]
+    names = [shown.uri.split("/")[-1] for shown in plots.visualizations]  # what the dashboard's chooser lists
+    assert names[:3] == ["similarity_histograms.png", "threshold_curves.png", "embedding_map.png"]
+    assert [Path(path).name for path in plots.load().paths] == names
+    for kind, picture in visualizations(plots):
+        assert kind == "image"
+        with Image.open(io.BytesIO(picture)) as image:
+            image.load()
+    headline = run.steps["evaluate"].run_metadata
+    assert 0.0 <= float(headline["seen/precision_at_1"]) <= 1.0 and "cluster/threshold" in headline
+
+
 def latest_version() -> Any:
     from zenml.client import Client
     from zenml.enums import ModelStages
@@ -109,6 +137,7 @@ def test_training_pipeline_caching_and_promotion(project: Path) -> None:
 
     first = run_pipeline("training", project)
     assert statuses(first) == dict.fromkeys(STEPS, "completed")
+    assert_shown_in_the_dashboard(first)
     trained = first.steps["train"].run_metadata
     assert trained["iterations"] == 2 and trained["images_per_second"] > 0 and trained["precision"] in ("fp32", "bf16")
     production = production_version()
@@ -120,6 +149,7 @@ def test_training_pipeline_caching_and_promotion(project: Path) -> None:
 
     again = run_pipeline("training", project)
     assert statuses(again) == {"validate": "cached"} | CACHED_AFTER_VALIDATE
+    assert_shown_in_the_dashboard(again)  # a cached step shows what it showed
     assert latest_version().number == 2 and "seen/precision_at_1" in latest_version().run_metadata
     assert production_version().number == 1  # the same scores do not beat production
 
@@ -172,6 +202,9 @@ def test_clustering_pipeline_uses_production_and_is_idempotent(project: Path) ->
     summary = first.steps["cluster"].outputs["cluster_run"][0].load()
     assert summary["new_images"] == 12
     assert Path(summary["report"]).is_file()
+    ((kind, page),) = visualizations(first.steps["report"].outputs["cluster_report"][0])
+    assert kind == "html" and not re.findall(r'(?:src|href)="(?!data:image/jpeg;base64,)', page)
+    assert embedded_images(page)  # the montages are inside the page, and decode
     assert len(list((project / "out" / "zenml" / "clusters").glob("*/catalogue/manifest.json"))) == 1
 
     second = run_pipeline("clustering", project)
@@ -371,3 +404,22 @@ def test_a_run_that_keeps_failing_shows_in_status_and_in_the_alerter(
         assert len(recovered) == 3 and f"green again after {before + 2} failed run(s)" in recovered[2]
     finally:
         client.activate_stack(default.id)
+
+
+def test_data_that_fails_validation_shows_why_on_the_failed_step(project: Path) -> None:
+    """Last in the module: the failed run becomes the last training run, which the summary test must not see."""
+    from zenml.client import Client
+
+    tiny = project / "data" / "raw" / "upper_B" / "tiny.png"
+    Image.new("L", (4, 4), 255).save(tiny)  # below validate.min_width
+    try:
+        with pytest.raises(RuntimeError, match="validate"):
+            run_pipeline("training", project)
+    finally:
+        tiny.unlink()
+    failed = Client().get_pipeline("training").last_run
+    assert str(failed.steps["validate"].status.value) == "failed"
+    ((kind, table),) = visualizations(failed.steps["validate"].outputs["validation_report"][0])
+    assert kind == "markdown" and "data is NOT valid" in table
+    row = r"| min\_width: width >= 8 px (validate.min\_width) | **FAILED** | 1 | upper\_B/tiny.png: 4x4 px |"
+    assert row in table

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from data_corpus import CONFIG, EXPECTED_CLASS_FAILURES, EXPECTED_FAILURES, build_corpus, noise, snapshot
 from replearn import cli
 from replearn.cli import app
-from replearn.data.validation import ValidationResult, validate_dataset
+from replearn.data.validation import ValidationResult, report_markdown, validate_dataset
 from replearn.errors import UserError
 
 runner = CliRunner()
@@ -213,3 +213,26 @@ def test_great_expectations_is_imported_only_when_validating() -> None:
     """GX takes seconds to import; `replearn --help` must not pay for it."""
     code = "import sys, replearn.cli, replearn.data.validation; print('great_expectations' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_the_markdown_report_renders_every_check_with_the_names_as_they_are(
+    failed: tuple[ValidationResult, dict],
+) -> None:
+    """What the dashboard shows: one table row per check, file names unharmed by Markdown, the Data Docs' place."""
+    from markdown_it import MarkdownIt
+
+    result, _ = failed
+    page = report_markdown(result, shown=20)
+    tokens = MarkdownIt("commonmark").enable("table").parse(page)
+    cells = [token.content for token in tokens if token.type == "inline"]
+    header = cells.index("check")
+    rows = [cells[header + 4 * i : header + 4 * i + 4] for i in range(1, len(result.checks) + 1)]
+    rendered = {row[0].split(":")[0].replace("\\_", "_"): row for row in rows}
+    assert list(rendered) == [check.name for check in result.checks]
+    assert rendered["utf8_names"][1] == "**FAILED**" and rendered["no_hidden_files"][1] == "passed"
+    text = MarkdownIt("commonmark").enable("table").render(page)
+    assert "beta/caf\\xe9.png: name is not valid UTF-8 (shown with \\x escapes); rename it" in text
+    assert "alpha/big.png: not decoded: 200x100 = 20,000 pixels exceeds validate.max_pixels (10,000)" in text
+    assert f"[Data Docs]({result.data_docs_path.resolve().as_uri()})" in page and result.data_docs_path.is_file()
+    # Renderers drop file: links (markdown-it here, the dashboard's react-markdown too): the path is written out.
+    assert f"<code>{result.data_docs_path.resolve()}</code>" in text

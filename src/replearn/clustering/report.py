@@ -3,9 +3,10 @@
 It shows, for each cluster the run created or grew, its most typical new members (most similar
 to the prototype) beside its least typical ones, least cohesive clusters first and flagged when
 their cohesion is below the threshold, so that impure clusters stand out; then the images left
-unclustered, and the size distribution of all clusters. It is one static file plus the montage
-images beside it (relative links), so it opens from disk without a server, and it links only to
-files it wrote: inbox images may be moved away by the next scheduled job, thumbnails stay.
+unclustered, and the size distribution of all clusters. It is one self-contained file: the montages
+are JPEG data URIs inside it (at most MAX_IMAGE_BYTES of them), so it opens from disk without a
+server and renders in the ZenML dashboard, where relative links resolve to nothing; and it never
+points at inbox images, which the next scheduled job may move away.
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ from PIL import Image
 
 from replearn.config import ClusterConfig, ResizeConfig
 from replearn.data.images import load_image
+from replearn.html_images import PageImages
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
 MAX_TABLE_ROWS = 1000
 UNCLUSTERED_ROWS = 6
+# The dashboard fetches the page whole; at the defaults (100 clusters, 8 thumbnails of 64 px) the montages
+# take well under this, so it only binds when cluster.report_* ask for many or large thumbnails.
+MAX_IMAGE_BYTES = 8 * 2**20
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }
@@ -41,8 +46,8 @@ th { background: #f3f3f3; }
 """
 
 
-def write_montage(sources: Sequence[str], target: Path, columns: int, thumbnail: int) -> int:
-    """Thumbnails of the readable `sources` in a grid saved to `target`; returns how many made it in.
+def build_montage(sources: Sequence[str], columns: int, thumbnail: int) -> Image.Image | None:
+    """Thumbnails of the readable `sources` in a grid; None when none is readable.
 
     Unreadable or vanished files are skipped: a report must not fail because an inbox moved on.
     """
@@ -54,13 +59,12 @@ def write_montage(sources: Sequence[str], target: Path, columns: int, thumbnail:
         except Exception as error:  # Pillow raises many types; a missing thumbnail is not worth a failed run
             log.debug("no thumbnail for %s: %s", source, error)
     if not tiles:
-        return 0
+        return None
     rows = -(-len(tiles) // columns)
     sheet = Image.new("RGB", (min(columns, len(tiles)) * thumbnail, rows * thumbnail), (255, 255, 255))
     for i, tile in enumerate(tiles):
         sheet.paste(tile, ((i % columns) * thumbnail, (i // columns) * thumbnail))
-    sheet.save(target, quality=90)
-    return len(tiles)
+    return sheet
 
 
 def size_histogram(sizes: np.ndarray) -> list[tuple[str, int]]:
@@ -111,9 +115,11 @@ def typical_and_atypical(members: pd.DataFrame, samples: int) -> dict[int, tuple
     return shown
 
 
-def _links(run_dir: Path) -> str:
+def _run_files(run_dir: Path) -> str:
+    """The run's other files, named but not linked: the page must make sense where they are not (the dashboard)."""
     names = ["assignments.csv", "clusters.json", "metrics.json", "failures.csv"]
-    return " · ".join(f'<a href="{name}">{name}</a>' for name in names if (run_dir / name).is_file())
+    present = " · ".join(name for name in names if (run_dir / name).is_file())
+    return f'<span class="muted">beside this page in the run folder:</span> {present}' if present else ""
 
 
 def write_report(
@@ -124,10 +130,9 @@ def write_report(
     metrics: dict[str, float],
     config: ClusterConfig,
 ) -> Path:
-    """Write run_dir/report.html and its montages in run_dir/thumbs/; the other run files must exist already."""
-    thumbs = run_dir / "thumbs"
-    thumbs.mkdir(exist_ok=True)
-    parts = [f"<h1>replearn clusters: run {summary['run']}</h1>", f"<p>{_links(run_dir)}</p>"]
+    """Write run_dir/report.html, its montages inside it; the other run files must exist already."""
+    pictures = PageImages(MAX_IMAGE_BYTES)
+    parts = [f"<h1>replearn clusters: run {summary['run']}</h1>", f"<p>{_run_files(run_dir)}</p>"]
     facts = [
         ("new images", summary["new_images"]),
         ("joined existing clusters", summary["assigned_to_existing"]),
@@ -170,41 +175,54 @@ def write_report(
         )
     )
 
+    # The unclustered montage is one picture; it takes its share of the budget before the clusters do.
+    unclustered = members.loc[members["cluster_id"] == 0, "source"]
+    limit = config.report_samples * UNCLUSTERED_ROWS
+    unclustered_montage = build_montage(list(unclustered.head(limit)), config.report_samples, config.thumbnail_size)
+    unclustered_tag = pictures.tag(unclustered_montage, "unclustered images") if unclustered_montage else None
+
     touched = clusters[clusters["added_this_run"] > 0].sort_values(["cohesion", "id"])
     threshold = summary["threshold"]
+    shown = touched.head(config.report_clusters)
     parts.append(
         f"<h2>Clusters this run ({len(touched)})</h2>"
-        f'<p class="muted">least cohesive first; left, the new members most similar to the prototype; right, '
+        f'<p class="muted">least cohesive first; montages of {len(shown)} of them (at most '
+        f"cluster.report_clusters = {config.report_clusters}, within {MAX_IMAGE_BYTES // 2**20} MB of pictures "
+        f"in this page): left, the new members most similar to the prototype; right, "
         f"the least similar. Cohesion (mean similarity of members to the prototype) below the threshold "
         f"{threshold:.3f} is flagged: such a cluster likely mixes classes.</p>"
     )
-    shown = touched.head(config.report_clusters)
     montage_sources = typical_and_atypical(members[members["cluster_id"].isin(shown["id"])], config.report_samples)
     for row in shown.itertuples():
         typical, atypical = montage_sources.get(row.id, ([], []))
-        montages = []
+        montages, over_budget = [], False
         for kind, sources in (("typical", typical), ("atypical", atypical)):
-            name = f"cluster-{row.id:06d}-{kind}.jpg"
-            if sources and write_montage(sources, thumbs / name, len(sources), config.thumbnail_size):
-                montages.append(f'<img src="thumbs/{name}" alt="{kind} members of cluster {row.id}">')
+            montage = build_montage(sources, len(sources), config.thumbnail_size) if sources else None
+            tag = pictures.tag(montage, f"{kind} members of cluster {row.id}") if montage else None
+            montages += [tag] if tag else []
+            over_budget |= montage is not None and tag is None
         label = "new" if row.new_this_run else "grew"
         flag = " LOW COHESION" if row.cohesion < threshold else ""
         title = (
             f"Cluster {row.id} ({label}): {row.size} images, +{row.added_this_run} this run, "
             f"cohesion {row.cohesion:.3f}{flag}"
         )
-        images = " &nbsp; ".join(montages) or '<span class="muted">no readable images to show</span>'
+        missing = "montage left out (picture budget spent)" if over_budget else "no readable images to show"
+        images = " &nbsp; ".join(montages) or f'<span class="muted">{missing}</span>'
         parts.append(f'<div class="cluster"><h3>{html.escape(title)}</h3>{images}</div>')
     if len(touched) > config.report_clusters:
         parts.append(f'<p class="muted">{len(touched) - config.report_clusters} more in clusters.json.</p>')
 
-    unclustered = members.loc[members["cluster_id"] == 0, "source"]
+    if pictures.left_out:
+        parts.append(
+            f'<p class="muted">{pictures.left_out} montages left out: this page holds at most '
+            f"{MAX_IMAGE_BYTES // 2**20} MB of pictures (fewer cluster.report_clusters, report_samples or a smaller "
+            "thumbnail_size fit more clusters).</p>"
+        )
+
     parts.append(f"<h2>Unclustered this run ({len(unclustered)})</h2>")
-    limit = config.report_samples * UNCLUSTERED_ROWS
-    if len(unclustered) and write_montage(
-        list(unclustered.head(limit)), thumbs / "unclustered.jpg", config.report_samples, config.thumbnail_size
-    ):
-        parts.append('<div class="unclustered"><img src="thumbs/unclustered.jpg" alt="unclustered images"></div>')
+    if unclustered_tag:
+        parts.append(f'<div class="unclustered">{unclustered_tag}</div>')
         if len(unclustered) > limit:
             parts.append(f'<p class="muted">showing {limit}; all are in assignments.csv with cluster_id 0.</p>')
 

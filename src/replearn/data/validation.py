@@ -14,6 +14,7 @@ ever moved, changed or deleted: quarantine is a list of files.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -448,12 +449,16 @@ def validate_dataset(
     return result
 
 
-def report_table(result: ValidationResult, shown: int = 3) -> Table:
-    """What passed, what failed, and the first offending files of each failure with a count of the rest."""
+def report_title(result: ValidationResult) -> str:
     title = "data is valid" if result.valid else "data is NOT valid"
     if result.on_error == "quarantine":
         title += f" (quarantine: {len(result.good):,} good files in {result.good['class'].nunique()} classes kept)"
-    table = Table(title=f"{title}: {result.stats.files:,} files, {len(result.stats.class_folders)} class folders")
+    return f"{title}: {result.stats.files:,} files, {len(result.stats.class_folders)} class folders"
+
+
+def report_table(result: ValidationResult, shown: int = 3) -> Table:
+    """What passed, what failed, and the first offending files of each failure with a count of the rest."""
+    table = Table(title=report_title(result))
     table.add_column("check")
     table.add_column("result")
     table.add_column("failing", justify="right")
@@ -466,3 +471,39 @@ def report_table(result: ValidationResult, shown: int = 3) -> Table:
             offenders.append(f"... and {check.failing - shown:,} more")
         table.add_row(name, status, f"{check.failing:,}" if check.failing else "", "\n".join(offenders))
     return table
+
+
+def markdown_text(text: str) -> str:
+    r"""`text` as literal Markdown inside a table cell: the characters Markdown would act on are escaped.
+
+    File names and error messages come from the user's disk, and may hold any of them.
+
+    >>> print(markdown_text("a|b_<c>* [x](y) >= 8\nz"))
+    a\|b\_\<c>\* \[x\](y) >= 8 z
+    """
+    return re.sub(r"([\\`*_\[\]<|~&])", r"\\\1", " ".join(text.splitlines()))
+
+
+def report_markdown(result: ValidationResult, shown: int = 3) -> str:
+    """The table of `report_table` in Markdown, for the ZenML dashboard, with where the Data Docs are.
+
+    The Data Docs are a site of many files on the local disk; the dashboard's Markdown drops `file:` links,
+    so their path is also written out, to paste into a browser.
+    """
+    lines = [f"### {markdown_text(report_title(result))}", "", "| check | result | failing | first offenders |"]
+    lines.append("| --- | --- | ---: | --- |")
+    for check in result.checks:
+        name = markdown_text(check.name if check.success else f"{check.name}: {check.description}")
+        status = "passed" if check.success else "**FAILED**"
+        failing = f"{check.failing:,}" if check.failing else ""
+        offenders = [f"{markdown_text(item)}: {markdown_text(detail)}" for item, detail in check.examples[:shown]]
+        if check.failing > shown:
+            offenders.append(f"... and {check.failing - shown:,} more")
+        lines.append(f"| {name} | {status} | {failing} | {'; '.join(offenders)} |")
+    docs = result.data_docs_path.resolve()
+    lines += [
+        "",
+        f"[Data Docs]({docs.as_uri()}): every expectation with what it observed, at `{docs}`. Bad files are listed "
+        f"in `{result.bad_files_path.resolve()}`.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -53,6 +53,35 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 PER_CLASS_FILE = "per_class.csv"
 THRESHOLD_CURVE_FILE = "threshold_curve.csv"
+PLOTS_DIR = "plots"
+# The order a reader wants them in: how the pairs separate, the threshold chosen on them, the map, the failures.
+PLOT_FILES = (
+    "similarity_histograms.png",
+    "threshold_curves.png",
+    "embedding_map.png",
+    "worst_queries_seen.png",
+    "worst_queries_unseen.png",
+)
+# Per subset (seen, unseen): what the results table shows and the dashboard gets as step metadata.
+SUBSET_HEADLINE = ("precision_at_1", "recall_at_4", "map_at_r", "knn_accuracy", "loo/precision_at_1", "nmi")
+OVERALL_HEADLINE = (
+    "precision_drop",
+    "threshold",
+    "threshold/f1",
+    "cluster/threshold",
+    "cluster/resolution",
+    "groups/test_in_train",
+)
+
+
+def headline_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The few numbers a reader looks at first, of those `metrics` holds; the rest stay in metrics.json.
+
+    >>> headline_metrics({"seen/precision_at_1": 0.9, "seen/gallery": 40.0, "threshold": 0.5})
+    {'seen/precision_at_1': 0.9, 'threshold': 0.5}
+    """
+    keys = [f"{subset}/{key}" for subset in SUBSETS for key in SUBSET_HEADLINE] + list(OVERALL_HEADLINE)
+    return {key: metrics[key] for key in keys if key in metrics}
 
 
 @dataclass
@@ -63,12 +92,16 @@ class EvaluationResult:
     cluster_threshold: float  # the Louvain graph's pruning, calibrated with the resolution
     resolution: float
 
+    @property
+    def plots(self) -> list[Path]:
+        """The PNG plots written, in PLOT_FILES order (the worst queries of a subset without test images are not)."""
+        return [self.out_dir / PLOTS_DIR / name for name in PLOT_FILES if (self.out_dir / PLOTS_DIR / name).is_file()]
+
     def __rich__(self) -> Group:
         """The headline metrics of each subset, the seen-unseen drop, and the calibrated values."""
-        keys = ("precision_at_1", "recall_at_4", "map_at_r", "knn_accuracy", "loo/precision_at_1", "nmi")
         rows = []
-        for subset in ("seen", "unseen"):
-            values = [self.metrics.get(f"{subset}/{key}") for key in keys]
+        for subset in SUBSETS:
+            values = [self.metrics.get(f"{subset}/{key}") for key in SUBSET_HEADLINE]
             if any(value is not None for value in values):
                 rows.append((subset, *("-" if value is None else f"{value:.3f}" for value in values)))
         table = results_table(
@@ -372,7 +405,7 @@ def evaluate(
         write_text_atomic(temporary / PER_CLASS_FILE, pd.concat(tables).to_csv(index=False, float_format="%.6g"))
         curve_csv = threshold_curve_frame(curve).to_csv(index=False, float_format="%.6g")
         write_text_atomic(temporary / THRESHOLD_CURVE_FILE, curve_csv)
-        plots = temporary / "plots"
+        plots = temporary / PLOTS_DIR
         split_name = f"{calibration_split} pairs"
         plot_similarity_histograms(curve, choice.threshold, plots / "similarity_histograms.png", split_name)
         plot_threshold_curves(curve, choice, plots / "threshold_curves.png", f"threshold on {split_name}")
