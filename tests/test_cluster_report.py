@@ -111,7 +111,7 @@ def test_report_is_one_page_whose_pictures_decode(inbox: Path, tmp_path: Path) -
     assert pictures["typical members of cluster 1"].size == (2 * 32, 32)  # report_samples // 2 each side
     assert [path.name for path in result.run_dir.iterdir() if path.is_dir()] == []  # no thumbs/ beside it
     html = report.read_text()
-    assert "Cluster sizes" in html and "Unclustered this run (2)" in html
+    assert "Sizes of the clusters this run created, grew or merged" in html and "Unclustered this run (2)" in html
     assert "montages of 3 of them (at most cluster.report_clusters = 100, within 8 MB" in html
 
 

@@ -140,7 +140,7 @@ def write_report(
         ("earlier unclustered images now clustered", summary["earlier_unclustered_joined"]),
         ("unclustered (cluster 0) this run", summary["unclustered"]),
         ("unreadable images", len(failures)),
-        ("clusters in total", summary["clusters_total"]),
+        ("cluster ids issued so far (merged ones included)", summary["clusters_total"]),
         ("unclustered images kept for later runs (pool)", summary["pool"]),
         ("unclustered images retired from the pool this run", summary["retired_from_pool"]),
         ("clusters merged into another this run", summary["merged"]),
@@ -162,7 +162,7 @@ def write_report(
         parts.append(_table(["cluster", "merged into"], list(summary["merged_this_run"].items())))
 
     clusters = pd.DataFrame(summary["clusters"], columns=["id", "size", "cohesion", "added_this_run", "new_this_run"])
-    parts.append("<h2>Cluster sizes</h2>")
+    parts.append("<h2>Sizes of the clusters this run created, grew or merged</h2>")
     histogram = size_histogram(clusters["size"].to_numpy())
     widest = max((count for _, count in histogram), default=1)
     parts.append(
