@@ -171,3 +171,35 @@ def test_test_groups_leave_exactly_those_groups_out() -> None:
     assert {"train", "val"} <= set(split["split"])
     with pytest.raises(UserError, match="Helvetica.*groups found: ComputerModernRoman"):
         assign_splits(frame, SplitConfig(test_groups=["Helvetica"]))
+
+
+def test_files_named_after_their_source_get_a_pattern_that_works(caplog: pytest.LogCaptureFixture) -> None:
+    # The same five artists drew every class: artist_a.png ... artist_e.png in each folder.
+    artists = [f"artist_{name}.png" for name in "abcde"]
+    assign_splits(items([f"c{i}" for i in range(4)], artists), SplitConfig())
+    assert "group_pattern '^([^_]+)_' puts every matching file in one group, 'artist'" in caplog.text
+    assert "'^([^.]+)' would group 'artist_a.png' as 'artist_a'" in caplog.text
+    assert "--set preprocess.split.group_pattern='^([^.]+)'" in caplog.text
+    caplog.clear()
+    frame = assign_splits(items([f"c{i}" for i in range(4)], artists), SplitConfig(group_pattern="^([^.]+)"))
+    assert caplog.text == "" and frame.groupby("group")["split"].nunique().eq(1).all()  # an artist stays whole
+
+
+def test_a_pattern_that_matches_nothing_is_named_with_one_that_would(caplog: pytest.LogCaptureFixture) -> None:
+    assign_splits(fonts_frame(classes=4, fonts=5, per_font=2), SplitConfig(group_pattern="^zzz"))
+    assert "group_pattern '^zzz' matches none of the 40 file names (e.g. 'Font00-Bold_00000.png')" in caplog.text
+    assert "'^([^_]+)_' would group 'Font00-Bold_00000.png' as 'Font00-Bold'" in caplog.text
+
+
+def test_names_with_no_source_in_them_are_said_to_be_split_one_by_one(caplog: pytest.LogCaptureFixture) -> None:
+    # Camera numbers: every file its own name, none shared between class folders.
+    labels = ["a"] * 6 + ["b"] * 6
+    camera = pd.DataFrame({"label": labels, "source": [f"{label}/IMG_{n:04d}.jpg" for n, label in enumerate(labels)]})
+    assign_splits(camera, SplitConfig())
+    assert "puts every matching file in one group, 'IMG'" in caplog.text
+    assert "no common pattern groups these names by source" in caplog.text
+
+
+def test_a_useful_pattern_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    assign_splits(fonts_frame(classes=4, fonts=5, per_font=2), SplitConfig())
+    assert "group_pattern" not in caplog.text

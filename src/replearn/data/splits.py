@@ -68,6 +68,58 @@ def group_of(file_name: str, pattern: re.Pattern[str] | None) -> str:
     return match.group(1) if match.groups() else match.group(0)
 
 
+# Patterns tried on the user's own file names when the configured one finds no useful groups: the
+# source before an underscore or a hyphen (chars: DejaVuSans_00001.png), or the whole stem, for files
+# named after their source (artist_a.png, artist_b.png in every class folder).
+CANDIDATE_PATTERNS = (r"^([^_]+)_", r"^([^-]+)-", r"^([^.]+)")
+
+
+def useful_groups(names: pd.Series, labels: pd.Series, pattern: re.Pattern[str]) -> bool:
+    """Whether `pattern` groups files as a source would: most classes get MIN_GROUPS groups, and groups
+    recur across classes (one artist, font or camera in many class folders), not one group per file.
+
+    >>> names = pd.Series(["artist_a.png", "artist_b.png", "artist_c.png"] * 2)
+    >>> labels = pd.Series(["cat"] * 3 + ["dog"] * 3)
+    >>> useful_groups(names, labels, re.compile(r"^([^.]+)")), useful_groups(names, labels, re.compile(r"^([^_]+)_"))
+    (True, False)
+    """
+    groups = pd.Series([group_of(name, pattern) for name in names], index=names.index)
+    grouped = groups != ""
+    if not grouped.any():
+        return False
+    per_class = groups[grouped].groupby(labels[grouped]).nunique()
+    classes_per_group = labels[grouped].groupby(groups[grouped]).nunique()
+    return bool((per_class >= MIN_GROUPS).mean() >= 0.5 and (classes_per_group > 1).mean() >= 0.5)
+
+
+def diagnose_groups(frame: pd.DataFrame, config: SplitConfig) -> str | None:
+    """What is wrong with the configured group pattern on these files, with a pattern that would work; None if fine.
+
+    A pattern that matches no file name, or puts every file in one group, protects nothing: near-duplicates
+    of one source (a font, an artist, a camera session) can land in train and test alike.
+    """
+    groups = frame["group"]
+    distinct = set(groups) - {""}
+    if len(distinct) > 1:
+        return None
+    names = frame["source"].map(lambda source: Path(source).name)
+    found = (
+        f"matches none of the {len(frame):,} file names"
+        if not distinct
+        else f"puts every matching file in one group, {next(iter(distinct))!r}"
+    )
+    message = f"preprocess.split.group_pattern {config.group_pattern!r} {found} (e.g. {names.iloc[0]!r})"
+    for candidate in CANDIDATE_PATTERNS:
+        if candidate != config.group_pattern and useful_groups(names, frame["label"], re.compile(candidate)):
+            example = names.iloc[0]
+            group = group_of(example, re.compile(candidate))
+            return (
+                f"{message}; on these names {candidate!r} would group {example!r} as {group!r}: "
+                f"--set preprocess.split.group_pattern='{candidate}' (docs/data.md)"
+            )
+    return f"{message}; no common pattern groups these names by source, so files are split one by one (docs/data.md)"
+
+
 def compile_group_pattern(config: SplitConfig) -> re.Pattern[str] | None:
     """The configured group regex, compiled; a bad regex is the user's error, named as such."""
     if not config.group_pattern:
@@ -153,6 +205,9 @@ def assign_splits(items: pd.DataFrame, config: SplitConfig) -> pd.DataFrame:
         f"group:{group}" if group else f"item:{source}"
         for group, source in zip(frame["group"], frame["source"], strict=True)
     ]
+    diagnosis = diagnose_groups(frame, config)
+    if diagnosis:
+        log.warning(diagnosis)
     missing = sorted(set(config.test_groups) - set(frame["group"]))
     if missing:
         known = ", ".join(sorted(set(frame["group"]) - {""})[:10]) or "none"
