@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -139,13 +140,17 @@ def convert_registry(out_dir: Path) -> Catalogue:
     times = {int(info["run"]): str(info.get("time", "")) for info in manifest["runs"]}
     merge_runs = [info["run"] for info in manifest["runs"] if info.get("merged", 0)]
     created = [
-        (int(runs_of.loc[c, "min"]), "created", int(c), 0, int(n)) for c, n in zip(cluster_ids, sizes, strict=True)
+        Event(int(runs_of.loc[c, "min"]), "", "created", int(c), images=int(n))
+        for c, n in zip(cluster_ids, sizes, strict=True)
     ]
     merges = [
-        (merge_run(int(runs_of.loc[m, "max"]), merge_runs), "merged_into", m, o, int(sizes[cluster_ids == m][0]))
+        Event(
+            merge_run(int(runs_of.loc[m, "max"]), merge_runs), "", "merged_into", m, o, int(sizes[cluster_ids == m][0])
+        )
         for m, o in merged_into.items()
     ]
-    events = events_table([Event(run, times.get(run, ""), *rest) for run, *rest in sorted(created + merges)])
+    in_order = sorted(created + merges, key=lambda event: (event.run, event.kind, event.cluster_id))
+    events = events_table([replace(event, time=times.get(event.run, "")) for event in in_order])
     catalogue = Catalogue(
         directory=out_dir / CATALOGUE_DIR,
         run=int(manifest["run"]),

@@ -39,6 +39,7 @@ def write_prototype_index(path: Path, sums: np.ndarray, active: np.ndarray, seed
     rows = np.flatnonzero(active)
     vectors = unit_rows(sums[rows]).astype(np.float32)
     dim = sums.shape[1]
+    index: faiss.Index
     if len(rows) >= IVF_MIN_ROWS:
         lists = max(1, len(rows) // ROWS_PER_LIST)
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)

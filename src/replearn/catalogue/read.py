@@ -10,7 +10,7 @@ from replearn.atomic import atomic_path
 from replearn.catalogue.store import TABLE_KEYS, load_catalogue
 from replearn.errors import UserError
 
-ASSIGNMENT_COLUMNS = ["path", "cluster_id", "similarity", "run", "changed_run"]
+EXPORT_COLUMNS = ["path", "cluster_id", "similarity", "run", "changed_run"]
 
 
 def read_table(out_dir: Path, name: str, embeddings: bool = False) -> pd.DataFrame:
@@ -32,7 +32,7 @@ def read_table(out_dir: Path, name: str, embeddings: bool = False) -> pd.DataFra
 def current_assignments(out_dir: Path) -> pd.DataFrame:
     """path, cluster_id, similarity and the runs that placed and last changed each image, sorted by path."""
     images = read_table(out_dir, "images")
-    return images[ASSIGNMENT_COLUMNS].sort_values("path", kind="stable").reset_index(drop=True)
+    return images[EXPORT_COLUMNS].sort_values("path", kind="stable").reset_index(drop=True)
 
 
 def export_assignments(out_dir: Path, target: Path) -> int:

@@ -145,10 +145,6 @@ class Table:
             return pa.table({})
         return merge_tables([self.segment(i) for i in range(len(self.segments))], self.key)
 
-    @property
-    def rows(self) -> int:
-        return sum(segment.rows for segment in self.segments)
-
 
 def merge_tables(tables: list[pa.Table], key: str | None) -> pa.Table:
     """Oldest to newest tables as one: keyed, the newest row per key wins and rows are sorted by key."""

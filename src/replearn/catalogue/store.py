@@ -47,6 +47,7 @@ from replearn.catalogue.segments import (
     fsync_file,
     merge_tables,
     sort_by_key,
+    vectors_of,
     write_segment,
 )
 from replearn.errors import UserError
@@ -329,7 +330,7 @@ def write_table_segment(catalogue: Catalogue, name: str, rows: pa.Table, level: 
     write_segment(catalogue.directory / file, rows)
     if name == "clusters":
         dim = catalogue.embedding_dim or 0
-        sums = rows.column("sum").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+        sums = vectors_of(rows, "sum", dim)
         active = column_array(rows, "merged_into") == 0
         write_prototype_index(index_path_of(catalogue.directory, file), sums, active, seed)
     return Segment(file=file, rows=rows.num_rows, level=level)

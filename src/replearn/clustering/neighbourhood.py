@@ -76,7 +76,7 @@ def neighbourhood_of(catalogue: Catalogue, embeddings: np.ndarray, config: Clust
     number of clusters: when a batch touches many clusters, each gives its latest few (at least one).
     """
     dim = embeddings.shape[1]
-    nearest = catalogue.nearest_clusters(embeddings, config.nprobe) if catalogue.clusters.segments else np.zeros(0)
+    nearest = catalogue.nearest_clusters(embeddings, config.nprobe)
     touched = np.unique(nearest[nearest > 0]).astype(np.int64)
     if len(touched):
         rows = catalogue.cluster_rows(touched)
