@@ -319,7 +319,10 @@ class ClusterConfig(StrictModel):
     approximate_index: Literal["ivf", "hnsw"] = Field("ivf", description="faiss index for the approximate kNN graph.")
     nprobe: int = Field(16, ge=1, description="IVF lists searched per query: higher is slower and more exact.")
     exemplars: int = Field(
-        32, ge=1, description="Latest members kept per cluster; they stand for it when a later batch is clustered."
+        64,
+        ge=1,
+        description="Latest members kept per cluster; they stand for it when a later batch is clustered, and an "
+        "automatic cluster with no more members than this can still be split or dissolved by a run.",
     )
     context_exemplars: int = Field(
         8192, ge=1, description="Most exemplars of nearby clusters that join a run's window (at least one each)."

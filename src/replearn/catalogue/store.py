@@ -173,10 +173,15 @@ RUN_COUNTS = (
     "unclustered",
     "merged",
     "retired_from_pool",
+    "split",
+    "dissolved",
+    "changed_ids",
+    "assigned",
 )
 RUNS_SCHEMA = pa.schema(
     [("run", pa.int64()), ("time", pa.string()), ("threshold", pa.float64()), ("model_id", pa.string())]
     + [(name, pa.int64()) for name in RUN_COUNTS]
+    + [("churn", pa.float64())]
 )
 
 
@@ -246,6 +251,20 @@ class Catalogue:
         if (where < 0).any():
             raise UserError(f"the catalogue in {self.directory} names clusters its clusters table lacks; it is damaged")
         return self.clusters.take(where, rows)
+
+    def assigned_images(self) -> int:
+        """Images in a cluster (id > 0) after the last run: its runs row says, read in O(1).
+
+        A catalogue written before runs counted them is counted once from its images table.
+        """
+        runs = self.tables["runs"]
+        if runs.segments:
+            last = runs.segment(len(runs.segments) - 1)
+            if "assigned" in last.column_names and last.column("assigned")[-1].is_valid:
+                return int(last.column("assigned")[-1].as_py())
+        if not self.images.segments:
+            return 0
+        return int((column_array(self.images.read_all(), "cluster_id") > 0).sum())
 
     def nearest_clusters(self, embeddings: np.ndarray, nprobe: int) -> np.ndarray:
         """The id of the nearest active cluster prototype of each embedding (0 when there is none).
@@ -331,7 +350,7 @@ def write_table_segment(catalogue: Catalogue, name: str, rows: pa.Table, level: 
     if name == "clusters":
         dim = catalogue.embedding_dim or 0
         sums = vectors_of(rows, "sum", dim)
-        active = column_array(rows, "merged_into") == 0
+        active = (column_array(rows, "merged_into") == 0) & (column_array(rows, "size") > 0)
         write_prototype_index(index_path_of(catalogue.directory, file), sums, active, seed)
     return Segment(file=file, rows=rows.num_rows, level=level)
 

@@ -217,7 +217,7 @@ def record_batch(
     embeddings = unit_rows(batch.embeddings)
     view = neighbourhood_of(catalogue, embeddings, config)
     placement = place_batch(
-        view.context_ids, view.context, view.pool_embeddings, embeddings, threshold, config, catalogue.next_cluster_id
+        view.placement_context(), view.pool_embeddings, embeddings, threshold, config, catalogue.next_cluster_id
     )
     keys = batch.keys
     frame = pd.DataFrame(

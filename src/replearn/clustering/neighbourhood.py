@@ -26,11 +26,12 @@ from replearn.catalogue.store import (
     images_schema,
     runs_table,
 )
-from replearn.clustering.placement import Placement
+from replearn.clustering.placement import Context, Placement
 from replearn.config import ClusterConfig
 
 MEMBER_COLUMNS = ["key", "path", "source", "sha256", "cluster_id", "similarity", "run"]
 AUTOMATIC = "automatic"
+CONFIRMED = "confirmed"
 
 
 @dataclass
@@ -46,7 +47,9 @@ class Neighbourhood:
     created_runs: np.ndarray
     merged_into: np.ndarray
     context_ids: np.ndarray  # the exemplars that join the window: their cluster ids ...
-    context: np.ndarray  # ... and embeddings
+    context: np.ndarray  # ... embeddings ...
+    context_digests: np.ndarray  # ... and image digests
+    revisable: np.ndarray  # automatic clusters with every member in the context
     pool: pd.DataFrame  # digest, key, path, source, sha256, run
     pool_embeddings: np.ndarray
 
@@ -64,6 +67,13 @@ class Neighbourhood:
     def rows_of(self, cluster_ids: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.cluster_ids, cluster_ids)
 
+    @property
+    def confirmed(self) -> np.ndarray:
+        return self.cluster_ids[np.array([state == CONFIRMED for state in self.states], dtype=bool)]
+
+    def placement_context(self) -> Context:
+        return Context(self.context_ids, self.context, self.revisable, self.confirmed)
+
 
 def embeddings_of(rows: pa.Table, dim: int) -> np.ndarray:
     return np.asarray(vectors_of(rows, "embedding", dim), dtype=np.float32)
@@ -74,6 +84,8 @@ def neighbourhood_of(catalogue: Catalogue, embeddings: np.ndarray, config: Clust
 
     At most cluster.context_exemplars exemplars join the window, so it is bounded whatever the
     number of clusters: when a batch touches many clusters, each gives its latest few (at least one).
+    An automatic cluster whose every member is among them (size <= cluster.exemplars) is revisable:
+    the run sees all of it, so it may split or dissolve it at the cost of its exemplars.
     """
     dim = embeddings.shape[1]
     nearest = catalogue.nearest_clusters(embeddings, config.nprobe)
@@ -90,10 +102,12 @@ def neighbourhood_of(catalogue: Catalogue, embeddings: np.ndarray, config: Clust
         states, names = rows.column("state").to_pylist(), rows.column("name").to_pylist()
         sizes, created = column_array(rows, "size"), column_array(rows, "created_run")
         merged = column_array(rows, "merged_into")
+        whole = np.array([len(e) == size for e, size in zip(taken, sizes, strict=True)], dtype=bool)
+        revisable = touched[whole & (np.array(states) == AUTOMATIC)]
     else:
         exemplars, context_ids, context = [], np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32)
         sums, sizes, created, merged = np.zeros((0, dim)), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-        states, names = [], []
+        states, names, digests, revisable = [], [], np.zeros(0, np.uint64), np.zeros(0, np.int64)
     pool_rows = catalogue.image_rows(catalogue.pool) if len(catalogue.pool) else None
     pool = (
         pool_rows.select(["digest", "key", "path", "source", "sha256", "run"]).to_pandas()
@@ -112,6 +126,8 @@ def neighbourhood_of(catalogue: Catalogue, embeddings: np.ndarray, config: Clust
         merged_into=np.array(merged, dtype=np.int64),
         context_ids=context_ids.astype(np.int64),
         context=context,
+        context_digests=np.asarray(digests, dtype=np.uint64),
+        revisable=revisable.astype(np.int64),
         pool=pool,
         pool_embeddings=pool_embeddings,
     )
@@ -140,12 +156,39 @@ def add_to_clusters(view: Neighbourhood, cluster_ids: np.ndarray, embeddings: np
     np.add.at(view.sizes, rows, 1)
 
 
+def take_from_clusters(
+    view: Neighbourhood, cluster_ids: np.ndarray, digests: np.ndarray, embeddings: np.ndarray
+) -> None:
+    """Take members out of their clusters of the view: sums, counts and exemplars, in place."""
+    rows = view.rows_of(cluster_ids)
+    np.subtract.at(view.sums, rows, embeddings.astype(np.float64))
+    np.subtract.at(view.sizes, rows, 1)
+    for row in np.unique(rows):
+        view.exemplars[row] = view.exemplars[row][~np.isin(view.exemplars[row], digests)]
+
+
+def within_confirmed(
+    view: Neighbourhood, cluster_ids: np.ndarray, embeddings: np.ndarray, threshold: float
+) -> np.ndarray:
+    """The ids with images sent to a confirmed cluster but below the threshold to its prototype set to 0.
+
+    A person vouched for a confirmed cluster, so a run only adds images that are clearly like it.
+    """
+    ids = cluster_ids.copy()
+    existing = np.isin(ids, view.confirmed)
+    if existing.any():
+        rows = view.rows_of(ids[existing])
+        similarity = np.einsum("ij,ij->i", embeddings[existing], view.prototypes[rows])
+        ids[np.flatnonzero(existing)[similarity < threshold]] = 0
+    return ids
+
+
 @dataclass
 class RunRows:
-    """What a placement changes: the run's members (batch, then pool images that joined), counts, merges."""
+    """What a placement changes: the run's members (batch, pool images that joined, members moved), counts, merges."""
 
     members: pd.DataFrame
-    counts: dict[str, int]
+    counts: dict[str, Any]
     merges: dict[int, int]
     change: CatalogueChange
     changed_clusters: pd.DataFrame
@@ -163,17 +206,32 @@ def revise(
     """Apply a placement to the view and turn it into the rows, events and pool of the run's commit.
 
     `batch_frame` holds digest, key, path, source, sha256 of the batch, row i for embeddings[i].
+    Members of revised clusters (split off or dissolved) get new image rows; a dissolved cluster
+    keeps its row with size 0 and its images go to the pool.
     """
     run = catalogue.run + 1
     dim = embeddings.shape[1]
-    batch_ids, pool_ids = placement.batch_ids, placement.pool_ids
+    threshold = float(run_info["threshold"])
+    existing = view.cluster_ids.copy()
+    sizes_before = view.sizes.copy()
+    batch_ids = within_confirmed(view, placement.batch_ids, embeddings, threshold)
+    pool_ids = within_confirmed(view, placement.pool_ids, view.pool_embeddings, threshold)
     moved, clustered = pool_ids > 0, batch_ids > 0
-    member_ids = np.concatenate([batch_ids[clustered], pool_ids[moved]])
-    member_vectors = np.concatenate([embeddings[clustered], view.pool_embeddings[moved]])
+    revised = placement.context_ids != view.context_ids
+    revised_digests = view.context_digests[revised]
+    revised_to = placement.context_ids[revised]
+    take_from_clusters(view, view.context_ids[revised], revised_digests, view.context[revised])
+    back = revised_to > 0
+
+    member_ids = np.concatenate([batch_ids[clustered], pool_ids[moved], revised_to[back]])
+    member_vectors = np.concatenate([embeddings[clustered], view.pool_embeddings[moved], view.context[revised][back]])
     member_digests = np.concatenate(
-        [batch_frame["digest"].to_numpy(np.uint64)[clustered], view.pool["digest"].to_numpy(np.uint64)[moved]]
+        [
+            batch_frame["digest"].to_numpy(np.uint64)[clustered],
+            view.pool["digest"].to_numpy(np.uint64)[moved],
+            revised_digests[back],
+        ]
     )
-    existing = set(view.cluster_ids.tolist())
     add_to_clusters(view, member_ids, member_vectors, run)
     grouped = pd.Series(member_digests).groupby(member_ids, sort=True).agg(list) if len(member_ids) else pd.Series()
     for cluster_id, digests in grouped.items():  # the latest cluster.exemplars members stand for the cluster
@@ -182,7 +240,8 @@ def revise(
     for merged, owner in placement.merges.items():
         view.merged_into[view.rows_of(np.array([merged]))[0]] = owner
 
-    changed = np.union1d(np.unique(member_ids), np.array(sorted(placement.merges), dtype=np.int64)).astype(np.int64)
+    touched = [member_ids, np.array(sorted(placement.merges)), view.context_ids[revised], placement.dissolved]
+    changed = np.unique(np.concatenate([np.asarray(t, dtype=np.int64) for t in touched])).astype(np.int64)
     rows = view.rows_of(changed)
     cohesion = view.cohesion[rows]
     clusters = pa.table(
@@ -201,12 +260,17 @@ def revise(
         schema=clusters_schema(dim),
     )
 
-    joined = view.pool[moved]
+    stored = catalogue.image_rows(revised_digests) if revised.any() else images_schema(dim).empty_table()
+    stored = stored.select(["digest", "key", "path", "source", "sha256", "run"])
     members = pd.concat(
-        [batch_frame.assign(cluster_id=batch_ids, run=run), joined.assign(cluster_id=pool_ids[moved])],
+        [
+            batch_frame.assign(cluster_id=batch_ids, run=run),
+            view.pool[moved].assign(cluster_id=pool_ids[moved]),
+            stored.to_pandas().assign(cluster_id=revised_to),
+        ],
         ignore_index=True,
     )
-    member_embeddings = np.concatenate([embeddings, view.pool_embeddings[moved]])
+    member_embeddings = np.concatenate([embeddings, view.pool_embeddings[moved], view.context[revised]])
     members["similarity"] = similarity_to_prototype(view, members["cluster_id"].to_numpy(), member_embeddings)
     images = pa.table(
         {
@@ -226,20 +290,32 @@ def revise(
 
     # The pool keeps the newest cluster.pool_max unclustered images; older ones stay in cluster 0 for good.
     pool = np.concatenate(
-        [view.pool["digest"].to_numpy(np.uint64)[~moved], batch_frame["digest"].to_numpy(np.uint64)[~clustered]]
+        [
+            view.pool["digest"].to_numpy(np.uint64)[~moved],
+            revised_digests[~back],
+            batch_frame["digest"].to_numpy(np.uint64)[~clustered],
+        ]
     )
     retired = max(0, len(pool) - config.pool_max)
-    new_ids = np.setdiff1d(changed, np.array(sorted(existing), dtype=np.int64))
+    new_ids = np.setdiff1d(changed, existing)
     added = pd.Series(member_ids).value_counts() if len(member_ids) else pd.Series(dtype=np.int64)
-    events = run_events(run, run_info["time"], new_ids, added, placement.merges, view)
-    counts = {
+    events = run_events(run, run_info["time"], new_ids, added, placement, view)
+    merged_before = np.intersect1d(np.array(sorted(placement.merges), dtype=np.int64), existing)
+    changed_ids = int(revised.sum() + sizes_before[np.searchsorted(existing, merged_before)].sum())
+    assigned_before = catalogue.assigned_images()
+    counts: dict[str, Any] = {
         "new_images": len(batch_frame),
-        "assigned_to_existing": placement.joined_existing,
+        "assigned_to_existing": int(np.isin(batch_ids, existing[existing > 0]).sum()),
         "new_clusters": placement.new_clusters,
         "earlier_unclustered_joined": int(moved.sum()),
         "unclustered": int((~clustered).sum()),
         "merged": len(placement.merges),
         "retired_from_pool": retired,
+        "split": len(placement.splits),
+        "dissolved": len(placement.dissolved),
+        "changed_ids": changed_ids,
+        "assigned": assigned_before + int(clustered.sum() + moved.sum() - (~back).sum()),
+        "churn": changed_ids / assigned_before if assigned_before else 0.0,
     }
     change = CatalogueChange(
         images=images,
@@ -247,7 +323,7 @@ def revise(
         events=events,
         runs=runs_table([{"run": run, **run_info, **counts}]),
         pool=pool[retired:],
-        next_cluster_id=catalogue.next_cluster_id + placement.new_clusters,
+        next_cluster_id=catalogue.next_cluster_id + placement.issued,
     )
     changed_clusters = pd.DataFrame(
         {
@@ -263,16 +339,29 @@ def revise(
 
 
 def run_events(
-    run: int, time: str, new_ids: np.ndarray, added: pd.Series, merges: dict[int, int], view: Neighbourhood
+    run: int, time: str, new_ids: np.ndarray, added: pd.Series, placement: Placement, view: Neighbourhood
 ) -> pa.Table:
-    """created for new clusters, joined for existing clusters that took images, merged_into for merges."""
-    new = set(new_ids.tolist())
-    events = [Event(run, time, "created", int(c), images=int(added.get(c, 0))) for c in new_ids]
-    events += [Event(run, time, "joined", int(c), images=int(n)) for c, n in added.sort_index().items() if c not in new]
-    events += [
-        Event(run, time, "merged_into", m, o, images=int(view.sizes[view.rows_of(np.array([m]))[0]]))
-        for m, o in merges.items()
+    """created, split_from, joined, merged_into and dissolved: one event for each change to a cluster.
+
+    A part split off is `split_from` its cluster (other_id) instead of created; when it fell into
+    another cluster's group it is also `merged_into` that one.
+    """
+
+    def size_of(cluster_id: int) -> int:
+        return int(view.sizes[view.rows_of(np.array([cluster_id]))[0]])
+
+    splits = placement.splits
+    events = [
+        Event(run, time, "split_from", c, splits[c], images=int(added.get(c, 0)))
+        if c in splits
+        else Event(run, time, "created", c, images=int(added.get(c, 0)))
+        for c in new_ids.tolist()
     ]
+    new = set(new_ids.tolist())
+    events += [Event(run, time, "joined", int(c), images=int(n)) for c, n in added.sort_index().items() if c not in new]
+    events += [Event(run, time, "merged_into", m, o, images=size_of(m)) for m, o in placement.merges.items()]
+    dissolved = view.context_ids[np.isin(view.context_ids, placement.dissolved)]
+    events += [Event(run, time, "dissolved", c, images=int((dissolved == c).sum())) for c in placement.dissolved]
     return events_table(events)
 
 

@@ -36,13 +36,27 @@ from replearn.similarity import nearest
 
 @dataclass
 class Placement:
-    """Cluster id of every batch image and every pool image (0: unclustered), and what the run decided."""
+    """Cluster id of every batch, pool and context image (0: unclustered), and what the run decided.
+
+    `context_ids` is the id each context exemplar has after the run: its own cluster's, or the id of
+    the part it was split into, or 0 when its cluster was dissolved. `splits` maps each id issued
+    for a split-off part to the cluster it came from; a part that fell into another cluster's group
+    is also in `merges`.
+    """
 
     batch_ids: np.ndarray
     pool_ids: np.ndarray
+    context_ids: np.ndarray
     joined_existing: int
     new_clusters: int
     merges: dict[int, int] = field(default_factory=dict)
+    splits: dict[int, int] = field(default_factory=dict)
+    dissolved: list[int] = field(default_factory=list)
+
+    @property
+    def issued(self) -> int:
+        """Cluster ids this placement issues: one per new cluster and one per split-off part."""
+        return self.new_clusters + len(self.splits)
 
 
 def group_owners(
@@ -84,9 +98,58 @@ def linked_to(embeddings: np.ndarray, candidates: np.ndarray, threshold: float, 
     return nearest(candidates, embeddings, memory_mb)[1] >= threshold
 
 
+@dataclass(frozen=True)
+class Context:
+    """The exemplars of the clusters near a batch: row i is an exemplar of cluster ids[i].
+
+    `revisable` clusters are automatic and have every member among the exemplars, so the run may
+    split or dissolve them; `confirmed` ones a person vouched for, so the run never merges them.
+    """
+
+    ids: np.ndarray
+    embeddings: np.ndarray
+    revisable: np.ndarray
+    confirmed: np.ndarray
+
+
+def revise_clusters(
+    groups: np.ndarray, window_ids: np.ndarray, revisable: np.ndarray, owners: dict[int, int], min_size: int
+) -> tuple[dict[int, list[int]], list[int]]:
+    """The parts revisable clusters split into and the clusters that dissolve, from where their members fell.
+
+    `groups` labels the whole window and `window_ids` its first rows (the context exemplars in it).
+    A revisable cluster whose main group (most of its members) holds fewer than `min_size` images
+    of the window is dissolved: a run on the window alone would leave those images unclustered.
+    Otherwise every other group holding at least `min_size` of its members is a part to split off,
+    listed as cluster -> groups; its main group stays its own.
+
+    >>> groups, window_ids = np.array([0, 0, 0, 1, 1, 1, 2, 0]), np.array([5, 5, 5, 5, 5, 5, 7])
+    >>> revise_clusters(groups, window_ids, np.array([5, 7]), {0: 5}, 3)
+    ({5: [1]}, [7])
+    """
+    sizes = pd.Series(groups).value_counts()
+    context_groups = groups[: len(window_ids)]
+    parts: dict[int, list[int]] = {}
+    dissolved: list[int] = []
+    for cluster_id in revisable.tolist():
+        counts = pd.Series(context_groups[window_ids == cluster_id]).value_counts()
+        if counts.empty:
+            continue
+        counts = counts.sort_index(kind="stable").sort_values(ascending=False, kind="stable")
+        main = int(counts.index[0])
+        if owners.get(main) != cluster_id and owners.get(main) is not None:
+            continue  # most of it fell into another cluster's group: the merge rule decides
+        if sizes[main] < min_size:
+            dissolved.append(cluster_id)
+            continue
+        split = [int(g) for g, n in counts.items() if int(g) != main and n >= min_size]
+        if split:
+            parts[cluster_id] = sorted(split)
+    return parts, dissolved
+
+
 def place_batch(
-    context_ids: np.ndarray,
-    context: np.ndarray,
+    context: Context,
     pool: np.ndarray,
     embeddings: np.ndarray,
     threshold: float,
@@ -96,31 +159,61 @@ def place_batch(
     """Cluster the window (nearby exemplars, pool, batch) and map its groups to existing or new cluster ids.
 
     Only the exemplars and pool images linked to some new image (similarity >= threshold) enter the
-    window: the others have no edge to the batch, and leaving them out keeps the neighbour search the
-    size of the batch and its surroundings. Ownership counts a cluster's exemplars in the window;
-    merges need more than half of all its exemplars in the context.
+    window, and every member of a revisable cluster that one of them belongs to: the others have no
+    edge to the batch, and leaving them out keeps the neighbour search the size of the batch and its
+    surroundings. Ownership counts a cluster's exemplars in the window; merges need more than half of
+    all its exemplars in the context and never involve a confirmed cluster. Revisable clusters the
+    window finds in pieces are split (revise_clusters): the main part keeps the id, each other part
+    gets a new one and, when it fell into a group another cluster owns, is merged into that cluster.
     """
     pool = pool.reshape(len(pool), embeddings.shape[1])
-    in_context = linked_to(embeddings, context, threshold, config.block_memory_mb)
+    linked = linked_to(embeddings, context.embeddings, threshold, config.block_memory_mb)
+    whole = np.intersect1d(np.unique(context.ids[linked]), context.revisable)
+    in_context = linked | np.isin(context.ids, whole)
     in_pool = linked_to(embeddings, pool, threshold, config.block_memory_mb)
-    window = np.concatenate([context[in_context], pool[in_pool], embeddings]).astype(np.float32)
+    window = np.concatenate([context.embeddings[in_context], pool[in_pool], embeddings]).astype(np.float32)
     groups = find_groups(window, threshold, config)
-    totals = pd.Series(context_ids).value_counts()
-    n_context, n_pool = int(in_context.sum()), int(in_pool.sum())
-    owners, merges = group_owners(groups[:n_context], context_ids[in_context], totals)
+    window_ids = context.ids[in_context]
+    n_context, n_pool = len(window_ids), int(in_pool.sum())
+    owners, merges = group_owners(groups[:n_context], window_ids, pd.Series(context.ids).value_counts())
+    merges = {c: o for c, o in merges.items() if not np.isin([c, o], context.confirmed).any()}
+    parts, dissolved = revise_clusters(groups, window_ids, np.setdiff1d(whole, list(merges)), owners, config.min_size)
+    owners = {g: c for g, c in owners.items() if c not in dissolved}
+    context_groups = groups[:n_context]
+
+    existing_groups = list(owners)
+    window_new_ids = np.where(np.isin(window_ids, dissolved), UNCLUSTERED, window_ids)
+    splits: dict[int, int] = {}
+    claimed: dict[int, int] = {}
+    next_id = next_cluster_id
+    for cluster_id, part_groups in parts.items():
+        for group in part_groups:
+            splits[next_id] = cluster_id
+            owner = owners.get(group, claimed.get(group))
+            if owner is None:
+                claimed[group] = next_id
+            elif not np.isin(owner, context.confirmed):
+                merges[next_id] = owner
+            window_new_ids[(window_ids == cluster_id) & (context_groups == group)] = next_id
+            next_id += 1
+    owners |= claimed
 
     rest = groups[n_context:]
-    owner_of = pd.Series(rest).map(owners)
-    owned = owner_of.notna().to_numpy()
-    ids = owner_of.fillna(UNCLUSTERED).to_numpy(dtype=np.int64, copy=True)
-    ranks = number_by_size(rest[~owned], config.min_size)
-    ids[~owned] = np.where(ranks > 0, ranks + next_cluster_id - 1, UNCLUSTERED)
+    unowned = ~np.isin(rest, list(owners))
+    ranks = number_by_size(rest[unowned], config.min_size)
+    ids = pd.Series(rest).map(owners).fillna(UNCLUSTERED).to_numpy(dtype=np.int64, copy=True)
+    ids[unowned] = np.where(ranks > 0, ranks + next_id - 1, UNCLUSTERED)
     pool_ids = np.zeros(len(pool), dtype=np.int64)
     pool_ids[in_pool] = ids[:n_pool]
+    context_ids = context.ids.copy()
+    context_ids[in_context] = window_new_ids
     return Placement(
         batch_ids=ids[n_pool:],
         pool_ids=pool_ids,
-        joined_existing=int(owned[n_pool:].sum()),
+        context_ids=context_ids,
+        joined_existing=int(np.isin(rest[n_pool:], existing_groups).sum()),
         new_clusters=int(ranks.max(initial=0)),
         merges=merges,
+        splits=splits,
+        dissolved=dissolved,
     )
