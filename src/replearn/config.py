@@ -324,6 +324,13 @@ class ClusterConfig(StrictModel):
         description="Latest members kept per cluster; they stand for it when a later batch is clustered, and an "
         "automatic cluster with no more members than this can still be split or dissolved by a run.",
     )
+    max_churn: float = Field(
+        0.03,
+        ge=0,
+        le=1,
+        description="Most of the images clustered before a run whose cluster id the run may change (merges, splits "
+        "and dissolves of automatic clusters); what does not fit waits for a later run.",
+    )
     context_exemplars: int = Field(
         8192, ge=1, description="Most exemplars of nearby clusters that join a run's window (at least one each)."
     )

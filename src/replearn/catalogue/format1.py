@@ -42,6 +42,22 @@ from replearn.errors import UserError
 log = logging.getLogger(__name__)
 
 
+def merged_members(cluster_ids: np.ndarray, sizes: np.ndarray, merged_into: dict[int, int]) -> np.ndarray:
+    """Members of the clusters merged into each one, along chains: the images whose current id it is too.
+
+    >>> merged_members(np.array([1, 2, 3]), np.array([5, 4, 3]), {3: 2, 2: 1}).tolist()
+    [7, 3, 0]
+    """
+    size_of = dict(zip(cluster_ids.tolist(), sizes.tolist(), strict=True))
+    total = dict.fromkeys(size_of, 0)
+    for merged in merged_into:
+        owner = merged
+        while owner in merged_into:
+            owner = merged_into[owner]
+            total[owner] += size_of[merged]
+    return np.array([total[c] for c in cluster_ids.tolist()], dtype=np.int64)
+
+
 def read_format1(directory: Path) -> tuple[dict, pd.DataFrame, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(manifest, every member row in segment order, prototypes npz, pool npz) of OUT/registry."""
     manifest_path = directory / "manifest.json"
@@ -133,6 +149,7 @@ def convert_registry(out_dir: Path) -> Catalogue:
             "created_run": pa.array(runs_of["min"].reindex(cluster_ids).to_numpy(np.int64), pa.int64()),
             "changed_run": pa.array(runs_of["max"].reindex(cluster_ids).to_numpy(np.int64), pa.int64()),
             "merged_into": pa.array([merged_into.get(int(c), 0) for c in cluster_ids], pa.int64()),
+            "merged_members": pa.array(merged_members(cluster_ids, sizes, merged_into), pa.int64()),
             "exemplars": pa.array(exemplar_digests, pa.list_(pa.uint64())),
         },
         schema=clusters_schema(dim),

@@ -131,7 +131,7 @@ class Table:
             selected = np.flatnonzero(where == index)
             parts.append(self.segment(int(index)).take(pa.array(rows[selected])))
             order.append(selected)
-        combined = pa.concat_tables(parts)
+        combined = pa.concat_tables(parts, promote_options="default")
         return combined.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
 
     def empty(self) -> pa.Table:

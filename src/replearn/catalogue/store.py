@@ -4,8 +4,8 @@
   to its cluster's prototype, the run that last changed it, its embedding), keyed by a 64-bit
   digest of the key;
 - clusters: one row per cluster id (state, name, size, the member sum its prototype and cohesion
-  come from, created and last changed run, the id it was merged into, its latest members as
-  exemplars), keyed by id, with a nearest-prototype index per segment (prototypes.py);
+  come from, created and last changed run, the id it was merged into, the members of the clusters
+  merged into it (whose current id is its own), its latest members as exemplars), keyed by id,
 - events: append-only, one row per change (run, time, actor, kind, cluster ids, images);
 - runs: append-only, one row per run.
 
@@ -130,6 +130,7 @@ def clusters_schema(dim: int) -> pa.Schema:
             ("created_run", pa.int64()),
             ("changed_run", pa.int64()),
             ("merged_into", pa.int64()),
+            ("merged_members", pa.int64()),
             ("exemplars", pa.list_(pa.uint64())),
         ]
     )

@@ -216,8 +216,9 @@ def record_batch(
     labels = class_labels(batch.paths) if evaluate else None
     embeddings = unit_rows(batch.embeddings)
     view = neighbourhood_of(catalogue, embeddings, config)
+    budget = int(config.max_churn * catalogue.assigned_images())
     placement = place_batch(
-        view.placement_context(), view.pool_embeddings, embeddings, threshold, config, catalogue.next_cluster_id
+        view.placement_context(budget), view.pool_embeddings, embeddings, threshold, config, catalogue.next_cluster_id
     )
     keys = batch.keys
     frame = pd.DataFrame(

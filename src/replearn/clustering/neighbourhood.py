@@ -46,6 +46,7 @@ class Neighbourhood:
     names: list[str | None]
     created_runs: np.ndarray
     merged_into: np.ndarray
+    merged_members: np.ndarray  # members of the clusters merged into each (their current id is its own)
     context_ids: np.ndarray  # the exemplars that join the window: their cluster ids ...
     context: np.ndarray  # ... embeddings ...
     context_digests: np.ndarray  # ... and image digests
@@ -71,8 +72,9 @@ class Neighbourhood:
     def confirmed(self) -> np.ndarray:
         return self.cluster_ids[np.array([state == CONFIRMED for state in self.states], dtype=bool)]
 
-    def placement_context(self) -> Context:
-        return Context(self.context_ids, self.context, self.revisable, self.confirmed)
+    def placement_context(self, budget: int) -> Context:
+        sizes = pd.Series(self.sizes + self.merged_members, index=self.cluster_ids)
+        return Context(self.context_ids, self.context, self.revisable, self.confirmed, sizes, budget)
 
 
 def embeddings_of(rows: pa.Table, dim: int) -> np.ndarray:
@@ -102,12 +104,15 @@ def neighbourhood_of(catalogue: Catalogue, embeddings: np.ndarray, config: Clust
         states, names = rows.column("state").to_pylist(), rows.column("name").to_pylist()
         sizes, created = column_array(rows, "size"), column_array(rows, "created_run")
         merged = column_array(rows, "merged_into")
+        absorbed = rows.column("merged_members").fill_null(0).to_numpy() if "merged_members" in rows.column_names else 0
+        absorbed = np.zeros(len(touched), np.int64) + absorbed
         whole = np.array([len(e) == size for e, size in zip(taken, sizes, strict=True)], dtype=bool)
         revisable = touched[whole & (np.array(states) == AUTOMATIC)]
     else:
         exemplars, context_ids, context = [], np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32)
         sums, sizes, created, merged = np.zeros((0, dim)), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
         states, names, digests, revisable = [], [], np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        absorbed = np.zeros(0, np.int64)
     pool_rows = catalogue.image_rows(catalogue.pool) if len(catalogue.pool) else None
     pool = (
         pool_rows.select(["digest", "key", "path", "source", "sha256", "run"]).to_pandas()
@@ -124,6 +129,7 @@ def neighbourhood_of(catalogue: Catalogue, embeddings: np.ndarray, config: Clust
         names=list(names),
         created_runs=np.array(created, dtype=np.int64),
         merged_into=np.array(merged, dtype=np.int64),
+        merged_members=np.asarray(absorbed, dtype=np.int64),
         context_ids=context_ids.astype(np.int64),
         context=context,
         context_digests=np.asarray(digests, dtype=np.uint64),
@@ -148,6 +154,7 @@ def add_to_clusters(view: Neighbourhood, cluster_ids: np.ndarray, embeddings: np
         view.names += [None] * count
         view.created_runs = np.concatenate([view.created_runs, np.full(count, run)])
         view.merged_into = np.concatenate([view.merged_into, np.zeros(count, dtype=np.int64)])
+        view.merged_members = np.concatenate([view.merged_members, np.zeros(count, dtype=np.int64)])
     order = np.argsort(view.cluster_ids, kind="stable")
     if not np.array_equal(order, np.arange(len(order))):
         raise AssertionError("new cluster ids are issued above every existing one")
@@ -213,7 +220,7 @@ def revise(
     dim = embeddings.shape[1]
     threshold = float(run_info["threshold"])
     existing = view.cluster_ids.copy()
-    sizes_before = view.sizes.copy()
+    sizes_before = view.sizes + view.merged_members
     batch_ids = within_confirmed(view, placement.batch_ids, embeddings, threshold)
     pool_ids = within_confirmed(view, placement.pool_ids, view.pool_embeddings, threshold)
     moved, clustered = pool_ids > 0, batch_ids > 0
@@ -238,9 +245,12 @@ def revise(
         row = int(view.rows_of(np.array([cluster_id]))[0])
         view.exemplars[row] = np.concatenate([view.exemplars[row], np.array(digests, np.uint64)])[-config.exemplars :]
     for merged, owner in placement.merges.items():
-        view.merged_into[view.rows_of(np.array([merged]))[0]] = owner
+        merged_row, owner_row = view.rows_of(np.array([merged, owner]))
+        view.merged_into[merged_row] = owner
+        view.merged_members[owner_row] += view.sizes[merged_row] + view.merged_members[merged_row]
 
-    touched = [member_ids, np.array(sorted(placement.merges)), view.context_ids[revised], placement.dissolved]
+    merge_pairs = np.array(sorted(placement.merges.items()), dtype=np.int64).reshape(-1, 2)
+    touched = [member_ids, merge_pairs.ravel(), view.context_ids[revised], placement.dissolved]
     changed = np.unique(np.concatenate([np.asarray(t, dtype=np.int64) for t in touched])).astype(np.int64)
     rows = view.rows_of(changed)
     cohesion = view.cohesion[rows]
@@ -255,6 +265,7 @@ def revise(
             "created_run": pa.array(view.created_runs[rows], pa.int64()),
             "changed_run": pa.array(np.full(len(rows), run), pa.int64()),
             "merged_into": pa.array(view.merged_into[rows], pa.int64()),
+            "merged_members": pa.array(view.merged_members[rows], pa.int64()),
             "exemplars": pa.array([view.exemplars[r] for r in rows], pa.list_(pa.uint64())),
         },
         schema=clusters_schema(dim),

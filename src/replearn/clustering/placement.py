@@ -104,12 +104,16 @@ class Context:
 
     `revisable` clusters are automatic and have every member among the exemplars, so the run may
     split or dissolve them; `confirmed` ones a person vouched for, so the run never merges them.
+    `sizes` holds every cluster's member count by id, and `budget` the most earlier-assigned images
+    whose id the run may change (cluster.max_churn of them).
     """
 
     ids: np.ndarray
     embeddings: np.ndarray
     revisable: np.ndarray
     confirmed: np.ndarray
+    sizes: pd.Series
+    budget: int
 
 
 def revise_clusters(
@@ -148,6 +152,42 @@ def revise_clusters(
     return parts, dissolved
 
 
+def within_budget(
+    merges: dict[int, int],
+    parts: dict[int, list[int]],
+    dissolved: list[int],
+    part_sizes: dict[tuple[int, int], int],
+    sizes: pd.Series,
+    budget: int,
+) -> tuple[dict[int, int], dict[int, list[int]], list[int]]:
+    """The revisions that fit the run's churn budget, smallest first; the others wait for a later run.
+
+    A merge or a dissolve changes the id of every member of its cluster, a split of the part's
+    members. Deferring is safe: what a run leaves alone, the next run sees again with more evidence.
+
+    >>> within_budget({4: 1}, {2: [7]}, [3], {(2, 7): 3}, pd.Series({1: 9, 2: 8, 3: 4, 4: 5}), 8)
+    ({}, {2: [7]}, [3])
+    """
+    actions = [(int(sizes[c]), 0, c, o) for c, o in merges.items()]
+    actions += [(part_sizes[c, g], 1, c, g) for c, groups in parts.items() for g in groups]
+    actions += [(int(sizes[c]), 2, c, 0) for c in dissolved]
+    kept_merges: dict[int, int] = {}
+    kept_parts: dict[int, list[int]] = {}
+    kept_dissolved: list[int] = []
+    spent = 0
+    for cost, kind, cluster_id, other in sorted(actions):
+        if spent + cost > budget:
+            continue
+        spent += cost
+        if kind == 0:
+            kept_merges[cluster_id] = other
+        elif kind == 1:
+            kept_parts.setdefault(cluster_id, []).append(other)
+        else:
+            kept_dissolved.append(cluster_id)
+    return kept_merges, kept_parts, sorted(kept_dissolved)
+
+
 def place_batch(
     context: Context,
     pool: np.ndarray,
@@ -165,6 +205,7 @@ def place_batch(
     all its exemplars in the context and never involve a confirmed cluster. Revisable clusters the
     window finds in pieces are split (revise_clusters): the main part keeps the id, each other part
     gets a new one and, when it fell into a group another cluster owns, is merged into that cluster.
+    Merges, splits and dissolves together change at most context.budget earlier images' ids.
     """
     pool = pool.reshape(len(pool), embeddings.shape[1])
     linked = linked_to(embeddings, context.embeddings, threshold, config.block_memory_mb)
@@ -178,8 +219,10 @@ def place_batch(
     owners, merges = group_owners(groups[:n_context], window_ids, pd.Series(context.ids).value_counts())
     merges = {c: o for c, o in merges.items() if not np.isin([c, o], context.confirmed).any()}
     parts, dissolved = revise_clusters(groups, window_ids, np.setdiff1d(whole, list(merges)), owners, config.min_size)
-    owners = {g: c for g, c in owners.items() if c not in dissolved}
     context_groups = groups[:n_context]
+    part_sizes = {(c, g): int(((window_ids == c) & (context_groups == g)).sum()) for c, gs in parts.items() for g in gs}
+    merges, parts, dissolved = within_budget(merges, parts, dissolved, part_sizes, context.sizes, context.budget)
+    owners = {g: c for g, c in owners.items() if c not in dissolved}
 
     existing_groups = list(owners)
     window_new_ids = np.where(np.isin(window_ids, dissolved), UNCLUSTERED, window_ids)

@@ -1,0 +1,91 @@
+"""Scheduled runs revise automatic clusters: split, dissolve, within the churn budget, with an event per change.
+
+Points on a circle in 2-D, so every similarity is the cosine of an angle and the expected groups can be
+read off by hand: run 1 clusters at a loose threshold (components), run 2 at a strict one, so the
+window of run 2 finds run 1's cluster in pieces.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from replearn.catalogue.read import current_assignments, read_table
+from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into
+from replearn.config import ClusterConfig
+
+LOOSE = ClusterConfig(min_size=3, method="components", max_churn=1.0)
+
+
+def batch_at(degrees: list[float], prefix: str) -> ImageBatch:
+    """One image per angle, named <prefix>/<i>.png."""
+    radians = np.deg2rad(np.array(degrees))
+    embeddings = np.stack([np.cos(radians), np.sin(radians)], axis=1).astype(np.float32)
+    paths = [f"{prefix}/{i}.png" for i in range(len(degrees))]
+    return ImageBatch(paths=paths, sha256=[f"sha-{p}" for p in paths], sources=paths, embeddings=embeddings)
+
+
+def current(out: Path) -> dict[str, int]:
+    table = current_assignments(out)
+    return dict(zip(table["path"], table["cluster_id"], strict=True))
+
+
+def events_of(out: Path) -> list[tuple[int, str, int, int, int]]:
+    events = read_table(out, "events")
+    return list(events[["run", "kind", "cluster_id", "other_id", "images"]].itertuples(index=False, name=None))
+
+
+def first_run_of_two_parts(out: Path) -> None:
+    """Run 1 at cos 40 deg (0.766 > 0.7): four images at 0-3 deg and three at 40-42 deg form one cluster."""
+    cluster_embeddings_into(LOOSE, batch_at([0, 1, 2, 3, 40, 41, 42], "day1"), out, 0.7, "m")
+    assert set(current(out).values()) == {1}
+
+
+def test_a_cluster_found_in_two_parts_is_split_and_the_larger_part_keeps_the_id(tmp_path: Path) -> None:
+    first_run_of_two_parts(tmp_path)
+    cluster_embeddings_into(LOOSE, batch_at([0.5, 1.5], "day2"), tmp_path, 0.95, "m")
+    ids = current(tmp_path)
+    assert [ids[f"day1/{i}.png"] for i in range(7)] == [1, 1, 1, 1, 2, 2, 2]
+    assert [ids["day2/0.png"], ids["day2/1.png"]] == [1, 1]
+    assert events_of(tmp_path) == [(1, "created", 1, 0, 7), (2, "split_from", 2, 1, 3), (2, "joined", 1, 0, 2)]
+    runs = read_table(tmp_path, "runs").set_index("run")
+    assert runs.loc[2, ["split", "dissolved", "merged", "changed_ids", "assigned"]].tolist() == [1, 0, 0, 3, 9]
+    assert runs.loc[2, "churn"] == 3 / 7
+    clusters = read_table(tmp_path, "clusters").set_index("id")
+    assert clusters.loc[[1, 2], "size"].tolist() == [6, 3]
+
+
+def test_the_churn_budget_defers_a_split(tmp_path: Path) -> None:
+    first_run_of_two_parts(tmp_path)
+    strict = LOOSE.model_copy(update={"max_churn": 0.4})  # 0.4 x 7 = 2 images, the part has 3
+    cluster_embeddings_into(strict, batch_at([0.5, 1.5], "day2"), tmp_path, 0.95, "m")
+    assert set(current(tmp_path).values()) == {1}
+    assert read_table(tmp_path, "runs")["split"].tolist() == [0, 0]
+
+
+def test_a_cluster_that_falls_apart_is_dissolved_into_the_pool(tmp_path: Path) -> None:
+    cluster_embeddings_into(LOOSE, batch_at([0, 20, 40], "day1"), tmp_path, 0.7, "m")  # cos 20 deg = 0.94
+    cluster_embeddings_into(LOOSE, batch_at([0.5], "day2"), tmp_path, 0.99, "m")
+    assert set(current(tmp_path).values()) == {0}
+    assert (2, "dissolved", 1, 0, 3) in events_of(tmp_path)
+    runs = read_table(tmp_path, "runs").set_index("run")
+    assert runs.loc[2, ["dissolved", "changed_ids", "assigned", "churn"]].tolist() == [1, 3, 0, 1.0]
+    clusters = read_table(tmp_path, "clusters").set_index("id")
+    assert clusters.loc[1, "size"] == 0
+    # The dissolved images wait in the pool: a later batch near them makes a cluster again, with a new id.
+    cluster_embeddings_into(LOOSE, batch_at([19, 21], "day3"), tmp_path, 0.99, "m")
+    ids = current(tmp_path)
+    assert ids["day1/1.png"] == ids["day3/0.png"] == ids["day3/1.png"] == 2
+
+
+def test_every_changed_id_has_its_event(tmp_path: Path) -> None:
+    first_run_of_two_parts(tmp_path)
+    before = current(tmp_path)
+    cluster_embeddings_into(LOOSE, batch_at([0.5, 1.5], "day2"), tmp_path, 0.95, "m")
+    after = current(tmp_path)
+    changed = {path for path, cluster_id in before.items() if after[path] != cluster_id}
+    events = pd.DataFrame(events_of(tmp_path), columns=["run", "kind", "cluster_id", "other_id", "images"])
+    moves = events[(events["run"] == 2) & events["kind"].isin(["split_from", "dissolved", "merged_into"])]
+    assert len(changed) == 3 and moves["cluster_id"].tolist() == [2] and moves["other_id"].tolist() == [1]
