@@ -7,6 +7,7 @@ window of run 2 finds run 1's cluster in pieces.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +90,36 @@ def test_every_changed_id_has_its_event(tmp_path: Path) -> None:
     events = pd.DataFrame(events_of(tmp_path), columns=["run", "kind", "cluster_id", "other_id", "images"])
     moves = events[(events["run"] == 2) & events["kind"].isin(["split_from", "dissolved", "merged_into"])]
     assert len(changed) == 3 and moves["cluster_id"].tolist() == [2] and moves["other_id"].tolist() == [1]
+
+
+def test_the_review_page_suggests_merging_look_alike_clusters(tmp_path: Path) -> None:
+    # Two groups 25 deg apart (23 deg between the nearest images: cos 0.921 < 0.95); their prototypes are
+    # cos 25 deg = 0.906 alike, within MERGE_MARGIN (0.05) of the threshold.
+    cluster_embeddings_into(LOOSE, batch_at([0, 1, 2, 25, 26, 27], "day1"), tmp_path, 0.95, "m")
+    summary = json.loads((tmp_path / "runs" / "run-000001" / "clusters.json").read_text())
+    assert summary["suggestions"] == [
+        {
+            "kind": "merge",
+            "cluster_ids": [1, 2],
+            "reason": "their prototypes are 0.906 alike (threshold 0.950)",
+            "command": f"replearn clusters merge {tmp_path} 1 2",
+        }
+    ]
+    report = (tmp_path / "runs" / "run-000001" / "report.html").read_text()
+    assert "To review" in report and f"replearn clusters merge {tmp_path} 1 2" in report
+
+
+def test_a_split_the_run_leaves_alone_is_suggested(tmp_path: Path) -> None:
+    first_run_of_two_parts(tmp_path)
+    strict = LOOSE.model_copy(update={"max_churn": 0.4})
+    cluster_embeddings_into(strict, batch_at([0.5, 1.5], "day2"), tmp_path, 0.95, "m")
+    summary = json.loads((tmp_path / "runs" / "run-000002" / "clusters.json").read_text())
+    split = [s for s in summary["suggestions"] if s["kind"] == "split"]
+    assert split == [
+        {
+            "kind": "split",
+            "cluster_ids": [1],
+            "reason": "this run found it in pieces: 3 of its members apart from the main part",
+            "command": f"replearn clusters split {tmp_path} 1",
+        }
+    ]

@@ -42,8 +42,9 @@ from replearn.catalogue.store import (
 )
 from replearn.clustering.inbox import HASH_CACHE_NAME, hash_inbox
 from replearn.clustering.neighbourhood import RunRows, neighbourhood_of, now, revise
-from replearn.clustering.placement import place_batch
+from replearn.clustering.placement import Placement, place_batch
 from replearn.clustering.report import REPORT_FILE, write_report
+from replearn.clustering.review import Suggestion, exemplar_sources, review_suggestions
 from replearn.config import ClusterConfig, Config
 from replearn.console import results_table
 from replearn.errors import UserError
@@ -157,11 +158,14 @@ def class_labels(paths: list[str]) -> list[str]:
     return [path.split("/", 1)[0] for path in paths]
 
 
-def clusters_summary(run: int, rows: RunRows, threshold: float, clusters_total: int, pool: int) -> dict[str, Any]:
-    """What this run changed: the counts and every cluster it created, grew or merged (clusters.json).
+def clusters_summary(
+    run: int, rows: RunRows, placement: Placement, threshold: float, suggestions: list[Suggestion]
+) -> dict[str, Any]:
+    """What this run changed: the counts, every cluster it created, grew, split or merged, and what to review.
 
     merged_into maps a cluster id to the id of the cluster it was found to be one with; follow it
     (it may chain over runs, see the catalogue's clusters table) to read a member's current cluster.
+    split_this_run maps each id issued for a split-off part to the cluster it came from.
     """
     clusters = rows.changed_clusters.to_dict("records")
     for cluster in clusters:
@@ -170,10 +174,13 @@ def clusters_summary(run: int, rows: RunRows, threshold: float, clusters_total: 
         "run": run,
         "threshold": threshold,
         **rows.counts,
-        "clusters_total": clusters_total,
-        "pool": pool,
+        "clusters_total": rows.change.next_cluster_id - 1,
+        "pool": len(rows.change.pool),
         "merged_this_run": {str(k): v for k, v in sorted(rows.merges.items())},
+        "split_this_run": {str(k): v for k, v in sorted(placement.splits.items())},
+        "dissolved_this_run": placement.dissolved,
         "clusters": clusters,
+        "suggestions": [vars(suggestion) | {"cluster_ids": list(suggestion.cluster_ids)} for suggestion in suggestions],
     }
 
 
@@ -227,9 +234,15 @@ def record_batch(
     run_info = {"time": now(), "threshold": float(threshold), "model_id": catalogue.model_id or ""}
     rows = revise(catalogue, view, frame, embeddings, placement, config, run_info)
     run = catalogue.run + 1
+    suggestions = review_suggestions(
+        view, placement, rows.changed_clusters["id"].to_numpy(), threshold, out_dir, config.report_clusters
+    )
+    batch_sources = dict(zip(frame["digest"].tolist(), frame["source"], strict=True))
+    shown = {c for suggestion in suggestions for c in suggestion.cluster_ids}
+    sources = exemplar_sources(catalogue, view, batch_sources, shown, config.report_samples)
     batch_members = rows.members.iloc[: len(batch.paths)]
     metrics = clustering_scores_of(labels, batch_members["cluster_id"].to_numpy()) if labels is not None else {}
-    summary = clusters_summary(run, rows, threshold, rows.change.next_cluster_id - 1, len(rows.change.pool))
+    summary = clusters_summary(run, rows, placement, threshold, suggestions)
     run_dir = out_dir / "runs" / f"run-{run:06d}"
     with atomic_directory(run_dir, replace=True) as staging:
         write_assignments(staging / "assignments.csv", rows.members)
@@ -237,7 +250,7 @@ def record_batch(
         write_json_atomic(staging / "clusters.json", summary, compact=True)
         if metrics:
             write_json_atomic(staging / "metrics.json", metrics)
-        write_report(staging, summary, rows.members, failures, metrics, config)
+        write_report(staging, summary, rows.members, failures, metrics, config, suggestions, sources)
     catalogue.run = run
     commit_change(catalogue, rows.change, config.seed)
     compact(catalogue, config.seed)

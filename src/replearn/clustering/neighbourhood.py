@@ -339,6 +339,8 @@ def revise(
     changed_clusters = pd.DataFrame(
         {
             "id": changed,
+            "state": [view.states[r] for r in rows],
+            "name": [view.names[r] for r in rows],
             "size": view.sizes[rows],
             "cohesion": cohesion.round(6),
             "added_this_run": pd.Series(changed).map(added).fillna(0).astype(np.int64).to_numpy(),

@@ -41,7 +41,9 @@ class Placement:
     `context_ids` is the id each context exemplar has after the run: its own cluster's, or the id of
     the part it was split into, or 0 when its cluster was dissolved. `splits` maps each id issued
     for a split-off part to the cluster it came from; a part that fell into another cluster's group
-    is also in `merges`.
+    is also in `merges`. What the window found but the run left for a person (a confirmed or large
+    cluster in pieces: id -> members outside its main part; merges over the churn budget or with a
+    confirmed cluster) is in `left_in_pieces` and `left_merges`, for the review page.
     """
 
     batch_ids: np.ndarray
@@ -52,6 +54,8 @@ class Placement:
     merges: dict[int, int] = field(default_factory=dict)
     splits: dict[int, int] = field(default_factory=dict)
     dissolved: list[int] = field(default_factory=list)
+    left_in_pieces: dict[int, int] = field(default_factory=dict)
+    left_merges: dict[int, int] = field(default_factory=dict)
 
     @property
     def issued(self) -> int:
@@ -216,11 +220,15 @@ def place_batch(
     groups = find_groups(window, threshold, config)
     window_ids = context.ids[in_context]
     n_context, n_pool = len(window_ids), int(in_pool.sum())
-    owners, merges = group_owners(groups[:n_context], window_ids, pd.Series(context.ids).value_counts())
-    merges = {c: o for c, o in merges.items() if not np.isin([c, o], context.confirmed).any()}
-    parts, dissolved = revise_clusters(groups, window_ids, np.setdiff1d(whole, list(merges)), owners, config.min_size)
+    owners, proposed_merges = group_owners(groups[:n_context], window_ids, pd.Series(context.ids).value_counts())
+    merges = {c: o for c, o in proposed_merges.items() if not np.isin([c, o], context.confirmed).any()}
+    found = np.setdiff1d(np.unique(window_ids), list(merges))
+    parts, dissolved = revise_clusters(groups, window_ids, found, owners, config.min_size)
     context_groups = groups[:n_context]
     part_sizes = {(c, g): int(((window_ids == c) & (context_groups == g)).sum()) for c, gs in parts.items() for g in gs}
+    in_pieces = {c: sum(part_sizes[c, g] for g in gs) for c, gs in parts.items()}
+    parts = {c: gs for c, gs in parts.items() if c in whole}
+    dissolved = [c for c in dissolved if c in whole]
     merges, parts, dissolved = within_budget(merges, parts, dissolved, part_sizes, context.sizes, context.budget)
     owners = {g: c for g, c in owners.items() if c not in dissolved}
 
@@ -259,4 +267,6 @@ def place_batch(
         merges=merges,
         splits=splits,
         dissolved=dissolved,
+        left_in_pieces={c: n for c, n in in_pieces.items() if c not in parts},
+        left_merges={c: o for c, o in proposed_merges.items() if c not in merges},
     )

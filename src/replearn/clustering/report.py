@@ -1,6 +1,8 @@
-"""report.html for one clustering run: a page a person can skim to check what the run did.
+"""report.html for one clustering run: a page a person can skim to check what the run did, and review.
 
-It shows, for each cluster the run created or grew, its most typical new members (most similar
+It opens with what to review (review.py: clusters that are probably one, clusters probably mixed),
+each with montages side by side and the command that applies it, and the run's revisions (splits,
+merges, dissolves). Then it shows, for each cluster the run created or grew, its most typical new members (most similar
 to the prototype) beside its least typical ones, least cohesive clusters first and flagged when
 their cohesion is below the threshold, so that impure clusters stand out; then the images left
 unclustered, and the size distribution of all clusters. It is one self-contained file: the montages
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from replearn.clustering.review import Suggestion
 from replearn.config import ClusterConfig, ResizeConfig
 from replearn.data.images import load_image
 from replearn.html_images import PageImages
@@ -43,6 +46,9 @@ th { background: #f3f3f3; }
 .cluster { margin: 1.2em 0; }
 .cluster img, .unclustered img { image-rendering: pixelated; border: 1px solid #ddd; }
 .muted { color: #777; }
+.side { display: flex; gap: 1em; }
+figure { margin: 0; }
+pre { background: #f6f6f6; padding: 4px 8px; }
 """
 
 
@@ -122,6 +128,31 @@ def _run_files(run_dir: Path) -> str:
     return f'<span class="muted">beside this page in the run folder:</span> {present}' if present else ""
 
 
+def review_section(
+    suggestions: Sequence[Suggestion], sources: dict[int, list[str]], pictures: PageImages, config: ClusterConfig
+) -> str:
+    """The suggestions to review: reason, the clusters' latest members side by side, the command that applies it."""
+    parts = [
+        "<h2>To review</h2>",
+        '<p class="muted">Probably one cluster, or probably mixed: what this run saw but leaves to a person. '
+        "Each montage shows a cluster's latest members; the command below it applies the change "
+        "(`replearn clusters undo OUT` takes it back).</p>",
+    ]
+    for suggestion in suggestions:
+        montages = []
+        for cluster_id in suggestion.cluster_ids:
+            shown = sources.get(cluster_id, [])
+            montage = build_montage(shown, len(shown), config.thumbnail_size) if shown else None
+            tag = pictures.tag(montage, f"latest members of cluster {cluster_id}") if montage else None
+            montages.append(f"<figure>{tag or ''}<figcaption>cluster {cluster_id}</figcaption></figure>")
+        title = f"{suggestion.kind} {' + '.join(str(c) for c in suggestion.cluster_ids)}"
+        parts.append(
+            f'<div class="cluster"><h3>{html.escape(title)}</h3><p>{html.escape(suggestion.reason)}</p>'
+            f'<div class="side">{"".join(montages)}</div><pre>{html.escape(suggestion.command)}</pre></div>'
+        )
+    return "".join(parts)
+
+
 def write_report(
     run_dir: Path,
     summary: dict[str, Any],
@@ -129,8 +160,13 @@ def write_report(
     failures: Sequence[tuple[str, str]],
     metrics: dict[str, float],
     config: ClusterConfig,
+    suggestions: Sequence[Suggestion] = (),
+    sources: dict[int, list[str]] | None = None,
 ) -> Path:
-    """Write run_dir/report.html, its montages inside it; the other run files must exist already."""
+    """Write run_dir/report.html, its montages inside it; the other run files must exist already.
+
+    `sources` names the images shown for each cluster a suggestion is about.
+    """
     pictures = PageImages(MAX_IMAGE_BYTES)
     parts = [f"<h1>replearn clusters: run {summary['run']}</h1>", f"<p>{_run_files(run_dir)}</p>"]
     facts = [
@@ -152,6 +188,18 @@ def write_report(
         parts.append("<h2>Agreement with class folders</h2>")
         parts.append(_table(["metric", "value"], [(html.escape(k), format_value(v)) for k, v in metrics.items()]))
 
+    if suggestions:
+        parts.append(review_section(suggestions, sources or {}, pictures, config))
+    if summary["split_this_run"] or summary["dissolved_this_run"]:
+        parts.append("<h2>Revised this run</h2>")
+        parts.append(
+            '<p class="muted">Automatic clusters this run found in pieces: the largest part kept the id, each '
+            "other part got a new one (split from); a cluster whose members no longer form a group of "
+            "cluster.min_size was dissolved, its images back to unclustered. Confirmed clusters are never revised.</p>"
+        )
+        revised = [(new, f"split from {old}") for new, old in summary["split_this_run"].items()]
+        revised += [(cluster_id, "dissolved") for cluster_id in summary["dissolved_this_run"]]
+        parts.append(_table(["cluster", "change"], revised))
     if summary["merged_this_run"]:
         parts.append("<h2>Merged this run</h2>")
         parts.append(
@@ -196,8 +244,8 @@ def write_report(
     for row in shown.itertuples():
         typical, atypical = montage_sources.get(row.id, ([], []))
         montages, over_budget = [], False
-        for kind, sources in (("typical", typical), ("atypical", atypical)):
-            montage = build_montage(sources, len(sources), config.thumbnail_size) if sources else None
+        for kind, chosen in (("typical", typical), ("atypical", atypical)):
+            montage = build_montage(chosen, len(chosen), config.thumbnail_size) if chosen else None
             tag = pictures.tag(montage, f"{kind} members of cluster {row.id}") if montage else None
             montages += [tag] if tag else []
             over_budget |= montage is not None and tag is None
@@ -226,12 +274,13 @@ def write_report(
         if len(unclustered) > limit:
             parts.append(f'<p class="muted">showing {limit}; all are in assignments.csv with cluster_id 0.</p>')
 
-    parts.append("<h2>All clusters</h2>")
+    parts.append("<h2>All clusters this run changed</h2>")
+    listed = pd.DataFrame(summary["clusters"], columns=["id", "name", "state", "size", "cohesion", "added_this_run"])
     rows = [
-        (r.id, r.size, f"{r.cohesion:.3f}", r.added_this_run, "yes" if r.new_this_run else "")
-        for r in clusters.sort_values("id").head(MAX_TABLE_ROWS).itertuples()
+        (r.id, html.escape(r.name or ""), r.state, r.size, f"{r.cohesion:.3f}", r.added_this_run)
+        for r in listed.sort_values("id").head(MAX_TABLE_ROWS).itertuples()
     ]
-    parts.append(_table(["id", "size", "cohesion", "added this run", "new"], rows))
+    parts.append(_table(["id", "name", "state", "size", "cohesion", "added this run"], rows))
     if len(clusters) > MAX_TABLE_ROWS:
         parts.append(f'<p class="muted">first {MAX_TABLE_ROWS} of {len(clusters)}; all are in clusters.json.</p>')
     if failures:
