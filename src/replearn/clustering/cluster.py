@@ -90,6 +90,8 @@ class ClusterRun:
     assigned_to_existing: int = 0
     new_clusters: int = 0
     unclustered: int = 0
+    changed_ids: int = 0
+    churn: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     assignments: pd.DataFrame | None = None
@@ -102,8 +104,8 @@ class ClusterRun:
         counts = (self.new_images, self.assigned_to_existing, self.new_clusters, self.unclustered, len(self.failures))
         work = results_table(
             f"clustering run {self.run} into {self.run_dir.parent.parent}",  # OUT/runs/run-NNNNNN
-            ("new images", "joined existing", "new clusters", "unclustered", "unreadable"),
-            tuple(f"{n:,}" for n in counts),
+            ("new images", "joined existing", "new clusters", "unclustered", "unreadable", "ids changed"),
+            (*(f"{n:,}" for n in counts), f"{self.changed_ids:,} ({self.churn:.1%})"),
         )
         parts: list[RenderableType] = [work]
         if self.metrics:
@@ -271,6 +273,8 @@ def record_batch(
         assigned_to_existing=counts["assigned_to_existing"],
         new_clusters=counts["new_clusters"],
         unclustered=counts["unclustered"],
+        changed_ids=counts["changed_ids"],
+        churn=counts["churn"],
         failures=failures,
         metrics=metrics,
         assignments=rows.members,

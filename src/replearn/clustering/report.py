@@ -180,6 +180,11 @@ def write_report(
         ("unclustered images kept for later runs (pool)", summary["pool"]),
         ("unclustered images retired from the pool this run", summary["retired_from_pool"]),
         ("clusters merged into another this run", summary["merged"]),
+        ("clusters split / dissolved this run", f"{summary['split']} / {summary['dissolved']}"),
+        (
+            "earlier images whose cluster id this run changed (churn)",
+            f"{summary['changed_ids']} ({summary['churn']:.1%})",
+        ),
         ("threshold", f"{summary['threshold']:.4f}"),
         ("min_size", config.min_size),
     ]
