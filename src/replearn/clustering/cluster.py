@@ -39,9 +39,10 @@ from replearn.catalogue.store import (
     compact,
     key_digests,
     load_catalogue,
+    now,
 )
 from replearn.clustering.inbox import HASH_CACHE_NAME, hash_inbox
-from replearn.clustering.neighbourhood import RunRows, neighbourhood_of, now, revise
+from replearn.clustering.neighbourhood import RunRows, neighbourhood_of, revise
 from replearn.clustering.placement import place_batch
 from replearn.clustering.report import REPORT_FILE, write_report
 from replearn.config import ClusterConfig, Config

@@ -9,7 +9,6 @@ changed, an event for every change, and the new pool; nothing else is read or re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ import pyarrow as pa
 
 from replearn.catalogue.segments import column_array, vector_column, vectors_of
 from replearn.catalogue.store import (
+    AUTOMATIC,
     Catalogue,
     CatalogueChange,
     Event,
@@ -30,7 +30,6 @@ from replearn.clustering.placement import Placement
 from replearn.config import ClusterConfig
 
 MEMBER_COLUMNS = ["key", "path", "source", "sha256", "cluster_id", "similarity", "run"]
-AUTOMATIC = "automatic"
 
 
 @dataclass
@@ -284,7 +283,3 @@ def similarity_to_prototype(view: Neighbourhood, cluster_ids: np.ndarray, embedd
         rows = view.rows_of(cluster_ids[clustered])
         similarity[clustered] = np.einsum("ij,ij->i", embeddings[clustered], view.prototypes[rows])
     return similarity
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
