@@ -43,7 +43,7 @@ from replearn.catalogue.store import (
 )
 from replearn.clustering.inbox import HASH_CACHE_NAME, hash_inbox
 from replearn.clustering.neighbourhood import RunRows, neighbourhood_of, revise
-from replearn.clustering.placement import place_batch
+from replearn.clustering.placement import place_batch, without_rejected
 from replearn.clustering.report import REPORT_FILE, write_report
 from replearn.config import ClusterConfig, Config
 from replearn.console import results_table
@@ -220,6 +220,8 @@ def record_batch(
     placement = place_batch(
         view.context_ids, view.context, view.pool_embeddings, embeddings, threshold, config, catalogue.next_cluster_id
     )
+    rejected = catalogue.rejected_from(view.pool["digest"].to_numpy(np.uint64))
+    placement.pool_ids = without_rejected(placement.pool_ids, rejected)
     keys = batch.keys
     frame = pd.DataFrame(
         {"digest": key_digests(keys), "key": keys, "path": batch.paths, "source": batch.sources, "sha256": batch.sha256}

@@ -124,3 +124,13 @@ def place_batch(
         new_clusters=int(ranks.max(initial=0)),
         merges=merges,
     )
+
+
+def without_rejected(pool_ids: np.ndarray, rejected: list[frozenset[int]]) -> np.ndarray:
+    """Pool images placed in a cluster a person rejected them from stay unclustered (Catalogue.rejected_from).
+
+    >>> without_rejected(np.array([3, 3, 0]), [frozenset({3}), frozenset(), frozenset({3})]).tolist()
+    [0, 3, 0]
+    """
+    refused = np.array([int(c) in r for c, r in zip(pool_ids, rejected, strict=True)], dtype=bool)
+    return np.where(refused, 0, pool_ids)
