@@ -240,6 +240,20 @@ def test_undo_restores_the_state_before_the_last_transaction_as_a_new_one(out: P
     assert read_table(out, "runs")["run"].tolist() == [1, 3, 5]  # the runs table lists the runs that happened
 
 
+def test_undoing_the_first_run_leaves_an_empty_catalogue_that_runs_fill_again(tmp_path: Path) -> None:
+    cluster_run(tmp_path, batch("day1", {"a": (E[0], 3)}))
+    undo_last(tmp_path)
+    assert read_table(tmp_path, "images").empty and list(read_table(tmp_path, "rejections").columns) == [
+        "digest",
+        "clusters",
+        "run",
+    ]
+    with pytest.raises(UserError, match="holds no clustered images yet"):
+        name_cluster(tmp_path, 1, "ays")
+    assert cluster_run(tmp_path, batch("day1", {"a": (E[0], 3)})).run == 3
+    assert set(cluster_of(tmp_path).values()) == {2}  # id 1 went with the undone run, and is not issued again
+
+
 def test_undo_of_a_correction_puts_names_members_and_rejections_back(out: Path) -> None:
     reject_images(out, ["day1/b/0.png"])
     undo_last(out)

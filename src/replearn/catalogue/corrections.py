@@ -301,20 +301,56 @@ def member_stats(
 
 def commit_plan(catalogue: Catalogue, plan: Plan, config: ClusterConfig) -> Correction:
     """Write a correction: its image, cluster and rejection rows, its events and the pool, as one transaction."""
-    run, time, dim = catalogue.run + 1, now(), catalogue.embedding_dim or 0
+    run, dim = catalogue.run + 1, catalogue.embedding_dim or 0
     forest = merge_forest(catalogue) | plan.merged_into
     digests = np.array(sorted(plan.reassigned), dtype=np.uint64)
     images = catalogue.image_rows(digests)
-    new_stored = np.array([plan.reassigned[int(d)] for d in digests], dtype=np.int64)
+    new_ids = np.array([plan.reassigned[int(d)] for d in digests], dtype=np.int64)
     # Whose members change: every cluster on the merge chain of an image's old or new cluster, and of a merge.
-    changing = [*column_array(images, "cluster_id").tolist(), *new_stored.tolist(), *plan.merged_into]
+    changing = [*column_array(images, "cluster_id").tolist(), *new_ids.tolist(), *plan.merged_into]
     recomputed = {c for cluster_id in changing if cluster_id for c in chain_of(int(cluster_id), forest)}
-    touched = plan.touched | recomputed
-    images = images.set_column(
-        images.schema.get_field_index("cluster_id"), "cluster_id", pa.array(new_stored, pa.int64())
-    ).set_column(images.schema.get_field_index("changed_run"), "changed_run", pa.array(np.full(len(digests), run)))
+    images = with_columns(images, cluster_id=pa.array(new_ids), changed_run=pa.array(np.full(len(digests), run)))
     stats = member_stats(catalogue, recomputed, forest, images, config.exemplars)
+    clusters, events = updated_clusters(catalogue, plan, plan.touched | recomputed, stats, run)
 
+    prototypes = {c: unit_rows(stats.sums[c][None, :])[0] for c in recomputed}
+    embeddings = vectors_of(images, "embedding", dim)
+    similarity = [float(e @ prototypes[c]) if c else np.nan for c, e in zip(new_ids, embeddings, strict=True)]
+    images = with_columns(images, similarity=pa.array(similarity, pa.float64()))
+
+    pool = catalogue.pool[~np.isin(catalogue.pool, digests[new_ids > 0])]  # moved images leave the pool
+    unclustered = digests[(new_ids == 0) & ~np.isin(digests, pool)]  # rejected ones join it, newest last
+    pool = np.concatenate([pool, unclustered]).astype(np.uint64)[-config.pool_max :]
+    time = now()
+    events = [replace(e, run=run, time=time, actor=PERSON) for e in events]
+    change = CatalogueChange(
+        images=images if len(digests) else None,
+        clusters=clusters,
+        events=events_table(events),
+        runs=None,
+        pool=pool,
+        next_cluster_id=catalogue.next_cluster_id + plan.new_ids,
+        rejections=rejection_rows(catalogue, plan.rejected, run),
+    )
+    catalogue.run = run
+    commit_change(catalogue, change, config.seed)
+    compact(catalogue, config.seed)
+    return Correction(run=run, events=events)
+
+
+def with_columns(table: pa.Table, **columns: pa.Array) -> pa.Table:
+    """The table with some columns' values replaced (same names and types)."""
+    for name, values in columns.items():
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, table.schema.field(index), values.cast(table.schema.field(index).type))
+    return table
+
+
+def updated_clusters(
+    catalogue: Catalogue, plan: Plan, touched: set[int], stats: MemberStats, run: int
+) -> tuple[pa.Table, list[Event]]:
+    """The touched clusters' new rows (confirmed; named, merged, recomputed as planned; new ids created)
+    and the plan's events, with a `confirmed` event for each cluster that was automatic."""
     first_new = catalogue.next_cluster_id
     existing = cluster_rows(catalogue, sorted(c for c in touched if c < first_new), active=False)
     rows: list[dict[str, Any]] = []
@@ -326,39 +362,12 @@ def commit_plan(catalogue: Catalogue, plan: Plan, config: ClusterConfig) -> Corr
         row |= {"state": CONFIRMED, "changed_run": run}
         row["name"] = plan.names.get(cluster_id, row["name"])
         row["merged_into"] = plan.merged_into.get(cluster_id, row["merged_into"])
-        if cluster_id in recomputed:
+        if cluster_id in stats.sizes:
             size, total = stats.sizes[cluster_id], stats.sums[cluster_id]
             row |= {"size": size, "sum": total, "exemplars": stats.exemplars[cluster_id]}
             row["cohesion"] = float(np.linalg.norm(total) / max(size, 1))
         rows.append(row)
-    clusters = clusters_table(rows, dim)
-
-    prototypes = {c: unit_rows(stats.sums[c][None, :])[0] for c in recomputed}
-    embeddings = vectors_of(images, "embedding", dim)
-    similarity = [
-        float(embedding @ prototypes[c]) if c else np.nan for c, embedding in zip(new_stored, embeddings, strict=True)
-    ]
-    images = images.set_column(
-        images.schema.get_field_index("similarity"), "similarity", pa.array(similarity, pa.float64())
-    )
-
-    pool = catalogue.pool[~np.isin(catalogue.pool, digests[new_stored > 0])]
-    unclustered = digests[(new_stored == 0) & ~np.isin(digests, pool)]
-    pool = np.concatenate([pool, unclustered]).astype(np.uint64)[-config.pool_max :]
-    events = [replace(e, run=run, time=time, actor=PERSON) for e in events]
-    change = CatalogueChange(
-        images=images if len(digests) else None,
-        clusters=clusters,
-        events=events_table(events),
-        runs=None,
-        pool=pool,
-        next_cluster_id=first_new + plan.new_ids,
-        rejections=rejection_rows(catalogue, plan.rejected, run),
-    )
-    catalogue.run = run
-    commit_change(catalogue, change, config.seed)
-    compact(catalogue, config.seed)
-    return Correction(run=run, events=events)
+    return clusters_table(rows, catalogue.embedding_dim or 0), events
 
 
 def clusters_table(rows: list[dict[str, Any]], dim: int) -> pa.Table:

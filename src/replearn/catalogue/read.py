@@ -11,7 +11,7 @@ import pandas as pd
 
 from replearn.atomic import atomic_path
 from replearn.catalogue.members import members_of, merge_forest, subtree_of
-from replearn.catalogue.store import TABLE_KEYS, load_catalogue
+from replearn.catalogue.store import TABLE_KEYS, load_catalogue, table_schema
 from replearn.errors import UserError
 
 EXPORT_COLUMNS = ["path", "cluster_id", "similarity", "run", "changed_run"]
@@ -29,7 +29,8 @@ def read_table(out_dir: Path, name: str, embeddings: bool = False) -> pd.DataFra
     catalogue = load_catalogue(out_dir)
     if catalogue.run == 0:
         raise UserError(f"{out_dir} holds no cluster catalogue yet (run `replearn cluster MODEL INBOX {out_dir}`)")
-    table = catalogue.tables[name].read_all()
+    stored = catalogue.tables[name]  # no segment yet (no rejection; every image undone): empty, with its columns
+    table = stored.read_all() if stored.segments else table_schema(name, catalogue.embedding_dim or 0).empty_table()
     if not embeddings:
         table = table.drop_columns([c for c in ("embedding", "sum") if c in table.column_names])
     return table.to_pandas()

@@ -170,6 +170,18 @@ EVENTS_SCHEMA = pa.schema(
 )
 
 
+def table_schema(name: str, dim: int) -> pa.Schema:
+    """The schema of a catalogue table (the images' embeddings and the clusters' sums are dim wide)."""
+    schemas = {
+        "images": images_schema(dim),
+        "clusters": clusters_schema(dim),
+        "events": EVENTS_SCHEMA,
+        "runs": RUNS_SCHEMA,
+        "rejections": REJECTIONS_SCHEMA,
+    }
+    return schemas[name]
+
+
 @dataclass(frozen=True)
 class Event:
     """One row of the events table: `kind` happened to `cluster_id` (with `other_id`, 0 if none) in `run`."""
