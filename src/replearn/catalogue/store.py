@@ -446,8 +446,9 @@ def remove_orphans(catalogue: Catalogue) -> None:
 def commit_change(catalogue: Catalogue, change: CatalogueChange, seed: int) -> None:
     """Write a transaction's segments and pool under new names, then switch the manifest to them.
 
-    Every transaction (a run, a correction, an undo, a migration) commits here, so the state before
-    it becomes the undo point (`catalogue.run` is the transaction's number: the caller advances it).
+    Every transaction (a run, a correction, an undo, a migration) commits here, once, so the state
+    it started from (as loaded, or as the last commit or compaction left it) becomes the undo point.
+    The caller advances `catalogue.run` to the transaction's number first; compaction may follow.
     """
     catalogue.undo = {"run": catalogue.run, "state": catalogue.committed}
     catalogue.directory.mkdir(parents=True, exist_ok=True)
