@@ -104,6 +104,13 @@ def test_name_confirms_the_cluster_and_nothing_else(out: Path) -> None:
     assert table.loc[[1, 3], "state"].tolist() == ["automatic", "automatic"]
     assert load_catalogue(out).run == 2 and cluster_of(out)["day1/b/0.png"] == 2  # members untouched
     assert person_events(out) == [(2, "named", 2, 0, 0), (2, "confirmed", 2, 0, 0)]
+    name_cluster(out, 2, "wasps")
+    assert cluster_history(out, 2)["what"].tolist() == [
+        "cluster 2 created with 3 images",
+        "cluster 2 named 'bees'",
+        "cluster 2 confirmed",
+        "cluster 2 named 'wasps'",
+    ]
 
 
 def test_confirm_confirms_each_cluster_once(out: Path) -> None:
@@ -362,7 +369,7 @@ def test_cli_commands_print_what_they_did(cli, out: Path) -> None:
     assert code == 0 and text.startswith("cluster 2, automatic, 3 images") and "day1/b/0.png 1.0000 2" in text
     assert cli("clusters", "name", ".", "2", "bees") == (
         0,
-        "correction 2: cluster 2 named correction 2: cluster 2 confirmed",
+        "correction 2: cluster 2 named 'bees' correction 2: cluster 2 confirmed",
     )
     assert cli("clusters", "confirm", ".", "2") == (0, "nothing to change: the catalogue is as asked")
     assert cli("clusters", "merge", ".", "2", "3") == (

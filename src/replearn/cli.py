@@ -417,7 +417,7 @@ def print_correction(correction: Correction) -> None:
         stdout.print("nothing to change: the catalogue is as asked", highlight=False)
         return
     for event in correction.events:
-        sentence = describe_event(event.kind, event.cluster_id, event.other_id, event.images)
+        sentence = describe_event(event.kind, event.cluster_id, event.other_id, event.images, event.name)
         stdout.print(f"correction {correction.run}: {sentence}", highlight=False)
 
 

@@ -85,9 +85,9 @@ def correcting(out_dir: Path) -> Iterator[Catalogue]:
         yield catalogue
 
 
-def event(kind: str, cluster_id: int, other_id: int = 0, images: int = 0) -> Event:
+def event(kind: str, cluster_id: int, other_id: int = 0, images: int = 0, name: str | None = None) -> Event:
     """A person's event; commit_plan stamps its run and time."""
-    return Event(run=0, time="", kind=kind, cluster_id=int(cluster_id), other_id=int(other_id), images=int(images))
+    return Event(0, "", kind, int(cluster_id), other_id=int(other_id), images=int(images), name=name)
 
 
 def cluster_rows(catalogue: Catalogue, cluster_ids: Sequence[int], active: bool = True) -> dict[int, dict[str, Any]]:
@@ -117,7 +117,7 @@ def name_cluster(out_dir: Path, cluster_id: int, name: str, config: ClusterConfi
         raise UserError("a cluster's name cannot be empty")
     with correcting(out_dir) as catalogue:
         cluster_rows(catalogue, [cluster_id])
-        plan = Plan(events=[event("named", cluster_id)], touched={cluster_id}, names={cluster_id: name})
+        plan = Plan(events=[event("named", cluster_id, name=name)], touched={cluster_id}, names={cluster_id: name})
         return commit_plan(catalogue, plan, config or ClusterConfig())
 
 

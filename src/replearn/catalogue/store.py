@@ -166,6 +166,7 @@ EVENTS_SCHEMA = pa.schema(
         ("cluster_id", pa.int64()),
         ("other_id", pa.int64()),
         ("images", pa.int64()),
+        ("name", pa.string()),  # the name a person gave (`named`); events written before it read as null
     ]
 )
 
@@ -193,6 +194,7 @@ class Event:
     other_id: int = 0
     images: int = 0
     actor: str = "run"
+    name: str | None = None
 
 
 def now() -> str:
