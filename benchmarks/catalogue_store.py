@@ -102,7 +102,6 @@ def replearn_store(directory: Path) -> Callable[[int, int], dict[str, float]]:
                 "created_run": pa.array(np.full(m, run), pa.int64()),
                 "changed_run": pa.array(np.full(m, run), pa.int64()),
                 "merged_into": pa.array(np.zeros(m, np.int64), pa.int64()),
-                "merged_members": pa.array(np.zeros(m, np.int64), pa.int64()),
                 "exemplars": pa.array([[] for _ in range(m)], pa.list_(pa.uint64())),
             },
             schema=clusters_schema(DIM),

@@ -1,4 +1,5 @@
-"""kill -9 at random moments of scheduled runs and their compactions: nothing committed is lost, nothing doubles."""
+"""kill -9 at random moments of scheduled runs, corrections and their compactions: nothing committed is lost,
+nothing doubles."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from catalogue_checks import assert_rows_match_members
 from replearn.catalogue.read import read_table
 from replearn.catalogue.store import load_catalogue
+from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into
+from replearn.config import ClusterConfig
 
 BATCH = 12
 # A child that clusters batch after batch into OUT, printing each batch once it is committed; batch i's
@@ -66,3 +70,70 @@ def test_kill_9_at_random_moments_loses_nothing_committed(tmp_path: Path) -> Non
         named = {s.file for t in catalogue.tables.values() for s in t.segments}
         assert named <= on_disk  # leftovers of the killed run may remain until the next commit removes them
     assert committed >= 5  # enough runs, and compactions (every fourth run), were interrupted
+
+
+# A child that corrects OUT step after step, reading which step is next from the catalogue's run counter, so
+# each step is done exactly once whenever a kill falls: step i names cluster 1 (i % 3 == 0), undoes that name
+# (i % 3 == 1), or moves x/0.png between clusters 1 and 2 (i % 3 == 2). Each commit and compaction is a target.
+CORRECTIONS_CHILD = """
+import sys
+from pathlib import Path
+from replearn.catalogue.corrections import move_images, name_cluster, undo_last
+from replearn.catalogue.store import load_catalogue
+
+out, base = Path(sys.argv[1]), int(sys.argv[2])
+while True:
+    i = load_catalogue(out).run - base
+    if i % 3 == 0:
+        name_cluster(out, 1, f"n{i}")
+    elif i % 3 == 1:
+        undo_last(out)
+    else:
+        move_images(out, 2 if (i // 3) % 2 == 0 else 1, ["x/0.png"])
+    print(i, flush=True)
+"""
+
+
+def expected_after(steps: int) -> tuple[str | None, int]:
+    """Cluster 1's name and x/0.png's cluster after `steps` steps of CORRECTIONS_CHILD."""
+    last = steps - 1
+    name = f"n{last}" if steps and last % 3 == 0 else None
+    moves = [j for j in range(steps) if j % 3 == 2]
+    return name, (2 if (moves[-1] // 3) % 2 == 0 else 1) if moves else 1
+
+
+@pytest.mark.slow
+def test_kill_9_during_corrections_loses_nothing_committed(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    labels = np.array([0, 0, 0, 1, 1, 1, 0])
+    points = np.eye(16)[labels].astype(np.float32)
+    paths = [f"{label}/{j}.png" for j, label in enumerate(labels[:-1])] + ["x/0.png"]
+    cluster_embeddings_into(ClusterConfig(min_size=3), ImageBatch(paths, paths, paths, points), out, 0.8, "m")
+    base = load_catalogue(out).run
+    rng = np.random.default_rng(1)
+    done = -1
+    for _ in range(12):
+        child = subprocess.Popen(
+            [sys.executable, "-c", CORRECTIONS_CHILD, str(out), str(base)], stdout=subprocess.PIPE, text=True
+        )
+        time.sleep(1.0 + rng.uniform(0.0, 1.5))  # imports take about a second; then a correction every few ms
+        child.kill()
+        output, _ = child.communicate()
+        done = max([done, *(int(line) for line in output.split())])
+
+        catalogue = load_catalogue(out)  # it reads, whatever the moment of the kill
+        steps = catalogue.run - base
+        assert (
+            done + 1 <= steps <= done + 2
+        )  # every step reported is there, and at most the one killed after its commit
+        name, home = expected_after(steps)
+        clusters = read_table(out, "clusters").set_index("id")
+        assert (clusters.loc[1, "name"] if isinstance(clusters.loc[1, "name"], str) else None) == name
+        assert read_table(out, "images").set_index("path").loc["x/0.png", "cluster_id"] == home
+        events = read_table(out, "events")
+        assert sorted(events.loc[events["actor"] == "person", "run"].unique()) == list(
+            range(base + 1, base + steps + 1)
+        )
+        assert_rows_match_members(out)
+        done = steps - 1
+    assert done >= 10  # enough corrections, undos and compactions were interrupted

@@ -28,6 +28,8 @@ COMMANDS = [
     ["data", "chars"],
     ["data", "digits"],
     ["clusters", "status"],
+    *[["clusters", name] for name in ("list", "show", "name", "confirm", "merge", "split", "move", "reject")],
+    *[["clusters", name] for name in ("history", "undo")],
 ]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from replearn.catalogue.corrections import confirm_clusters
 from replearn.catalogue.read import current_assignments, read_table
 from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into
 from replearn.config import ClusterConfig
@@ -122,4 +123,19 @@ def test_a_split_the_run_leaves_alone_is_suggested(tmp_path: Path) -> None:
             "reason": "this run found it in pieces: 3 of its members apart from the main part",
             "command": f"replearn clusters split {tmp_path} 1",
         }
+    ]
+
+
+def test_a_confirmed_cluster_is_never_split_and_takes_only_linked_images(tmp_path: Path) -> None:
+    first_run_of_two_parts(tmp_path)
+    confirm_clusters(tmp_path, [1])
+    # 0.5 and 1.5 deg are linked to members at 0-3 deg; 21 deg is 18 deg from the nearest member
+    # (cos 0.951 >= 0.95 would link it, so it sits at 21.5: 18.5 deg, cos 0.948): it stays out.
+    cluster_embeddings_into(LOOSE, batch_at([0.5, 1.5, 21.5], "day2"), tmp_path, 0.95, "m")
+    ids = current(tmp_path)
+    assert [ids[f"day1/{i}.png"] for i in range(7)] == [1] * 7
+    assert [ids[f"day2/{i}.png"] for i in range(3)] == [1, 1, 0]
+    summary = json.loads((tmp_path / "runs" / "run-000003" / "clusters.json").read_text())
+    assert summary["split"] == 0 and [s["command"] for s in summary["suggestions"]] == [
+        f"replearn clusters split {tmp_path} 1"
     ]

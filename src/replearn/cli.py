@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -20,6 +20,9 @@ from replearn import __version__
 from replearn.config import Config, ConfigError, config_field, default_config_path, load_config, with_values
 from replearn.console import class_folders_table, setup_logging
 from replearn.errors import UserError
+
+if TYPE_CHECKING:
+    from replearn.catalogue.corrections import Correction
 
 log = logging.getLogger(__name__)
 stdout = Console()
@@ -37,7 +40,8 @@ data_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 clusters_app = typer.Typer(
-    help="Inspect the cluster folder OUT of `replearn cluster` (or the clustering pipeline's).",
+    help="Inspect and correct the cluster catalogue in OUT of `replearn cluster` (or the clustering pipeline's). "
+    "Each correction is one transaction, recorded as an event by a person, and confirms the clusters it touches.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -394,6 +398,177 @@ def clusters_export(
 
     rows = export_assignments(out, file)
     stdout.print(f"{rows:,} images written to {file}", highlight=False)
+
+
+CatalogueOutArgument = Annotated[
+    Path, typer.Argument(help="OUT of `replearn cluster`: the folder that holds catalogue/.", show_default=False)
+]
+ClusterIdArgument = Annotated[int, typer.Argument(help="A cluster id, as `replearn clusters list` shows it.", min=1)]
+ImagesArgument = Annotated[
+    list[str], typer.Argument(help="Images by their path as stored (e.g. cats/1.jpg) or their key (path@sha256).")
+]
+
+
+def print_correction(correction: Correction) -> None:
+    """What a correction committed, one event a line; or that nothing needed changing."""
+    from replearn.catalogue.lineage import describe_event
+
+    if correction.run is None:
+        stdout.print("nothing to change: the catalogue is as asked", highlight=False)
+        return
+    for event in correction.events:
+        sentence = describe_event(event.kind, event.cluster_id, event.other_id, event.images, event.name)
+        stdout.print(f"correction {correction.run}: {sentence}", highlight=False)
+
+
+@clusters_app.command("list")
+def clusters_list(out: CatalogueOutArgument) -> None:
+    """Every cluster not merged into another: id, state (automatic or confirmed), name, size, cohesion, runs."""
+    from replearn.catalogue.read import list_clusters
+
+    clusters = list_clusters(out)
+    stdout.print(clusters.fillna({"name": ""}).to_string(index=False), highlight=False, soft_wrap=True)
+
+
+@clusters_app.command("show")
+def clusters_show(out: CatalogueOutArgument, cluster_id: ClusterIdArgument) -> None:
+    """A cluster's state, name, size and merges, then every member (path, similarity to the prototype), best first.
+
+    Reading the members scans the images table's cluster_id column: about 8 MB for a million images.
+    """
+    from replearn.catalogue.read import show_cluster
+
+    view = show_cluster(out, cluster_id)
+    cluster = view.cluster
+    facts = [f"cluster {cluster_id}", cluster["state"], f"{len(view.members)} images"]
+    if cluster["name"]:
+        facts.insert(1, repr(cluster["name"]))
+    if cluster["merged_into"]:
+        facts.append(f"merged into cluster {cluster['merged_into']}")
+    if view.merged:
+        facts.append(f"clusters merged into it: {' '.join(map(str, view.merged))}")
+    stdout.print(", ".join(facts), highlight=False)
+    if len(view.members):
+        members = view.members[["path", "similarity", "cluster_id", "key"]]
+        stdout.print(members.to_string(index=False, float_format="%.4f"), highlight=False, soft_wrap=True)
+
+
+@clusters_app.command("name")
+def clusters_name(
+    out: CatalogueOutArgument,
+    cluster_id: ClusterIdArgument,
+    name: Annotated[str, typer.Argument(help="The cluster's name (quote it if it has spaces).")],
+) -> None:
+    """Name a cluster; this confirms it."""
+    from replearn.catalogue.corrections import name_cluster
+
+    print_correction(name_cluster(out, cluster_id, name))
+
+
+@clusters_app.command("confirm")
+def clusters_confirm(
+    ctx: typer.Context,
+    out: CatalogueOutArgument,
+    cluster_ids: Annotated[list[int], typer.Argument(help="Cluster ids to confirm.", min=1)],
+) -> None:
+    """Confirm clusters as they are: runs then only add images that pass their threshold, never merge or split them."""
+    from replearn.catalogue.corrections import confirm_clusters
+
+    print_correction(confirm_clusters(out, cluster_ids, state(ctx).config.cluster))
+
+
+@clusters_app.command("merge")
+def clusters_merge(
+    ctx: typer.Context,
+    out: CatalogueOutArgument,
+    cluster_ids: Annotated[list[int], typer.Argument(help="Two or more cluster ids; the first keeps its id.", min=1)],
+) -> None:
+    """The clusters are one: the first id keeps, the others are recorded as merged into it (their images follow)."""
+    from replearn.catalogue.corrections import merge_clusters
+
+    print_correction(merge_clusters(out, cluster_ids, state(ctx).config.cluster))
+
+
+@clusters_app.command("split")
+def clusters_split(
+    ctx: typer.Context,
+    out: CatalogueOutArgument,
+    cluster_id: ClusterIdArgument,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images",
+            help="A text file of the images to split off into a new cluster, one a line (path or key) "
+            "[default: re-cluster the members at a higher threshold].",
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            min=-1.0, max=1.0, help="Threshold to re-cluster the members at [default: halfway from the last run's to 1]"
+        ),
+    ] = None,
+) -> None:
+    """Split a cluster: the largest part keeps the id, every other part of at least cluster.min_size gets a new one."""
+    from replearn.catalogue.corrections import split_cluster
+    from replearn.clustering.methods import find_groups
+
+    config = state(ctx).config.cluster
+    if images is None:
+        correction = split_cluster(out, cluster_id, find_groups=find_groups, threshold=threshold, config=config)
+    else:
+        if threshold is not None:
+            raise UserError("--threshold re-clusters the members; with --images the part is given: use one of them")
+        correction = split_cluster(out, cluster_id, images=read_image_list(images), config=config)
+    print_correction(correction)
+
+
+def read_image_list(path: Path) -> list[str]:
+    """The images named in a text file, one a line (blank lines skipped)."""
+    if not path.is_file():
+        raise UserError(f"{path} is not a file: --images takes a text file of images, one a line")
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not names:
+        raise UserError(f"{path} names no image: write one path or key a line")
+    return names
+
+
+@clusters_app.command("move")
+def clusters_move(
+    ctx: typer.Context,
+    out: CatalogueOutArgument,
+    images: ImagesArgument,
+    to: Annotated[int, typer.Option("--to", min=1, help="The cluster to move the images into.")],
+) -> None:
+    """Move images into a cluster, from the cluster they are in or from unclustered."""
+    from replearn.catalogue.corrections import move_images
+
+    print_correction(move_images(out, to, images, state(ctx).config.cluster))
+
+
+@clusters_app.command("reject")
+def clusters_reject(ctx: typer.Context, out: CatalogueOutArgument, images: ImagesArgument) -> None:
+    """Take images out of their cluster to unclustered: no run puts them back into it."""
+    from replearn.catalogue.corrections import reject_images
+
+    print_correction(reject_images(out, images, state(ctx).config.cluster))
+
+
+@clusters_app.command("history")
+def clusters_history(out: CatalogueOutArgument, cluster_id: ClusterIdArgument) -> None:
+    """Every event of a cluster's lineage (it and the clusters it was merged or split with), oldest first."""
+    from replearn.catalogue.lineage import cluster_history
+
+    history = cluster_history(out, cluster_id)
+    stdout.print(history[["run", "time", "actor", "what"]].to_string(index=False), highlight=False, soft_wrap=True)
+
+
+@clusters_app.command("undo")
+def clusters_undo(ctx: typer.Context, out: CatalogueOutArgument) -> None:
+    """Undo the last run or correction (one level; a second undo redoes it). Ids it issued are not issued again."""
+    from replearn.catalogue.corrections import undo_last
+
+    print_correction(undo_last(out, state(ctx).config.cluster))
 
 
 def run() -> None:

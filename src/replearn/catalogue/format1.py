@@ -42,20 +42,22 @@ from replearn.errors import UserError
 log = logging.getLogger(__name__)
 
 
-def merged_members(cluster_ids: np.ndarray, sizes: np.ndarray, merged_into: dict[int, int]) -> np.ndarray:
-    """Members of the clusters merged into each one, along chains: the images whose current id it is too.
+def with_merged(values: np.ndarray, cluster_ids: np.ndarray, merged_into: dict[int, int]) -> np.ndarray:
+    """Each cluster's value (size, member sum) plus those of the clusters merged into it, along chains.
 
-    >>> merged_members(np.array([1, 2, 3]), np.array([5, 4, 3]), {3: 2, 2: 1}).tolist()
-    [7, 3, 0]
+    Format 1 kept each cluster's own members only; format 2 counts every image whose current id it is.
+
+    >>> with_merged(np.array([5, 4, 3]), np.array([1, 2, 3]), {3: 2, 2: 1}).tolist()
+    [12, 7, 3]
     """
-    size_of = dict(zip(cluster_ids.tolist(), sizes.tolist(), strict=True))
-    total = dict.fromkeys(size_of, 0)
+    row = {int(c): i for i, c in enumerate(cluster_ids)}
+    total = values.copy()
     for merged in merged_into:
         owner = merged
         while owner in merged_into:
             owner = merged_into[owner]
-            total[owner] += size_of[merged]
-    return np.array([total[c] for c in cluster_ids.tolist()], dtype=np.int64)
+            total[row[owner]] += values[row[merged]]
+    return total
 
 
 def read_format1(directory: Path) -> tuple[dict, pd.DataFrame, dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -137,19 +139,20 @@ def convert_registry(out_dir: Path) -> Catalogue:
     merged_into = {int(k): int(v) for k, v in manifest.get("merged_into", {}).items()}
     runs_of = members[members["cluster_id"] > 0].groupby("cluster_id")["run"].agg(["min", "max"])
     exemplar_digests = [key_digests([k for k in ex_keys[(exemplar_ids == c) & known]]) for c in cluster_ids]
-    norms = np.linalg.norm(sums, axis=1)
+    current_sizes = with_merged(sizes, cluster_ids, merged_into)
+    current_sums = with_merged(sums, cluster_ids, merged_into)
+    norms = np.linalg.norm(current_sums, axis=1)
     clusters = pa.table(
         {
             "id": pa.array(cluster_ids.astype(np.int64), pa.int64()),
             "state": pa.array(["automatic"] * len(cluster_ids), pa.string()),
             "name": pa.array([None] * len(cluster_ids), pa.string()),
-            "size": pa.array(sizes.astype(np.int64), pa.int64()),
-            "sum": vector_column(sums.astype(np.float64), pa.float64()),
-            "cohesion": pa.array(norms / np.maximum(sizes, 1), pa.float64()),
+            "size": pa.array(current_sizes.astype(np.int64), pa.int64()),
+            "sum": vector_column(current_sums.astype(np.float64), pa.float64()),
+            "cohesion": pa.array(norms / np.maximum(current_sizes, 1), pa.float64()),
             "created_run": pa.array(runs_of["min"].reindex(cluster_ids).to_numpy(np.int64), pa.int64()),
             "changed_run": pa.array(runs_of["max"].reindex(cluster_ids).to_numpy(np.int64), pa.int64()),
             "merged_into": pa.array([merged_into.get(int(c), 0) for c in cluster_ids], pa.int64()),
-            "merged_members": pa.array(merged_members(cluster_ids, sizes, merged_into), pa.int64()),
             "exemplars": pa.array(exemplar_digests, pa.list_(pa.uint64())),
         },
         schema=clusters_schema(dim),

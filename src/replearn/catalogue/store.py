@@ -1,23 +1,31 @@
-"""The cluster catalogue in OUT/catalogue: four tables, a pool, and the manifest that commits them.
+"""The cluster catalogue in OUT/catalogue: five tables, a pool, and the manifest that commits them.
 
 - images: one row per image (key, path, source, sha256, first run, current cluster id, similarity
   to its cluster's prototype, the run that last changed it, its embedding), keyed by a 64-bit
   digest of the key;
 - clusters: one row per cluster id (state, name, size, the member sum its prototype and cohesion
-  come from, created and last changed run, the id it was merged into, the members of the clusters
-  merged into it (whose current id is its own), its latest members as exemplars), keyed by id,
+  come from, created and last changed run, the id it was merged into, its latest members as
+  exemplars), keyed by id, with a nearest-prototype index per segment (prototypes.py). Size, sum
+  and exemplars cover the clusters merged into it too: every image whose current id it is;
 - events: append-only, one row per change (run, time, actor, kind, cluster ids, images);
-- runs: append-only, one row per run.
+- runs: append-only, one row per run;
+- rejections: one row per image a person rejected from a cluster (every cluster it was rejected
+  from), keyed by the image's digest, so that no run puts it back.
+
+Runs, a person's corrections (corrections.py) and undo are transactions: each takes the next number
+of the `run` counter (the events table orders them all by it; the runs table lists the runs) and
+commits through commit_change, which keeps the state before it in the manifest as the undo point.
 
 Each table is a list of immutable segments (segments.py); a run appends one segment per table and
 replaces the small pool file (the digests of the images still unclustered, at most
 cluster.pool_max). manifest.json names the live files and is replaced atomically as the last
 step: files a crashed run wrote are named by no manifest and are removed by the next one, so the
 previous catalogue stays intact. Compaction (four segments of one level into one of the next) is a
-commit of its own, after the run's.
+commit of its own, after the run's; it keeps the undo point, whose files stay until the next
+transaction replaces it.
 
-OUT/.lock is held with fcntl.flock for a run, so a second run on the same OUT is refused instead
-of interleaving writes. The lock file is never deleted (deleting it would let two runs lock two
+OUT/.lock is held with fcntl.flock for a run or a correction, so a second writer on the same OUT
+is refused instead of interleaving writes. The lock file is never deleted (deleting it would let two runs lock two
 different files).
 """
 
@@ -30,6 +38,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +63,23 @@ from replearn.errors import UserError
 
 CATALOGUE_FORMAT = 2
 CATALOGUE_DIR = "catalogue"
-TABLE_KEYS: dict[str, str | None] = {"images": "digest", "clusters": "id", "events": None, "runs": None}
+TABLE_KEYS: dict[str, str | None] = {
+    "images": "digest",
+    "clusters": "id",
+    "events": None,
+    "runs": None,
+    "rejections": "digest",
+}
+# What an undo puts back; the events and runs tables are logs: they keep what happened, undo included.
+RESTORED_BY_UNDO = ("images", "clusters", "rejections")
+
+# A cluster's state: made and revised by runs, or confirmed by a person (named, confirmed or corrected).
+AUTOMATIC = "automatic"
+CONFIRMED = "confirmed"
 
 
 class CatalogueLockedError(UserError):
-    """Another run holds the lock on the same OUT folder."""
+    """Another run or correction holds the lock on the same OUT folder."""
 
 
 @contextmanager
@@ -76,8 +97,8 @@ def catalogue_lock(out_dir: Path) -> Iterator[None]:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             raise CatalogueLockedError(
-                f"another `replearn cluster` run (pid {holder}) is writing to {out_dir}; "
-                f"it holds {lock_path}. Wait for it to finish, or use another OUT folder"
+                f"another process (pid {holder}), a `replearn cluster` run or a `replearn clusters` correction, "
+                f"is writing to {out_dir}; it holds {lock_path}. Wait for it to finish and try again"
             ) from None
         try:
             handle.seek(0)
@@ -130,11 +151,12 @@ def clusters_schema(dim: int) -> pa.Schema:
             ("created_run", pa.int64()),
             ("changed_run", pa.int64()),
             ("merged_into", pa.int64()),
-            ("merged_members", pa.int64()),
             ("exemplars", pa.list_(pa.uint64())),
         ]
     )
 
+
+REJECTIONS_SCHEMA = pa.schema([("digest", pa.uint64()), ("clusters", pa.list_(pa.int64())), ("run", pa.int64())])
 
 EVENTS_SCHEMA = pa.schema(
     [
@@ -145,8 +167,21 @@ EVENTS_SCHEMA = pa.schema(
         ("cluster_id", pa.int64()),
         ("other_id", pa.int64()),
         ("images", pa.int64()),
+        ("name", pa.string()),  # the name a person gave (`named`); events written before it read as null
     ]
 )
+
+
+def table_schema(name: str, dim: int) -> pa.Schema:
+    """The schema of a catalogue table (the images' embeddings and the clusters' sums are dim wide)."""
+    schemas = {
+        "images": images_schema(dim),
+        "clusters": clusters_schema(dim),
+        "events": EVENTS_SCHEMA,
+        "runs": RUNS_SCHEMA,
+        "rejections": REJECTIONS_SCHEMA,
+    }
+    return schemas[name]
 
 
 @dataclass(frozen=True)
@@ -160,6 +195,12 @@ class Event:
     other_id: int = 0
     images: int = 0
     actor: str = "run"
+    name: str | None = None
+
+
+def now() -> str:
+    """The time of an event or a run, as the events and runs tables store it."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def events_table(events: list[Event]) -> pa.Table:
@@ -193,7 +234,7 @@ def runs_table(records: list[dict[str, Any]]) -> pa.Table:
 
 @dataclass
 class CatalogueChange:
-    """What one run adds: a segment per table (None: unchanged), the new pool and counters."""
+    """What one transaction adds: a segment per table (None: unchanged), the new pool and counters."""
 
     images: pa.Table | None
     clusters: pa.Table | None
@@ -201,6 +242,7 @@ class CatalogueChange:
     runs: pa.Table | None
     pool: np.ndarray
     next_cluster_id: int
+    rejections: pa.Table | None = None
 
 
 @dataclass
@@ -216,10 +258,13 @@ class Catalogue:
     pool: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
     pool_file: str | None = None
     tables: dict[str, Table] = field(default_factory=dict)
+    undo: dict[str, Any] | None = None  # {"run": the transaction it undoes, "state": restorable_state before it}
+    committed: dict[str, Any] = field(default_factory=dict)  # restorable_state as last loaded or committed
 
     def __post_init__(self) -> None:
         for name, key in TABLE_KEYS.items():
             self.tables.setdefault(name, Table(name=name, key=key, root=self.directory))
+        self.committed = restorable_state(self)
 
     @property
     def images(self) -> Table:
@@ -267,6 +312,18 @@ class Catalogue:
             return 0
         return int((column_array(self.images.read_all(), "cluster_id") > 0).sum())
 
+    def rejected_from(self, digests: np.ndarray) -> list[frozenset[int]]:
+        """Every cluster a person rejected each image from (empty for most): a run never puts it back there."""
+        table = self.tables["rejections"]
+        where, rows = table.find(np.asarray(digests, dtype=np.uint64))
+        rejected: list[frozenset[int]] = [frozenset()] * len(where)
+        found = np.flatnonzero(where >= 0)
+        if len(found):
+            clusters = table.take(where[found], rows[found]).column("clusters").to_pylist()
+            for position, ids in zip(found, clusters, strict=True):
+                rejected[position] = frozenset(ids)
+        return rejected
+
     def nearest_clusters(self, embeddings: np.ndarray, nprobe: int) -> np.ndarray:
         """The id of the nearest active cluster prototype of each embedding (0 when there is none).
 
@@ -309,7 +366,18 @@ class Catalogue:
             "embedding_dim": self.embedding_dim,
             "pool": self.pool_file,
             "tables": {name: [segment.to_json() for segment in table.segments] for name, table in self.tables.items()},
+            "undo": self.undo,
         }
+
+
+def restorable_state(catalogue: Catalogue) -> dict[str, Any]:
+    """What an undo puts back: the model, the pool and the segments of the tables that are not logs."""
+    return {
+        "model_id": catalogue.model_id,
+        "embedding_dim": catalogue.embedding_dim,
+        "pool": catalogue.pool_file,
+        "tables": {name: [s.to_json() for s in catalogue.tables[name].segments] for name in RESTORED_BY_UNDO},
+    }
 
 
 def load_catalogue(out_dir: Path) -> Catalogue:
@@ -323,8 +391,10 @@ def load_catalogue(out_dir: Path) -> Catalogue:
         if manifest.get("format") != CATALOGUE_FORMAT:
             raise ValueError(f"format {manifest.get('format')!r}, expected {CATALOGUE_FORMAT}")
         pool = np.load(directory / manifest["pool"]) if manifest["pool"] else np.zeros(0, dtype=np.uint64)
+        # A table the manifest does not name (rejections, before corrections existed) is empty.
+        named = manifest["tables"]
         tables = {
-            name: Table(name=name, key=key, root=directory, segments=[Segment(**s) for s in manifest["tables"][name]])
+            name: Table(name=name, key=key, root=directory, segments=[Segment(**s) for s in named.get(name, [])])
             for name, key in TABLE_KEYS.items()
         }
     except (OSError, ValueError, KeyError, TypeError) as error:
@@ -339,6 +409,7 @@ def load_catalogue(out_dir: Path) -> Catalogue:
         pool=pool,
         pool_file=manifest["pool"],
         tables=tables,
+        undo=manifest.get("undo"),
     )
 
 
@@ -361,18 +432,23 @@ def commit_manifest(catalogue: Catalogue) -> None:
     with atomic_path(catalogue.directory / "manifest.json") as temporary:
         temporary.write_text(json.dumps(catalogue.manifest(), indent=2, sort_keys=True) + "\n")
         fsync_file(temporary)
+    catalogue.committed = restorable_state(catalogue)
     remove_orphans(catalogue)
 
 
 def live_files(catalogue: Catalogue) -> set[str]:
+    """The files the manifest names: its tables, indexes and pool, and those of its undo point."""
     files = {"manifest.json"}
-    if catalogue.pool_file:
-        files.add(catalogue.pool_file)
-    for table in catalogue.tables.values():
-        for segment in table.segments:
-            files.add(segment.file)
-            if table.name == "clusters":
-                files.add(str(index_path_of(catalogue.directory, segment.file).relative_to(catalogue.directory)))
+    states = [catalogue.manifest()] + ([catalogue.undo["state"]] if catalogue.undo else [])
+    for state in states:
+        if state["pool"]:
+            files.add(state["pool"])
+        for name, segments in state["tables"].items():
+            for segment in segments:
+                files.add(segment["file"])
+                if name == "clusters":
+                    index = index_path_of(catalogue.directory, segment["file"])
+                    files.add(str(index.relative_to(catalogue.directory)))
     return files
 
 
@@ -390,7 +466,13 @@ def remove_orphans(catalogue: Catalogue) -> None:
 
 
 def commit_change(catalogue: Catalogue, change: CatalogueChange, seed: int) -> None:
-    """Write the run's segments and pool under new names, then switch the manifest to them."""
+    """Write a transaction's segments and pool under new names, then switch the manifest to them.
+
+    Every transaction (a run, a correction, an undo, a migration) commits here, once, so the state
+    it started from (as loaded, or as the last commit or compaction left it) becomes the undo point.
+    The caller advances `catalogue.run` to the transaction's number first; compaction may follow.
+    """
+    catalogue.undo = {"run": catalogue.run, "state": catalogue.committed}
     catalogue.directory.mkdir(parents=True, exist_ok=True)
     for name in TABLE_KEYS:
         rows = getattr(change, name)

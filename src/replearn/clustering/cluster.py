@@ -39,10 +39,11 @@ from replearn.catalogue.store import (
     compact,
     key_digests,
     load_catalogue,
+    now,
 )
 from replearn.clustering.inbox import HASH_CACHE_NAME, hash_inbox
-from replearn.clustering.neighbourhood import RunRows, neighbourhood_of, now, revise
-from replearn.clustering.placement import Placement, place_batch
+from replearn.clustering.neighbourhood import RunRows, neighbourhood_of, revise
+from replearn.clustering.placement import Placement, place_batch, without_rejected
 from replearn.clustering.report import REPORT_FILE, write_report
 from replearn.clustering.review import Suggestion, exemplar_sources, review_suggestions
 from replearn.config import ClusterConfig, Config
@@ -229,6 +230,8 @@ def record_batch(
     placement = place_batch(
         view.placement_context(budget), view.pool_embeddings, embeddings, threshold, config, catalogue.next_cluster_id
     )
+    rejected = catalogue.rejected_from(view.pool["digest"].to_numpy(np.uint64))
+    placement.pool_ids = without_rejected(placement.pool_ids, rejected)
     keys = batch.keys
     frame = pd.DataFrame(
         {"digest": key_digests(keys), "key": keys, "path": batch.paths, "source": batch.sources, "sha256": batch.sha256}

@@ -9,7 +9,6 @@ changed, an event for every change, and the new pool; nothing else is read or re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,8 @@ import pyarrow as pa
 
 from replearn.catalogue.segments import column_array, vector_column, vectors_of
 from replearn.catalogue.store import (
+    AUTOMATIC,
+    CONFIRMED,
     Catalogue,
     CatalogueChange,
     Event,
@@ -30,8 +31,6 @@ from replearn.clustering.placement import Context, Placement
 from replearn.config import ClusterConfig
 
 MEMBER_COLUMNS = ["key", "path", "source", "sha256", "cluster_id", "similarity", "run"]
-AUTOMATIC = "automatic"
-CONFIRMED = "confirmed"
 
 
 @dataclass
@@ -46,11 +45,10 @@ class Neighbourhood:
     names: list[str | None]
     created_runs: np.ndarray
     merged_into: np.ndarray
-    merged_members: np.ndarray  # members of the clusters merged into each (their current id is its own)
     context_ids: np.ndarray  # the exemplars that join the window: their cluster ids ...
     context: np.ndarray  # ... embeddings ...
     context_digests: np.ndarray  # ... and image digests
-    revisable: np.ndarray  # automatic clusters with every member in the context
+    complete: np.ndarray  # clusters with every member in the context
     pool: pd.DataFrame  # digest, key, path, source, sha256, run
     pool_embeddings: np.ndarray
 
@@ -73,8 +71,8 @@ class Neighbourhood:
         return self.cluster_ids[np.array([state == CONFIRMED for state in self.states], dtype=bool)]
 
     def placement_context(self, budget: int) -> Context:
-        sizes = pd.Series(self.sizes + self.merged_members, index=self.cluster_ids)
-        return Context(self.context_ids, self.context, self.revisable, self.confirmed, sizes, budget)
+        sizes = pd.Series(self.sizes, index=self.cluster_ids)
+        return Context(self.context_ids, self.context, self.complete, self.confirmed, sizes, budget)
 
 
 def embeddings_of(rows: pa.Table, dim: int) -> np.ndarray:
@@ -86,8 +84,9 @@ def neighbourhood_of(catalogue: Catalogue, embeddings: np.ndarray, config: Clust
 
     At most cluster.context_exemplars exemplars join the window, so it is bounded whatever the
     number of clusters: when a batch touches many clusters, each gives its latest few (at least one).
-    An automatic cluster whose every member is among them (size <= cluster.exemplars) is revisable:
-    the run sees all of it, so it may split or dissolve it at the cost of its exemplars.
+    A cluster whose every member is among them (size <= cluster.exemplars) is complete: the run sees
+    all of it, so it may split or dissolve it (automatic) or suggest a split (confirmed) at the cost
+    of its exemplars.
     """
     dim = embeddings.shape[1]
     nearest = catalogue.nearest_clusters(embeddings, config.nprobe)
@@ -104,15 +103,12 @@ def neighbourhood_of(catalogue: Catalogue, embeddings: np.ndarray, config: Clust
         states, names = rows.column("state").to_pylist(), rows.column("name").to_pylist()
         sizes, created = column_array(rows, "size"), column_array(rows, "created_run")
         merged = column_array(rows, "merged_into")
-        absorbed = rows.column("merged_members").fill_null(0).to_numpy() if "merged_members" in rows.column_names else 0
-        absorbed = np.zeros(len(touched), np.int64) + absorbed
         whole = np.array([len(e) == size for e, size in zip(taken, sizes, strict=True)], dtype=bool)
-        revisable = touched[whole & (np.array(states) == AUTOMATIC)]
+        complete = touched[whole]
     else:
         exemplars, context_ids, context = [], np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32)
         sums, sizes, created, merged = np.zeros((0, dim)), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-        states, names, digests, revisable = [], [], np.zeros(0, np.uint64), np.zeros(0, np.int64)
-        absorbed = np.zeros(0, np.int64)
+        states, names, digests, complete = [], [], np.zeros(0, np.uint64), np.zeros(0, np.int64)
     pool_rows = catalogue.image_rows(catalogue.pool) if len(catalogue.pool) else None
     pool = (
         pool_rows.select(["digest", "key", "path", "source", "sha256", "run"]).to_pandas()
@@ -129,11 +125,10 @@ def neighbourhood_of(catalogue: Catalogue, embeddings: np.ndarray, config: Clust
         names=list(names),
         created_runs=np.array(created, dtype=np.int64),
         merged_into=np.array(merged, dtype=np.int64),
-        merged_members=np.asarray(absorbed, dtype=np.int64),
         context_ids=context_ids.astype(np.int64),
         context=context,
         context_digests=np.asarray(digests, dtype=np.uint64),
-        revisable=revisable.astype(np.int64),
+        complete=complete.astype(np.int64),
         pool=pool,
         pool_embeddings=pool_embeddings,
     )
@@ -154,7 +149,6 @@ def add_to_clusters(view: Neighbourhood, cluster_ids: np.ndarray, embeddings: np
         view.names += [None] * count
         view.created_runs = np.concatenate([view.created_runs, np.full(count, run)])
         view.merged_into = np.concatenate([view.merged_into, np.zeros(count, dtype=np.int64)])
-        view.merged_members = np.concatenate([view.merged_members, np.zeros(count, dtype=np.int64)])
     order = np.argsort(view.cluster_ids, kind="stable")
     if not np.array_equal(order, np.arange(len(order))):
         raise AssertionError("new cluster ids are issued above every existing one")
@@ -177,16 +171,18 @@ def take_from_clusters(
 def within_confirmed(
     view: Neighbourhood, cluster_ids: np.ndarray, embeddings: np.ndarray, threshold: float
 ) -> np.ndarray:
-    """The ids with images sent to a confirmed cluster but below the threshold to its prototype set to 0.
+    """The ids with images sent to a confirmed cluster set to 0 unless the threshold links them to one of its members.
 
-    A person vouched for a confirmed cluster, so a run only adds images that are clearly like it.
+    A person vouched for a confirmed cluster, so a run only adds images with an edge of the graph
+    (similarity >= threshold) to one of its exemplars, not those the window's groups merely put near
+    it. The nearest exemplar, not the prototype: a person may have merged two looks into one cluster.
     """
     ids = cluster_ids.copy()
-    existing = np.isin(ids, view.confirmed)
-    if existing.any():
-        rows = view.rows_of(ids[existing])
-        similarity = np.einsum("ij,ij->i", embeddings[existing], view.prototypes[rows])
-        ids[np.flatnonzero(existing)[similarity < threshold]] = 0
+    for cluster_id in np.intersect1d(ids, view.confirmed):
+        sent = np.flatnonzero(ids == cluster_id)
+        members = view.context[view.context_ids == cluster_id]
+        linked = (embeddings[sent] @ members.T).max(axis=1, initial=-1.0) >= threshold
+        ids[sent[~linked]] = 0
     return ids
 
 
@@ -220,7 +216,7 @@ def revise(
     dim = embeddings.shape[1]
     threshold = float(run_info["threshold"])
     existing = view.cluster_ids.copy()
-    sizes_before = view.sizes + view.merged_members
+    sizes_before = view.sizes.copy()
     batch_ids = within_confirmed(view, placement.batch_ids, embeddings, threshold)
     pool_ids = within_confirmed(view, placement.pool_ids, view.pool_embeddings, threshold)
     moved, clustered = pool_ids > 0, batch_ids > 0
@@ -247,7 +243,10 @@ def revise(
     for merged, owner in placement.merges.items():
         merged_row, owner_row = view.rows_of(np.array([merged, owner]))
         view.merged_into[merged_row] = owner
-        view.merged_members[owner_row] += view.sizes[merged_row] + view.merged_members[merged_row]
+        view.sizes[owner_row] += view.sizes[merged_row]
+        view.sums[owner_row] += view.sums[merged_row]
+        both = np.concatenate([view.exemplars[owner_row], view.exemplars[merged_row]])
+        view.exemplars[owner_row] = both[-config.exemplars :]
 
     merge_pairs = np.array(sorted(placement.merges.items()), dtype=np.int64).reshape(-1, 2)
     touched = [member_ids, merge_pairs.ravel(), view.context_ids[revised], placement.dissolved]
@@ -265,7 +264,6 @@ def revise(
             "created_run": pa.array(view.created_runs[rows], pa.int64()),
             "changed_run": pa.array(np.full(len(rows), run), pa.int64()),
             "merged_into": pa.array(view.merged_into[rows], pa.int64()),
-            "merged_members": pa.array(view.merged_members[rows], pa.int64()),
             "exemplars": pa.array([view.exemplars[r] for r in rows], pa.list_(pa.uint64())),
         },
         schema=clusters_schema(dim),
@@ -386,7 +384,3 @@ def similarity_to_prototype(view: Neighbourhood, cluster_ids: np.ndarray, embedd
         rows = view.rows_of(cluster_ids[clustered])
         similarity[clustered] = np.einsum("ij,ij->i", embeddings[clustered], view.prototypes[rows])
     return similarity
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

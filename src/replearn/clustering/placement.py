@@ -93,6 +93,26 @@ def group_owners(
     return owners, merges
 
 
+def confirmed_owners(
+    groups: np.ndarray, exemplar_ids: np.ndarray, confirmed: np.ndarray, owned: set[int]
+) -> dict[int, int]:
+    """Groups no cluster owns but holding a confirmed cluster's exemplars: that cluster owns them (most, then lowest).
+
+    A person may have merged two looks into one cluster; the window then finds it in two groups,
+    and new images like either part belong to it.
+
+    >>> confirmed_owners(np.array([0, 0, 1, 1, 1]), np.array([3, 3, 3, 5, 5]), np.array([3, 5]), {0})
+    {1: 5}
+    """
+    mine = np.isin(exemplar_ids, confirmed) & ~np.isin(groups, list(owned))
+    if not mine.any():
+        return {}
+    counts = pd.DataFrame({"group": groups[mine], "cluster": exemplar_ids[mine]}).value_counts().rename("n")
+    leaders = counts.reset_index().sort_values(["group", "n", "cluster"], ascending=[True, False, True])
+    leaders = leaders.drop_duplicates("group")
+    return dict(zip(leaders["group"].astype(int), leaders["cluster"].astype(int), strict=True))
+
+
 def linked_to(embeddings: np.ndarray, candidates: np.ndarray, threshold: float, memory_mb: float) -> np.ndarray:
     """Whether each candidate is at least `threshold` similar to some row of `embeddings` (a faiss k=1 search).
 
@@ -106,15 +126,16 @@ def linked_to(embeddings: np.ndarray, candidates: np.ndarray, threshold: float, 
 class Context:
     """The exemplars of the clusters near a batch: row i is an exemplar of cluster ids[i].
 
-    `revisable` clusters are automatic and have every member among the exemplars, so the run may
-    split or dissolve them; `confirmed` ones a person vouched for, so the run never merges them.
+    `complete` clusters have every member among the exemplars, so the run sees them whole and may
+    split or dissolve them unless they are `confirmed`: a person vouched for those, so the run never
+    revises or merges them.
     `sizes` holds every cluster's member count by id, and `budget` the most earlier-assigned images
     whose id the run may change (cluster.max_churn of them).
     """
 
     ids: np.ndarray
     embeddings: np.ndarray
-    revisable: np.ndarray
+    complete: np.ndarray
     confirmed: np.ndarray
     sizes: pd.Series
     budget: int
@@ -203,7 +224,7 @@ def place_batch(
     """Cluster the window (nearby exemplars, pool, batch) and map its groups to existing or new cluster ids.
 
     Only the exemplars and pool images linked to some new image (similarity >= threshold) enter the
-    window, and every member of a revisable cluster that one of them belongs to: the others have no
+    window, and every member of a complete cluster that one of them belongs to: the others have no
     edge to the batch, and leaving them out keeps the neighbour search the size of the batch and its
     surroundings. Ownership counts a cluster's exemplars in the window; merges need more than half of
     all its exemplars in the context and never involve a confirmed cluster. Revisable clusters the
@@ -213,7 +234,7 @@ def place_batch(
     """
     pool = pool.reshape(len(pool), embeddings.shape[1])
     linked = linked_to(embeddings, context.embeddings, threshold, config.block_memory_mb)
-    whole = np.intersect1d(np.unique(context.ids[linked]), context.revisable)
+    whole = np.intersect1d(np.unique(context.ids[linked]), context.complete)
     in_context = linked | np.isin(context.ids, whole)
     in_pool = linked_to(embeddings, pool, threshold, config.block_memory_mb)
     window = np.concatenate([context.embeddings[in_context], pool[in_pool], embeddings]).astype(np.float32)
@@ -222,13 +243,15 @@ def place_batch(
     n_context, n_pool = len(window_ids), int(in_pool.sum())
     owners, proposed_merges = group_owners(groups[:n_context], window_ids, pd.Series(context.ids).value_counts())
     merges = {c: o for c, o in proposed_merges.items() if not np.isin([c, o], context.confirmed).any()}
+    owners |= confirmed_owners(groups[:n_context], window_ids, context.confirmed, set(owners))
     found = np.setdiff1d(np.unique(window_ids), list(merges))
     parts, dissolved = revise_clusters(groups, window_ids, found, owners, config.min_size)
     context_groups = groups[:n_context]
     part_sizes = {(c, g): int(((window_ids == c) & (context_groups == g)).sum()) for c, gs in parts.items() for g in gs}
     in_pieces = {c: sum(part_sizes[c, g] for g in gs) for c, gs in parts.items()}
-    parts = {c: gs for c, gs in parts.items() if c in whole}
-    dissolved = [c for c in dissolved if c in whole]
+    revisable = np.setdiff1d(whole, context.confirmed)
+    parts = {c: gs for c, gs in parts.items() if c in revisable}
+    dissolved = [c for c in dissolved if c in revisable]
     merges, parts, dissolved = within_budget(merges, parts, dissolved, part_sizes, context.sizes, context.budget)
     owners = {g: c for g, c in owners.items() if c not in dissolved}
 
@@ -270,3 +293,13 @@ def place_batch(
         left_in_pieces={c: n for c, n in in_pieces.items() if c not in parts},
         left_merges={c: o for c, o in proposed_merges.items() if c not in merges},
     )
+
+
+def without_rejected(pool_ids: np.ndarray, rejected: list[frozenset[int]]) -> np.ndarray:
+    """Pool images placed in a cluster a person rejected them from stay unclustered (Catalogue.rejected_from).
+
+    >>> without_rejected(np.array([3, 3, 0]), [frozenset({3}), frozenset(), frozenset({3})]).tolist()
+    [0, 3, 0]
+    """
+    refused = np.array([int(c) in r for c, r in zip(pool_ids, rejected, strict=True)], dtype=bool)
+    return np.where(refused, 0, pool_ids)

@@ -281,8 +281,9 @@ def write_report(
 
     parts.append("<h2>All clusters this run changed</h2>")
     listed = pd.DataFrame(summary["clusters"], columns=["id", "name", "state", "size", "cohesion", "added_this_run"])
+    listed["name"] = listed["name"].fillna("")
     rows = [
-        (r.id, html.escape(r.name or ""), r.state, r.size, f"{r.cohesion:.3f}", r.added_this_run)
+        (r.id, html.escape(r.name), r.state, r.size, f"{r.cohesion:.3f}", r.added_this_run)
         for r in listed.sort_values("id").head(MAX_TABLE_ROWS).itertuples()
     ]
     parts.append(_table(["id", "name", "state", "size", "cohesion", "added this run"], rows))
