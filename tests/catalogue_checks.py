@@ -12,8 +12,8 @@ from replearn.catalogue.store import load_catalogue
 
 
 def assert_rows_match_members(out: Path) -> None:
-    """Every cluster's size and member sum are its members': its own images, and once a person touched it
-    (confirmed), those of the clusters merged into it too. Every file the manifest and its undo point name exists.
+    """Every cluster's size and member sum are its members': its own images and those of the clusters merged
+    into it. The manifest counts the clustered images. Every file the manifest and its undo point name exists.
     """
     catalogue = load_catalogue(out)
     forest = merge_forest(catalogue)
@@ -22,10 +22,11 @@ def assert_rows_match_members(out: Path) -> None:
     embeddings = np.stack(images["embedding"].to_numpy())
     clusters = read_table(out, "clusters", embeddings=True).set_index("id")
     for cluster_id, row in clusters.iterrows():
-        inside = subtree_of([cluster_id], forest) if row["state"] == "confirmed" else {cluster_id}
+        inside = subtree_of([cluster_id], forest)
         members = images["cluster_id"].isin(inside).to_numpy()
         assert row["size"] == members.sum(), cluster_id
         assert np.allclose(np.asarray(row["sum"]), embeddings[members].sum(axis=0), atol=1e-5), cluster_id
+    assert catalogue.assigned_images() == (images["cluster_id"] > 0).sum()
     states = [catalogue.manifest()] + ([catalogue.undo["state"]] if catalogue.undo else [])
     named = {s["file"] for state in states for segments in state["tables"].values() for s in segments}
     named |= {state["pool"] for state in states if state["pool"]}

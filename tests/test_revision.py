@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from catalogue_checks import assert_rows_match_members
 from replearn.catalogue.corrections import confirm_clusters
 from replearn.catalogue.read import current_assignments, read_table
 from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into
@@ -57,6 +58,7 @@ def test_a_cluster_found_in_two_parts_is_split_and_the_larger_part_keeps_the_id(
     assert runs.loc[2, "churn"] == 3 / 7
     clusters = read_table(tmp_path, "clusters").set_index("id")
     assert clusters.loc[[1, 2], "size"].tolist() == [6, 3]
+    assert_rows_match_members(tmp_path)
 
 
 def test_the_churn_budget_defers_a_split(tmp_path: Path) -> None:
@@ -80,6 +82,7 @@ def test_a_cluster_that_falls_apart_is_dissolved_into_the_pool(tmp_path: Path) -
     cluster_embeddings_into(LOOSE, batch_at([19, 21], "day3"), tmp_path, 0.99, "m")
     ids = current(tmp_path)
     assert ids["day1/1.png"] == ids["day3/0.png"] == ids["day3/1.png"] == 2
+    assert_rows_match_members(tmp_path)
 
 
 def test_every_changed_id_has_its_event(tmp_path: Path) -> None:

@@ -411,6 +411,7 @@ def undo_last(out_dir: Path, config: ClusterConfig | None = None) -> Correction:
         for name in RESTORED_BY_UNDO:
             catalogue.tables[name].segments = [Segment(**s) for s in state["tables"].get(name, [])]
         catalogue.model_id, catalogue.embedding_dim = state["model_id"], state["embedding_dim"]
+        catalogue.assigned = state.get("assigned")
         pool = np.load(catalogue.directory / state["pool"]) if state["pool"] else np.zeros(0, dtype=np.uint64)
         change = CatalogueChange(
             images=None,

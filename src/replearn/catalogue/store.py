@@ -259,6 +259,7 @@ class Catalogue:
     pool_file: str | None = None
     tables: dict[str, Table] = field(default_factory=dict)
     undo: dict[str, Any] | None = None  # {"run": the transaction it undoes, "state": restorable_state before it}
+    assigned: int | None = None  # images in a cluster (id > 0); None: a manifest from before it was kept
     committed: dict[str, Any] = field(default_factory=dict)  # restorable_state as last loaded or committed
 
     def __post_init__(self) -> None:
@@ -299,18 +300,14 @@ class Catalogue:
         return self.clusters.take(where, rows)
 
     def assigned_images(self) -> int:
-        """Images in a cluster (id > 0) after the last run: its runs row says, read in O(1).
+        """Images in a cluster (id > 0): the manifest's count, kept by every commit.
 
-        A catalogue written before runs counted them is counted once from its images table.
+        A catalogue written before the manifest kept it is counted once from its images table.
         """
-        runs = self.tables["runs"]
-        if runs.segments:
-            last = runs.segment(len(runs.segments) - 1)
-            if "assigned" in last.column_names and last.column("assigned")[-1].is_valid:
-                return int(last.column("assigned")[-1].as_py())
-        if not self.images.segments:
-            return 0
-        return int((column_array(self.images.read_all(), "cluster_id") > 0).sum())
+        if self.assigned is None:
+            images = self.images.read_all() if self.images.segments else None
+            self.assigned = int((column_array(images, "cluster_id") > 0).sum()) if images is not None else 0
+        return self.assigned
 
     def rejected_from(self, digests: np.ndarray) -> list[frozenset[int]]:
         """Every cluster a person rejected each image from (empty for most): a run never puts it back there."""
@@ -367,6 +364,7 @@ class Catalogue:
             "pool": self.pool_file,
             "tables": {name: [segment.to_json() for segment in table.segments] for name, table in self.tables.items()},
             "undo": self.undo,
+            "assigned": self.assigned,
         }
 
 
@@ -376,6 +374,7 @@ def restorable_state(catalogue: Catalogue) -> dict[str, Any]:
         "model_id": catalogue.model_id,
         "embedding_dim": catalogue.embedding_dim,
         "pool": catalogue.pool_file,
+        "assigned": catalogue.assigned,
         "tables": {name: [s.to_json() for s in catalogue.tables[name].segments] for name in RESTORED_BY_UNDO},
     }
 
@@ -410,6 +409,7 @@ def load_catalogue(out_dir: Path) -> Catalogue:
         pool_file=manifest["pool"],
         tables=tables,
         undo=manifest.get("undo"),
+        assigned=manifest.get("assigned"),
     )
 
 
@@ -465,6 +465,17 @@ def remove_orphans(catalogue: Catalogue) -> None:
                 path.unlink(missing_ok=True)
 
 
+def assigned_delta(catalogue: Catalogue, rows: pa.Table) -> int:
+    """How many more images are in a cluster once `rows` replace the images' current rows (new ones count from 0)."""
+    where, positions = catalogue.images.find(column_array(rows, "digest"))
+    before = np.zeros(len(where), dtype=bool)
+    if (where >= 0).any():
+        before[where >= 0] = (
+            column_array(catalogue.images.take(where[where >= 0], positions[where >= 0]), "cluster_id") > 0
+        )
+    return int((column_array(rows, "cluster_id") > 0).sum() - before.sum())
+
+
 def commit_change(catalogue: Catalogue, change: CatalogueChange, seed: int) -> None:
     """Write a transaction's segments and pool under new names, then switch the manifest to them.
 
@@ -473,6 +484,8 @@ def commit_change(catalogue: Catalogue, change: CatalogueChange, seed: int) -> N
     The caller advances `catalogue.run` to the transaction's number first; compaction may follow.
     """
     catalogue.undo = {"run": catalogue.run, "state": catalogue.committed}
+    if change.images is not None and change.images.num_rows:
+        catalogue.assigned = catalogue.assigned_images() + assigned_delta(catalogue, change.images)
     catalogue.directory.mkdir(parents=True, exist_ok=True)
     for name in TABLE_KEYS:
         rows = getattr(change, name)
