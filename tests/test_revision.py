@@ -16,7 +16,8 @@ import pandas as pd
 from catalogue_checks import assert_rows_match_members
 from replearn.catalogue.corrections import confirm_clusters
 from replearn.catalogue.read import current_assignments, read_table
-from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into
+from replearn.catalogue.store import catalogue_lock, load_catalogue
+from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into, revise_catalogue
 from replearn.config import ClusterConfig
 
 LOOSE = ClusterConfig(min_size=3, method="components", max_churn=1.0)
@@ -142,3 +143,15 @@ def test_a_confirmed_cluster_is_never_split_and_takes_only_linked_images(tmp_pat
     assert summary["split"] == 0 and [s["command"] for s in summary["suggestions"]] == [
         f"replearn clusters split {tmp_path} 1"
     ]
+
+
+def test_a_run_over_the_whole_catalogue_revises_without_new_images(tmp_path: Path) -> None:
+    """What a migration ends with: at a stricter threshold (a new model's), the cluster is found in two parts."""
+    first_run_of_two_parts(tmp_path)
+    with catalogue_lock(tmp_path):
+        result = revise_catalogue(load_catalogue(tmp_path), 0.95, LOOSE, tmp_path)
+    assert (result.run, result.new_images, result.changed_ids) == (2, 0, 3)
+    ids = current(tmp_path)
+    assert [ids[f"day1/{i}.png"] for i in range(7)] == [1, 1, 1, 1, 2, 2, 2]
+    assert events_of(tmp_path)[-1] == (2, "split_from", 2, 1, 3)
+    assert_rows_match_members(tmp_path)

@@ -42,7 +42,7 @@ from replearn.catalogue.store import (
     now,
 )
 from replearn.clustering.inbox import HASH_CACHE_NAME, hash_inbox
-from replearn.clustering.neighbourhood import RunRows, neighbourhood_of, revise
+from replearn.clustering.neighbourhood import RunRows, neighbourhood_of, revise, whole_catalogue
 from replearn.clustering.placement import Placement, place_batch, without_rejected
 from replearn.clustering.report import REPORT_FILE, write_report
 from replearn.clustering.review import Suggestion, exemplar_sources, review_suggestions
@@ -220,16 +220,21 @@ def record_batch(
     evaluate: bool = False,
     failures: list[tuple[str, str]] | None = None,
     images: int | None = None,
+    every_cluster: bool = False,
 ) -> ClusterRun:
-    """Cluster a batch of new images into the catalogue and write the run's outputs (caller holds the lock)."""
+    """Cluster a batch of new images into the catalogue and write the run's outputs (caller holds the lock).
+
+    With `every_cluster` the run looks at the whole catalogue instead of the batch's neighbourhood
+    (revise_catalogue).
+    """
     failures = failures or []
     labels = class_labels(batch.paths) if evaluate else None
     embeddings = unit_rows(batch.embeddings)
-    view = neighbourhood_of(catalogue, embeddings, config)
+    view = whole_catalogue(catalogue, config) if every_cluster else neighbourhood_of(catalogue, embeddings, config)
     budget = int(config.max_churn * catalogue.assigned_images())
-    placement = place_batch(
-        view.placement_context(budget), view.pool_embeddings, embeddings, threshold, config, catalogue.next_cluster_id
-    )
+    context = view.placement_context(budget)
+    next_id = catalogue.next_cluster_id
+    placement = place_batch(context, view.pool_embeddings, embeddings, threshold, config, next_id, every_cluster)
     rejected = catalogue.rejected_from(view.pool["digest"].to_numpy(np.uint64))
     placement.pool_ids = without_rejected(placement.pool_ids, rejected)
     keys = batch.keys
@@ -282,6 +287,18 @@ def record_batch(
         metrics=metrics,
         assignments=rows.members,
     )
+
+
+def revise_catalogue(catalogue: Catalogue, threshold: float, config: ClusterConfig, out_dir: Path) -> ClusterRun:
+    """A run with no new images over every cluster and the pool: what a migration ends with (caller holds the lock).
+
+    In the new model's space some automatic clusters fall apart or turn out to be one; this run
+    splits, dissolves and merges them by the same rule and churn budget as a scheduled run, and its
+    pool images may form clusters. It costs O(catalogue), once per model.
+    """
+    dim = catalogue.embedding_dim or 0
+    empty = ImageBatch(paths=[], sha256=[], sources=[], embeddings=np.zeros((0, dim), dtype=np.float32))
+    return record_batch(catalogue, empty, threshold, config, out_dir, every_cluster=True)
 
 
 def clustering_scores_of(labels: list[str], cluster_ids: np.ndarray) -> dict[str, float]:

@@ -88,13 +88,29 @@ def neighbourhood_of(catalogue: Catalogue, embeddings: np.ndarray, config: Clust
     all of it, so it may split or dissolve it (automatic) or suggest a split (confirmed) at the cost
     of its exemplars.
     """
-    dim = embeddings.shape[1]
     nearest = catalogue.nearest_clusters(embeddings, config.nprobe)
     touched = np.unique(nearest[nearest > 0]).astype(np.int64)
+    per_cluster = max(1, min(config.exemplars, config.context_exemplars // max(len(touched), 1)))
+    return view_of(catalogue, touched, embeddings.shape[1], per_cluster)
+
+
+def whole_catalogue(catalogue: Catalogue, config: ClusterConfig) -> Neighbourhood:
+    """Every active cluster with all its exemplars, and the pool: the view of a revision after a migration.
+
+    It reads the whole clusters table and up to cluster.exemplars images a cluster: O(catalogue),
+    as the migration before it.
+    """
+    clusters = catalogue.clusters.read_all()
+    active = (column_array(clusters, "merged_into") == 0) & (column_array(clusters, "size") > 0)
+    touched = column_array(clusters, "id")[active].astype(np.int64)
+    return view_of(catalogue, touched, catalogue.embedding_dim or 0, config.exemplars)
+
+
+def view_of(catalogue: Catalogue, touched: np.ndarray, dim: int, per_cluster: int) -> Neighbourhood:
+    """The rows of the `touched` clusters (sorted ids), the latest `per_cluster` exemplars of each, and the pool."""
     if len(touched):
         rows = catalogue.cluster_rows(touched)
         exemplars = [np.asarray(e, dtype=np.uint64) for e in rows.column("exemplars").to_pylist()]
-        per_cluster = max(1, min(config.exemplars, config.context_exemplars // len(touched)))
         taken = [e[-per_cluster:] for e in exemplars]
         context_ids = np.concatenate([np.full(len(e), c) for c, e in zip(touched, taken, strict=True)])
         digests = np.concatenate(taken)

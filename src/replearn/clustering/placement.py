@@ -220,6 +220,7 @@ def place_batch(
     threshold: float,
     config: ClusterConfig,
     next_cluster_id: int,
+    every_cluster: bool = False,
 ) -> Placement:
     """Cluster the window (nearby exemplars, pool, batch) and map its groups to existing or new cluster ids.
 
@@ -231,12 +232,14 @@ def place_batch(
     window finds in pieces are split (revise_clusters): the main part keeps the id, each other part
     gets a new one and, when it fell into a group another cluster owns, is merged into that cluster.
     Merges, splits and dissolves together change at most context.budget earlier images' ids.
+    With `every_cluster` the whole context and pool join the window, linked or not: the revision
+    after a migration, which has no batch.
     """
-    pool = pool.reshape(len(pool), embeddings.shape[1])
-    linked = linked_to(embeddings, context.embeddings, threshold, config.block_memory_mb)
+    pool = pool.reshape(len(pool), context.embeddings.shape[1])
+    linked = linked_to(embeddings, context.embeddings, threshold, config.block_memory_mb) | every_cluster
     whole = np.intersect1d(np.unique(context.ids[linked]), context.complete)
     in_context = linked | np.isin(context.ids, whole)
-    in_pool = linked_to(embeddings, pool, threshold, config.block_memory_mb)
+    in_pool = linked_to(embeddings, pool, threshold, config.block_memory_mb) | every_cluster
     window = np.concatenate([context.embeddings[in_context], pool[in_pool], embeddings]).astype(np.float32)
     groups = find_groups(window, threshold, config)
     window_ids = context.ids[in_context]
