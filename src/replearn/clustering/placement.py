@@ -142,15 +142,16 @@ class Context:
 
 
 def revise_clusters(
-    groups: np.ndarray, window_ids: np.ndarray, revisable: np.ndarray, owners: dict[int, int], min_size: int
+    groups: np.ndarray, window_ids: np.ndarray, candidates: np.ndarray, owners: dict[int, int], min_size: int
 ) -> tuple[dict[int, list[int]], list[int]]:
-    """The parts revisable clusters split into and the clusters that dissolve, from where their members fell.
+    """Where the window finds `candidates` in pieces or fallen apart, from where their exemplars fell.
 
     `groups` labels the whole window and `window_ids` its first rows (the context exemplars in it).
-    A revisable cluster whose main group (most of its members) holds fewer than `min_size` images
-    of the window is dissolved: a run on the window alone would leave those images unclustered.
-    Otherwise every other group holding at least `min_size` of its members is a part to split off,
-    listed as cluster -> groups; its main group stays its own.
+    A cluster whose main group (most of its exemplars) holds fewer than `min_size` images of the
+    window has fallen apart: a run on the window alone would leave those images unclustered.
+    Otherwise every other group holding at least `min_size` of its exemplars is a part that could
+    be split off, listed as cluster -> groups; its main group stays its own. The caller decides
+    which of these a run may act on (automatic clusters it sees whole) and which a person reviews.
 
     >>> groups, window_ids = np.array([0, 0, 0, 1, 1, 1, 2, 0]), np.array([5, 5, 5, 5, 5, 5, 7])
     >>> revise_clusters(groups, window_ids, np.array([5, 7]), {0: 5}, 3)
@@ -160,7 +161,7 @@ def revise_clusters(
     context_groups = groups[: len(window_ids)]
     parts: dict[int, list[int]] = {}
     dissolved: list[int] = []
-    for cluster_id in revisable.tolist():
+    for cluster_id in candidates.tolist():
         counts = pd.Series(context_groups[window_ids == cluster_id]).value_counts()
         if counts.empty:
             continue
