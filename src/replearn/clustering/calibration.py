@@ -21,30 +21,47 @@ each). Of the choices within TOLERANCE of the best, the highest threshold wins (
 the nearest to the pair threshold), then the lowest resolution. On the chars demo's val split the
 full set alone could not tell rho 0.4 from 0.5 (F1 0.905 both), while 0.5 split a single held-out
 class in two.
+
+Wide data (thousands of classes, 3 to 7 images each) leaves 1 or 2 val images a class. Then no class
+can form a cluster of `min_size` 3 on its own, every candidate scores near 0, and the tie went to the
+highest threshold: the pair threshold, itself pushed up by a flood of negative pairs, so most images
+of a new inbox stayed unclustered (61% in issue 33's check). So when fewer than half the val classes
+have `min_size` images, the choice is scored at the `min_size` the val can show, 2 (a class's two
+images linked together is the evidence there is), and the search reaches THIN_THRESHOLD_STEPS below
+the pair threshold; the stage still clusters with its own `min_size`. With fewer than
+MIN_PAIR_CLASSES classes of two val images there is nothing to score: the calibration refuses, says
+so, and keeps the pair threshold and DEFAULT_RESOLUTION.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
-from replearn.clustering.components import neighbours_for, number_by_size
+from replearn.clustering.components import UNCLUSTERED, neighbours_for, number_by_size
 from replearn.clustering.graph import knn_graph
 from replearn.clustering.methods import cluster_embeddings, communities_of
-from replearn.clustering.metrics import clustering_scores
-from replearn.config import ClusterConfig
+from replearn.clustering.metrics import pairwise_scores, singleton_unclustered
+from replearn.config import DEFAULT_RESOLUTION, ClusterConfig
 from replearn.evaluation.evaluate import ClusterCalibration
 from replearn.similarity import as_rows
 
 RESOLUTIONS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0)
 CLUSTER_THRESHOLD_STEPS = (0.0, 0.025, 0.05, 0.075, 0.1)  # below the pair threshold
+# With 1-2 val images a class the pair threshold sits high (see the module docstring): search further down.
+THIN_THRESHOLD_STEPS = (*CLUSTER_THRESHOLD_STEPS, 0.15, 0.2, 0.25, 0.3)
+THIN_MIN_SIZE = 2
+MIN_PAIR_CLASSES = 10
 CLASS_FRACTIONS = (0.5, 0.2, 0.05)
 DRAWS = 10
 # Scores within this of the best count as tied, and ties go to the lower resolution (fewer splits):
 # the val split is small, and differences below it came and went with the draws.
 TOLERANCE = 0.005
 REPORTED = ("pairwise_precision", "pairwise_recall", "pairwise_f1", "unclustered_fraction")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,7 @@ class ClusteringChoice:
     resolution: float
     scores: dict[str, float]
     subsets_f1: float
+    min_size: int  # the min_size the choice was scored at: the stage's, or THIN_MIN_SIZE on thin val data
 
 
 def louvain_config(config: ClusterConfig, resolution: float) -> ClusterConfig:
@@ -69,8 +87,15 @@ def clustering_quality(
 
 
 def reported_scores(labels: np.ndarray, cluster_ids: np.ndarray) -> dict[str, float]:
-    """The REPORTED scores of cluster ids against the classes."""
-    scores = clustering_scores(labels, cluster_ids)
+    """The REPORTED scores of cluster ids against the classes, as clustering_scores gives them.
+
+    Only these, since calibration scores thousands of candidates and NMI and ARI were most of its time.
+
+    >>> reported_scores(np.array([0, 0, 1, 1]), np.array([1, 1, 2, 0]))["unclustered_fraction"]
+    0.25
+    """
+    scores = pairwise_scores(labels, singleton_unclustered(cluster_ids))
+    scores["unclustered_fraction"] = float(np.mean(np.asarray(cluster_ids) == UNCLUSTERED))
     return {key: scores[key] for key in REPORTED}
 
 
@@ -90,9 +115,19 @@ def class_subsets(labels: np.ndarray, seed: int) -> list[np.ndarray]:
     return masks
 
 
+def images_per_class_fit(labels: np.ndarray, min_size: int) -> bool:
+    """Whether at least half the classes have `min_size` images: enough to score clusters of that size.
+
+    >>> images_per_class_fit(np.array([0, 0, 0, 1, 1, 1, 2]), 3), images_per_class_fit(np.array([0, 0, 1, 2]), 3)
+    (True, False)
+    """
+    counts = np.unique(labels, return_counts=True)[1]
+    return bool((counts >= min_size).mean() >= 0.5)
+
+
 def choose_clustering(
-    embeddings: np.ndarray, labels: np.ndarray, pair_threshold: float, config: ClusterConfig
-) -> ClusteringChoice:
+    embeddings: np.ndarray, labels: np.ndarray, pair_threshold: float, config: ClusterConfig, adapt: bool = True
+) -> ClusteringChoice | None:
     """The best (threshold, resolution) by pairwise F1 averaged over class subsets; ties to the higher threshold.
 
     The thresholds are CLUSTER_THRESHOLD_STEPS below the pair threshold; within one, ties go to the
@@ -106,9 +141,29 @@ def choose_clustering(
     >>> choice = choose_clustering(points, np.repeat(np.arange(8), 5), 0.95, ClusterConfig(neighbors=4))
     >>> choice.threshold, choice.resolution, choice.subsets_f1
     (0.9, 0.05, 1.0)
+
+    When fewer than half the classes have min_size images, the choice is scored at THIN_MIN_SIZE
+    over THIN_THRESHOLD_STEPS; with fewer than MIN_PAIR_CLASSES classes of two images, None.
+    `adapt=False` scores at the stage's min_size whatever the images hold: the calibration before
+    issue 33, which benchmarks/wide.py compares against.
     """
     labels = np.asarray(labels)
-    thresholds = [round(pair_threshold - step, 6) for step in CLUSTER_THRESHOLD_STEPS]
+    steps: tuple[float, ...] = CLUSTER_THRESHOLD_STEPS
+    if adapt and not images_per_class_fit(labels, config.min_size):
+        pair_classes = int((np.unique(labels, return_counts=True)[1] >= THIN_MIN_SIZE).sum())
+        if pair_classes < MIN_PAIR_CLASSES:
+            return None
+        log.info(
+            "fewer than half the calibration classes have cluster.min_size=%d images: threshold and resolution "
+            "are scored at min_size %d (%d classes with two images or more), down to %.2f below the pair threshold",
+            config.min_size,
+            THIN_MIN_SIZE,
+            pair_classes,
+            THIN_THRESHOLD_STEPS[-1],
+        )
+        config = config.model_copy(update={"min_size": THIN_MIN_SIZE})
+        steps = THIN_THRESHOLD_STEPS
+    thresholds = [round(pair_threshold - step, 6) for step in steps]
     candidates = [(threshold, resolution) for threshold in thresholds for resolution in RESOLUTIONS]
     scores: dict[tuple[float, float], list[dict[str, float]]] = {candidate: [] for candidate in candidates}
     for mask in class_subsets(labels, config.seed):
@@ -121,7 +176,9 @@ def choose_clustering(
                 ids = number_by_size(groups, config.min_size)
                 scores[threshold, resolution].append(reported_scores(labels[mask], ids))
     choices = [
-        ClusteringChoice(t, r, scores[t, r][0], float(np.mean([s["pairwise_f1"] for s in scores[t, r]])))
+        ClusteringChoice(
+            t, r, scores[t, r][0], float(np.mean([s["pairwise_f1"] for s in scores[t, r]])), config.min_size
+        )
         for t, r in candidates
     ]
     best = max(choice.subsets_f1 for choice in choices)
@@ -138,18 +195,35 @@ def calibrate_clusters(
 ) -> ClusterCalibration:
     """Choose the threshold and resolution on the `split` images, then cluster each test set with them.
 
-    Metrics: `cluster/threshold`, `cluster/resolution`, the chosen scores under `cluster/<split>/` and
-    the mean F1 over class subsets, and each test set's scores under `<subset>/clusters/`.
+    Metrics: `cluster/threshold`, `cluster/resolution`, `cluster/calibration_min_size`, the chosen scores
+    under `cluster/<split>/` and the mean F1 over class subsets, and each test set's scores under
+    `<subset>/clusters/`. When the images cannot calibrate (choose_clustering gives None), a warning says
+    so and the pair threshold and DEFAULT_RESOLUTION stand.
     """
     choice = choose_clustering(embeddings, labels, pair_threshold, config)
-    metrics = {
-        "cluster/threshold": choice.threshold,
-        "cluster/resolution": choice.resolution,
-        f"cluster/{split}_class_subsets/pairwise_f1": choice.subsets_f1,
-    }
-    metrics |= {f"cluster/{split}/{key}": value for key, value in choice.scores.items()}
-    calibrated = louvain_config(config, choice.resolution)
+    if choice is None:
+        log.warning(
+            "the %s split has fewer than %d classes with two images or more: the cluster threshold and resolution "
+            "cannot be calibrated on it, so clustering uses the pair threshold %.4f and resolution %g; add val "
+            "images (preprocess.split.val_fraction) to calibrate them",
+            split,
+            MIN_PAIR_CLASSES,
+            pair_threshold,
+            DEFAULT_RESOLUTION,
+        )
+        threshold, resolution, f1 = pair_threshold, DEFAULT_RESOLUTION, None
+        metrics: dict[str, float] = {"cluster/threshold": threshold, "cluster/resolution": resolution}
+    else:
+        threshold, resolution, f1 = choice.threshold, choice.resolution, choice.scores["pairwise_f1"]
+        metrics = {
+            "cluster/threshold": threshold,
+            "cluster/resolution": resolution,
+            "cluster/calibration_min_size": float(choice.min_size),
+            f"cluster/{split}_class_subsets/pairwise_f1": choice.subsets_f1,
+        }
+        metrics |= {f"cluster/{split}/{key}": value for key, value in choice.scores.items()}
+    calibrated = louvain_config(config, resolution)
     for subset, (test_embeddings, test_labels) in test_sets.items():
-        quality = clustering_quality(test_embeddings, test_labels, choice.threshold, calibrated)
+        quality = clustering_quality(test_embeddings, test_labels, threshold, calibrated)
         metrics |= {f"{subset}/clusters/{key}": value for key, value in quality.items()}
-    return ClusterCalibration(choice.threshold, choice.resolution, choice.scores["pairwise_f1"], metrics)
+    return ClusterCalibration(threshold, resolution, f1, metrics)
