@@ -85,32 +85,33 @@ def thin_val(classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return unit(centres[labels] + rng.normal(scale=0.35, size=(len(labels), 32))), labels
 
 
-def test_one_or_two_val_images_a_class_still_calibrate_clusters_that_join_them() -> None:
-    """With 1-2 images a class, min_size 3 cannot score a cluster; the choice is scored at 2, never at nothing."""
-    from replearn.clustering.calibration import THIN_THRESHOLD_STEPS, choose_clustering
-    from replearn.config import ClusterConfig
-
-    embeddings, labels = thin_val(20)
-    pair = choose_threshold(count_pairs(embeddings, labels, bins=400, memory_mb=1))
-    assert -1.0 < pair.threshold < 1.0 and pair.recall > 0.5  # 20 positive pairs are enough for the pair threshold
-    config = ClusterConfig(neighbors=5)
-    choice = choose_clustering(embeddings, labels, pair.threshold, config)
-    assert choice is not None and choice.min_size == 2
-    assert pair.threshold - THIN_THRESHOLD_STEPS[-1] - 1e-6 <= choice.threshold <= pair.threshold + 1e-6
-    assert choice.subsets_f1 > 0.8 and choice.scores["unclustered_fraction"] < 0.2
-    # The calibration before: at min_size 3 no class clusters alone, every candidate scores about 0.
-    before = choose_clustering(embeddings, labels, pair.threshold, config, adapt=False)
-    assert before is not None and before.min_size == 3 and before.subsets_f1 < 0.1
-
-
-def test_too_few_classes_with_two_images_refuse_and_say_so(caplog: pytest.LogCaptureFixture) -> None:
+def test_one_or_two_val_images_a_class_give_a_threshold_or_a_refusal_never_a_silent_tie(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """20 positive pairs place the pair threshold; clusters of min_size 3 get no evidence, so calibration refuses."""
     from replearn.clustering.calibration import calibrate_clusters, choose_clustering
     from replearn.config import DEFAULT_RESOLUTION, ClusterConfig
 
-    embeddings, labels = thin_val(6)
+    embeddings, labels = thin_val(20)
+    curve = count_pairs(embeddings, labels, bins=400, memory_mb=1)
+    pair = choose_threshold(curve)
+    lowest_positive = curve.thresholds[np.flatnonzero(curve.positive_counts)[0]]
+    assert pair.f1 > 0.9 and -0.5 < pair.threshold <= lowest_positive
+    # min_size 2: two images of a class can form a cluster, so the choice is real.
+    choice = choose_clustering(embeddings, labels, pair.threshold, ClusterConfig(neighbors=5, min_size=2))
+    assert choice is not None and choice.subsets_f1 > 0.8 and choice.threshold <= pair.threshold + 1e-6
+    # min_size 3: every candidate scores 0; instead of the tie's pair threshold in silence, a refusal that says so.
     config = ClusterConfig(neighbors=5)
-    assert choose_clustering(embeddings, labels, 0.8, config) is None
-    calibration = calibrate_clusters(embeddings, labels, 0.8, config, "val", {"unseen": (embeddings, labels)})
-    assert (calibration.threshold, calibration.resolution, calibration.f1) == (0.8, DEFAULT_RESOLUTION, None)
-    assert "cannot be calibrated" in caplog.text and "val_fraction" in caplog.text
-    assert "unseen/clusters/pairwise_f1" in calibration.metrics
+    assert choose_clustering(embeddings, labels, pair.threshold, config) is None
+    calibration = calibrate_clusters(embeddings, labels, pair.threshold, config, "val", {"seen": (embeddings, labels)})
+    assert (calibration.threshold, calibration.resolution, calibration.f1) == (pair.threshold, DEFAULT_RESOLUTION, None)
+    assert calibration.metrics["cluster/calibrated"] == 0.0 and "seen/clusters/pairwise_f1" in calibration.metrics
+    assert "cannot calibrate" in caplog.text and "val_fraction" in caplog.text
+
+
+def test_too_few_classes_with_two_images_refuse() -> None:
+    from replearn.clustering.calibration import choose_clustering
+    from replearn.config import ClusterConfig
+
+    embeddings, labels = thin_val(6)
+    assert choose_clustering(embeddings, labels, 0.8, ClusterConfig(neighbors=5, min_size=2)) is None

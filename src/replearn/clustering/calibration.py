@@ -22,15 +22,15 @@ the nearest to the pair threshold), then the lowest resolution. On the chars dem
 full set alone could not tell rho 0.4 from 0.5 (F1 0.905 both), while 0.5 split a single held-out
 class in two.
 
-Wide data (thousands of classes, 3 to 7 images each) leaves 1 or 2 val images a class. Then no class
-can form a cluster of `min_size` 3 on its own, every candidate scores near 0, and the tie went to the
-highest threshold: the pair threshold, itself pushed up by a flood of negative pairs, so most images
-of a new inbox stayed unclustered (61% in issue 33's check). So when fewer than half the val classes
-have `min_size` images, the choice is scored at the `min_size` the val can show, 2 (a class's two
-images linked together is the evidence there is), and the search reaches THIN_THRESHOLD_STEPS below
-the pair threshold; the stage still clusters with its own `min_size`. With fewer than
-MIN_PAIR_CLASSES classes of two val images there is nothing to score: the calibration refuses, says
-so, and keeps the pair threshold and DEFAULT_RESOLUTION.
+Wide data (thousands of classes, 3 to 7 images each) leaves 1 or 2 val images a class. There the
+choice still held on the wide benchmark (benchmarks/wide.py: the chosen pair scored within 0.01 of
+the best of a grid on the unseen classes, for both recipes), since the class subsets' mixed
+clusters still rank the candidates; scoring at min_size 2 instead, which a class of two val images
+can reach alone, chose higher thresholds and did worse (F 0.446 against 0.486, 38% unclustered
+against 22%). What the val split cannot do is calibrate with no evidence: with fewer than
+MIN_POSITIVE_PAIRS same-class pairs among the val images, or when no candidate puts any two images of a class
+in one cluster (every one scores 0, and the tie would silently go to the pair threshold), the
+calibration refuses, says so, and keeps the pair threshold and DEFAULT_RESOLUTION.
 """
 
 from __future__ import annotations
@@ -50,10 +50,7 @@ from replearn.similarity import as_rows
 
 RESOLUTIONS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0)
 CLUSTER_THRESHOLD_STEPS = (0.0, 0.025, 0.05, 0.075, 0.1)  # below the pair threshold
-# With 1-2 val images a class the pair threshold sits high (see the module docstring): search further down.
-THIN_THRESHOLD_STEPS = (*CLUSTER_THRESHOLD_STEPS, 0.15, 0.2, 0.25, 0.3)
-THIN_MIN_SIZE = 2
-MIN_PAIR_CLASSES = 10
+MIN_POSITIVE_PAIRS = 10  # same-class pairs of calibration images, below which nothing is calibrated
 CLASS_FRACTIONS = (0.5, 0.2, 0.05)
 DRAWS = 10
 # Scores within this of the best count as tied, and ties go to the lower resolution (fewer splits):
@@ -72,7 +69,6 @@ class ClusteringChoice:
     resolution: float
     scores: dict[str, float]
     subsets_f1: float
-    min_size: int  # the min_size the choice was scored at: the stage's, or THIN_MIN_SIZE on thin val data
 
 
 def louvain_config(config: ClusterConfig, resolution: float) -> ClusterConfig:
@@ -115,18 +111,8 @@ def class_subsets(labels: np.ndarray, seed: int) -> list[np.ndarray]:
     return masks
 
 
-def images_per_class_fit(labels: np.ndarray, min_size: int) -> bool:
-    """Whether at least half the classes have `min_size` images: enough to score clusters of that size.
-
-    >>> images_per_class_fit(np.array([0, 0, 0, 1, 1, 1, 2]), 3), images_per_class_fit(np.array([0, 0, 1, 2]), 3)
-    (True, False)
-    """
-    counts = np.unique(labels, return_counts=True)[1]
-    return bool((counts >= min_size).mean() >= 0.5)
-
-
 def choose_clustering(
-    embeddings: np.ndarray, labels: np.ndarray, pair_threshold: float, config: ClusterConfig, adapt: bool = True
+    embeddings: np.ndarray, labels: np.ndarray, pair_threshold: float, config: ClusterConfig
 ) -> ClusteringChoice | None:
     """The best (threshold, resolution) by pairwise F1 averaged over class subsets; ties to the higher threshold.
 
@@ -142,28 +128,18 @@ def choose_clustering(
     >>> choice.threshold, choice.resolution, choice.subsets_f1
     (0.9, 0.05, 1.0)
 
-    When fewer than half the classes have min_size images, the choice is scored at THIN_MIN_SIZE
-    over THIN_THRESHOLD_STEPS; with fewer than MIN_PAIR_CLASSES classes of two images, None.
-    `adapt=False` scores at the stage's min_size whatever the images hold: the calibration before
-    issue 33, which benchmarks/wide.py compares against.
+    None when the images cannot decide: fewer than MIN_POSITIVE_PAIRS same-class pairs, or no
+    candidate that clusters any two images of a class together (two images a class, min_size 3):
+
+    >>> pairs = np.repeat(np.arange(20), 2)
+    >>> choose_clustering(np.eye(20)[pairs], pairs, 0.9, ClusterConfig(neighbors=3)) is None
+    True
     """
     labels = np.asarray(labels)
-    steps: tuple[float, ...] = CLUSTER_THRESHOLD_STEPS
-    if adapt and not images_per_class_fit(labels, config.min_size):
-        pair_classes = int((np.unique(labels, return_counts=True)[1] >= THIN_MIN_SIZE).sum())
-        if pair_classes < MIN_PAIR_CLASSES:
-            return None
-        log.info(
-            "fewer than half the calibration classes have cluster.min_size=%d images: threshold and resolution "
-            "are scored at min_size %d (%d classes with two images or more), down to %.2f below the pair threshold",
-            config.min_size,
-            THIN_MIN_SIZE,
-            pair_classes,
-            THIN_THRESHOLD_STEPS[-1],
-        )
-        config = config.model_copy(update={"min_size": THIN_MIN_SIZE})
-        steps = THIN_THRESHOLD_STEPS
-    thresholds = [round(pair_threshold - step, 6) for step in steps]
+    counts = np.unique(labels, return_counts=True)[1]
+    if int((counts * (counts - 1) // 2).sum()) < MIN_POSITIVE_PAIRS:
+        return None
+    thresholds = [round(pair_threshold - step, 6) for step in CLUSTER_THRESHOLD_STEPS]
     candidates = [(threshold, resolution) for threshold in thresholds for resolution in RESOLUTIONS]
     scores: dict[tuple[float, float], list[dict[str, float]]] = {candidate: [] for candidate in candidates}
     for mask in class_subsets(labels, config.seed):
@@ -176,11 +152,11 @@ def choose_clustering(
                 ids = number_by_size(groups, config.min_size)
                 scores[threshold, resolution].append(reported_scores(labels[mask], ids))
     choices = [
-        ClusteringChoice(
-            t, r, scores[t, r][0], float(np.mean([s["pairwise_f1"] for s in scores[t, r]])), config.min_size
-        )
+        ClusteringChoice(t, r, scores[t, r][0], float(np.mean([s["pairwise_f1"] for s in scores[t, r]])))
         for t, r in candidates
     ]
+    if max(choice.scores["pairwise_f1"] for choice in choices) <= 0.0:  # on every image: nothing ever joined
+        return None
     best = max(choice.subsets_f1 for choice in choices)
     return next(choice for choice in choices if choice.subsets_f1 >= best - TOLERANCE)
 
@@ -195,7 +171,7 @@ def calibrate_clusters(
 ) -> ClusterCalibration:
     """Choose the threshold and resolution on the `split` images, then cluster each test set with them.
 
-    Metrics: `cluster/threshold`, `cluster/resolution`, `cluster/calibration_min_size`, the chosen scores
+    Metrics: `cluster/threshold`, `cluster/resolution`, `cluster/calibrated` (0 when refused), the chosen scores
     under `cluster/<split>/` and the mean F1 over class subsets, and each test set's scores under
     `<subset>/clusters/`. When the images cannot calibrate (choose_clustering gives None), a warning says
     so and the pair threshold and DEFAULT_RESOLUTION stand.
@@ -203,22 +179,28 @@ def calibrate_clusters(
     choice = choose_clustering(embeddings, labels, pair_threshold, config)
     if choice is None:
         log.warning(
-            "the %s split has fewer than %d classes with two images or more: the cluster threshold and resolution "
-            "cannot be calibrated on it, so clustering uses the pair threshold %.4f and resolution %g; add val "
-            "images (preprocess.split.val_fraction) to calibrate them",
+            "the %s split cannot calibrate the cluster threshold and resolution: it has fewer than %d same-class "
+            "pairs, or no candidate clusters two images of a class together (cluster.min_size=%d); "
+            "clustering uses the pair threshold %.4f and resolution %g; add val images "
+            "(preprocess.split.val_fraction) to calibrate them",
             split,
-            MIN_PAIR_CLASSES,
+            MIN_POSITIVE_PAIRS,
+            config.min_size,
             pair_threshold,
             DEFAULT_RESOLUTION,
         )
         threshold, resolution, f1 = pair_threshold, DEFAULT_RESOLUTION, None
-        metrics: dict[str, float] = {"cluster/threshold": threshold, "cluster/resolution": resolution}
+        metrics: dict[str, float] = {
+            "cluster/threshold": threshold,
+            "cluster/resolution": resolution,
+            "cluster/calibrated": 0.0,
+        }
     else:
         threshold, resolution, f1 = choice.threshold, choice.resolution, choice.scores["pairwise_f1"]
         metrics = {
             "cluster/threshold": threshold,
             "cluster/resolution": resolution,
-            "cluster/calibration_min_size": float(choice.min_size),
+            "cluster/calibrated": 1.0,
             f"cluster/{split}_class_subsets/pairwise_f1": choice.subsets_f1,
         }
         metrics |= {f"cluster/{split}/{key}": value for key, value in choice.scores.items()}
