@@ -24,9 +24,9 @@ class in two.
 
 Wide data (thousands of classes, 3 to 7 images each) leaves 1 or 2 val images a class. There the
 choice still held on the wide benchmark (benchmarks/wide.py: the chosen pair scored within 0.01 of
-the best of a grid on the unseen classes, for both recipes), since the class subsets' mixed
+the best of a grid on all the unseen images, for both recipes), since the class subsets' mixed
 clusters still rank the candidates; scoring at min_size 2 instead, which a class of two val images
-can reach alone, chose higher thresholds and did worse (F 0.446 against 0.486, 38% unclustered
+can reach alone, chose higher thresholds and did worse (all unseen images: F 0.446 against 0.486, 38% unclustered
 against 22%). What the val split cannot do is calibrate with no evidence: with fewer than
 MIN_POSITIVE_PAIRS same-class pairs among the val images, or when no candidate puts any two images of a class
 in one cluster (every one scores 0, and the tie would silently go to the pair threshold), the
