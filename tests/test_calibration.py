@@ -75,3 +75,43 @@ def test_single_image_classes_cannot_be_calibrated() -> None:
     curve = count_pairs(unit(np.eye(3)), np.arange(3), bins=10, memory_mb=1)
     with pytest.raises(ValueError, match="single image"):
         choose_threshold(curve)
+
+
+def thin_val(classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Many classes with two images each, a few with one: the val split of a wide dataset."""
+    rng = np.random.default_rng(seed)
+    labels = np.concatenate([np.repeat(np.arange(classes), 2), np.arange(classes, classes + 5)])
+    centres = rng.normal(size=(classes + 5, 32))
+    return unit(centres[labels] + rng.normal(scale=0.35, size=(len(labels), 32))), labels
+
+
+def test_one_or_two_val_images_a_class_give_a_threshold_or_a_refusal_never_a_silent_tie(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """20 positive pairs place the pair threshold; clusters of min_size 3 get no evidence, so calibration refuses."""
+    from replearn.clustering.calibration import calibrate_clusters, choose_clustering
+    from replearn.config import DEFAULT_RESOLUTION, ClusterConfig
+
+    embeddings, labels = thin_val(20)
+    curve = count_pairs(embeddings, labels, bins=400, memory_mb=1)
+    pair = choose_threshold(curve)
+    lowest_positive = curve.thresholds[np.flatnonzero(curve.positive_counts)[0]]
+    assert pair.f1 > 0.9 and -0.5 < pair.threshold <= lowest_positive
+    # min_size 2: two images of a class can form a cluster, so the choice is real.
+    choice = choose_clustering(embeddings, labels, pair.threshold, ClusterConfig(neighbors=5, min_size=2))
+    assert choice is not None and choice.subsets_f1 > 0.8 and choice.threshold <= pair.threshold + 1e-6
+    # min_size 3: every candidate scores 0; instead of the tie's pair threshold in silence, a refusal that says so.
+    config = ClusterConfig(neighbors=5)
+    assert choose_clustering(embeddings, labels, pair.threshold, config) is None
+    calibration = calibrate_clusters(embeddings, labels, pair.threshold, config, "val", {"seen": (embeddings, labels)})
+    assert (calibration.threshold, calibration.resolution, calibration.f1) == (pair.threshold, DEFAULT_RESOLUTION, None)
+    assert calibration.metrics["cluster/calibrated"] == 0.0 and "seen/clusters/pairwise_f1" in calibration.metrics
+    assert "cannot calibrate" in caplog.text and "val_fraction" in caplog.text
+
+
+def test_too_few_classes_with_two_images_refuse() -> None:
+    from replearn.clustering.calibration import choose_clustering
+    from replearn.config import ClusterConfig
+
+    embeddings, labels = thin_val(6)
+    assert choose_clustering(embeddings, labels, 0.8, ClusterConfig(neighbors=5, min_size=2)) is None

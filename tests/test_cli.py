@@ -45,7 +45,7 @@ def test_help_shows_defaults_as_text_and_flags_without_a_type(command: list[str]
 
 def test_help_names_the_config_key_behind_a_default() -> None:
     result = runner.invoke(app, ["train", "--help"], terminal_width=200)
-    assert "Iterations to train [default: train.iterations]." in result.output
+    assert "Iterations to train; null (default)" in result.output and "[default: train.iterations]." in result.output
     assert "--force " in result.output and "--no-force" not in result.output
 
 

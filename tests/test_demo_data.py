@@ -1,5 +1,6 @@
 import hashlib
 import shutil
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +151,32 @@ def test_digits_are_the_1797_sklearn_scans(tmp_path: Path) -> None:
     with Image.open(next(out.rglob("*.png"))) as image:
         assert image.size == (32, 32)
     shutil.rmtree(out)
+
+
+def test_glyphs_are_classes_of_3_to_7_images_by_3_families_that_really_draw_them(tmp_path: Path) -> None:
+    from replearn.data.glyphs import MAX_IMAGES, MIN_FAMILIES, MIN_IMAGES, candidate_characters, generate_glyphs
+
+    counts = generate_glyphs(tmp_path / "glyphs", size=24, seed=0, max_classes=40)
+    assert len(counts) == 40 and all(MIN_IMAGES <= count <= MAX_IMAGES for count in counts.values())
+    fonts = {font.name: font for font in discover_fonts(candidate_characters())}
+    for folder in (tmp_path / "glyphs").iterdir():
+        char = chr(int(folder.name[1:], 16))
+        names = [path.name.split("_") for path in sorted(folder.glob("*.png"))]
+        assert len(names) == counts[folder.name]
+        assert len({family for family, _, _ in names}) >= min(len(names), MIN_FAMILIES)
+        for family, font, _ in names:
+            assert fonts[font].family == family
+            with TTFont(fonts[font].path, lazy=True) as opened:  # the cmap has it: no tofu box
+                assert ord(char) in opened.getBestCmap()
+    again = generate_glyphs(tmp_path / "again", size=24, seed=0, max_classes=40)
+    assert again == counts and tree_digest(tmp_path / "glyphs") == tree_digest(tmp_path / "again")
+
+
+def test_glyphs_leave_out_look_alikes_and_marks() -> None:
+    from replearn.data.glyphs import candidate_characters, fonts_per_glyph
+
+    table = fonts_per_glyph(discover_fonts(candidate_characters()), 32)
+    assert len(table) >= 1_000
+    assert "A" in table and "\u0391" not in table and "\u0410" not in table  # Greek and Cyrillic capital A
+    assert "\u0416" in table and "\u03b6" in table and "\u2211" in table  # Cyrillic Zhe, Greek zeta, n-ary sum
+    assert not any(unicodedata.category(char).startswith("M") for char in table)

@@ -51,6 +51,7 @@ def test_a_few_iterations_reduce_the_loss_and_write_every_output(tiny_preprocess
     assert [r["iteration"] for r in log if r["val_precision_at_1"]] == ["5", "10"]
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert summary["iterations"] == 10 and summary["global_batch_size"] == 24
+    assert summary["iteration_rule"] == "fixed" and summary["seconds_per_iteration"] > 0
     assert summary["train_images"] == len(read_train(tiny_preprocessed))
     assert 0.0 <= summary["best_val_precision_at_1"] <= 1.0
 
@@ -174,3 +175,17 @@ def test_validation_rows_are_capped_evenly_and_never_repeat() -> None:
     assert capped_rows(5, 20_000).tolist() == [0, 1, 2, 3, 4]
     rows = capped_rows(100_003, 20_000)
     assert len(rows) == len(set(rows.tolist())) == 20_000 and rows[0] == 0 and rows[-1] == 100_002
+
+
+def test_unset_iterations_follow_the_classes_and_the_run_records_why(tiny_preprocessed: Path, tmp_path: Path) -> None:
+    """With train.iterations unset, iterations = classes x class_draws / P; the summary and checkpoint say so."""
+    config = tiny_config("train.min_iterations=1", "train.class_draws=2", "train.augmentations=[]")
+    assert config.train.iterations is None
+    table = read_splits(tiny_preprocessed)
+    classes = table[(table["subset"] == "seen") & (table["split"] == "train")]["label"].nunique()
+    result = train(config, tiny_preprocessed, tmp_path / "run")
+    expected = -(-classes * 2 // min(6, classes))
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert result.iterations == summary["iterations"] == expected == len(rows(tmp_path / "run"))
+    assert summary["iteration_rule"] == "class_draws" and f"{classes} training classes" in summary["iteration_reason"]
+    assert read_checkpoint(result.last_checkpoint)["config"]["train"]["iterations"] == expected

@@ -158,6 +158,40 @@ def data_chars(
     stdout.print(class_folders_table(out, counts))
 
 
+@data_app.command("glyphs")
+def data_glyphs(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Argument(help="Folder to create; one sub-folder per code point (u0041, ...).")],
+    size: Annotated[int | None, from_config("data.size")] = None,
+    seed: Annotated[int | None, from_config("data.seed")] = None,
+    max_classes: Annotated[
+        int | None, typer.Option("--max-classes", min=2, help="At most this many classes, in code point order.")
+    ] = None,
+    fonts: Annotated[
+        list[Path] | None,
+        typer.Option("--fonts", metavar="<path>", help="Extra .ttf/.otf files or folders (repeatable)."),
+    ] = None,
+    only_given_fonts: Annotated[
+        bool, typer.Option("--only-given-fonts", help="Use only the --fonts, not the fonts found in site-packages.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Render every Latin, Greek, Cyrillic, symbol and math code point 3 font families draw: 3-7 images a class."""
+    from replearn.data.glyphs import generate_glyphs
+
+    cfg = with_values(state(ctx).config, {"data.size": size, "data.seed": seed}).data
+    counts = generate_glyphs(
+        out,
+        size=cfg.size,
+        seed=cfg.seed,
+        max_classes=max_classes,
+        fonts=fonts,
+        replace_fonts=only_given_fonts,
+        force=force,
+    )
+    stdout.print(class_folders_table(out, counts))
+
+
 @data_app.command("digits")
 def data_digits(
     ctx: typer.Context,

@@ -197,7 +197,30 @@ class TrainConfig(StrictModel):
         32, ge=2, description="P: classes in each batch (per process); a split with fewer puts all of them in each."
     )
     images_per_class: int = Field(4, ge=2, description="K: images of each class in each batch.")
-    iterations: int = Field(600, ge=1, description="Iterations to train.")
+    iterations: int | None = Field(
+        None,
+        ge=1,
+        description="Iterations to train; null (default): follow the data, every training class drawn into "
+        "class_draws batches, at least min_iterations, at most what budget_minutes allows.",
+    )
+    class_draws: int = Field(
+        24, ge=1, description="With iterations null: batches each training class is drawn into, on average."
+    )
+    min_iterations: int = Field(
+        600, ge=1, description="With iterations null: the fewest iterations (small datasets such as the chars data)."
+    )
+    budget_minutes: float = Field(
+        20.0,
+        gt=0.0,
+        description="With iterations null: the training time budget; iterations stop at budget_minutes x 60 / "
+        "seconds_per_iteration.",
+    )
+    seconds_per_iteration: float = Field(
+        0.8,
+        gt=0.0,
+        description="What one iteration costs on the machine the budget is planned for: 0.8 s at the defaults (64 px, "
+        "32 x 4 images) on a 2-core CPU in bf16; train_summary.json reports yours.",
+    )
     optimizer: Literal["sgd", "adamw"] = Field(
         "adamw", description="adamw, or sgd with momentum (needs grad_clip and a smaller lr with this loss)."
     )
@@ -399,8 +422,8 @@ def _model_at(path: tuple[str | int, ...]) -> type[BaseModel] | None:
 def config_field(key: str) -> FieldInfo:
     """The pydantic field of a dotted config key (sections by their alias): its description documents the key.
 
-    >>> config_field("train.iterations").description
-    'Iterations to train.'
+    >>> config_field("train.class_draws").description
+    'With iterations null: batches each training class is drawn into, on average.'
     """
     *sections, name = key.split(".")
     model = _model_at(tuple(sections))

@@ -21,30 +21,44 @@ each). Of the choices within TOLERANCE of the best, the highest threshold wins (
 the nearest to the pair threshold), then the lowest resolution. On the chars demo's val split the
 full set alone could not tell rho 0.4 from 0.5 (F1 0.905 both), while 0.5 split a single held-out
 class in two.
+
+Wide data (thousands of classes, 3 to 7 images each) leaves 1 or 2 val images a class. There the
+choice still held on the wide benchmark (benchmarks/wide.py: the chosen pair scored within 0.01 of
+the best of a grid on all the unseen images, for both recipes), since the class subsets' mixed
+clusters still rank the candidates; scoring at min_size 2 instead, which a class of two val images
+can reach alone, chose higher thresholds and did worse (all unseen images: F 0.446 against 0.486, 38% unclustered
+against 22%). What the val split cannot do is calibrate with no evidence: with fewer than
+MIN_POSITIVE_PAIRS same-class pairs among the val images, or when no candidate puts any two images of a class
+in one cluster (every one scores 0, and the tie would silently go to the pair threshold), the
+calibration refuses, says so, and keeps the pair threshold and DEFAULT_RESOLUTION.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
-from replearn.clustering.components import neighbours_for, number_by_size
+from replearn.clustering.components import UNCLUSTERED, neighbours_for, number_by_size
 from replearn.clustering.graph import knn_graph
 from replearn.clustering.methods import cluster_embeddings, communities_of
-from replearn.clustering.metrics import clustering_scores
-from replearn.config import ClusterConfig
+from replearn.clustering.metrics import pairwise_scores, singleton_unclustered
+from replearn.config import DEFAULT_RESOLUTION, ClusterConfig
 from replearn.evaluation.evaluate import ClusterCalibration
 from replearn.similarity import as_rows
 
 RESOLUTIONS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0)
 CLUSTER_THRESHOLD_STEPS = (0.0, 0.025, 0.05, 0.075, 0.1)  # below the pair threshold
+MIN_POSITIVE_PAIRS = 10  # same-class pairs of calibration images, below which nothing is calibrated
 CLASS_FRACTIONS = (0.5, 0.2, 0.05)
 DRAWS = 10
 # Scores within this of the best count as tied, and ties go to the lower resolution (fewer splits):
 # the val split is small, and differences below it came and went with the draws.
 TOLERANCE = 0.005
 REPORTED = ("pairwise_precision", "pairwise_recall", "pairwise_f1", "unclustered_fraction")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,8 +83,15 @@ def clustering_quality(
 
 
 def reported_scores(labels: np.ndarray, cluster_ids: np.ndarray) -> dict[str, float]:
-    """The REPORTED scores of cluster ids against the classes."""
-    scores = clustering_scores(labels, cluster_ids)
+    """The REPORTED scores of cluster ids against the classes, as clustering_scores gives them.
+
+    Only these, since calibration scores thousands of candidates and NMI and ARI were most of its time.
+
+    >>> reported_scores(np.array([0, 0, 1, 1]), np.array([1, 1, 2, 0]))["unclustered_fraction"]
+    0.25
+    """
+    scores = pairwise_scores(labels, singleton_unclustered(cluster_ids))
+    scores["unclustered_fraction"] = float(np.mean(np.asarray(cluster_ids) == UNCLUSTERED))
     return {key: scores[key] for key in REPORTED}
 
 
@@ -92,7 +113,7 @@ def class_subsets(labels: np.ndarray, seed: int) -> list[np.ndarray]:
 
 def choose_clustering(
     embeddings: np.ndarray, labels: np.ndarray, pair_threshold: float, config: ClusterConfig
-) -> ClusteringChoice:
+) -> ClusteringChoice | None:
     """The best (threshold, resolution) by pairwise F1 averaged over class subsets; ties to the higher threshold.
 
     The thresholds are CLUSTER_THRESHOLD_STEPS below the pair threshold; within one, ties go to the
@@ -106,8 +127,18 @@ def choose_clustering(
     >>> choice = choose_clustering(points, np.repeat(np.arange(8), 5), 0.95, ClusterConfig(neighbors=4))
     >>> choice.threshold, choice.resolution, choice.subsets_f1
     (0.9, 0.05, 1.0)
+
+    None when the images cannot decide: fewer than MIN_POSITIVE_PAIRS same-class pairs, or no
+    candidate that clusters any two images of a class together (two images a class, min_size 3):
+
+    >>> pairs = np.repeat(np.arange(20), 2)
+    >>> choose_clustering(np.eye(20)[pairs], pairs, 0.9, ClusterConfig(neighbors=3)) is None
+    True
     """
     labels = np.asarray(labels)
+    counts = np.unique(labels, return_counts=True)[1]
+    if int((counts * (counts - 1) // 2).sum()) < MIN_POSITIVE_PAIRS:
+        return None
     thresholds = [round(pair_threshold - step, 6) for step in CLUSTER_THRESHOLD_STEPS]
     candidates = [(threshold, resolution) for threshold in thresholds for resolution in RESOLUTIONS]
     scores: dict[tuple[float, float], list[dict[str, float]]] = {candidate: [] for candidate in candidates}
@@ -124,6 +155,8 @@ def choose_clustering(
         ClusteringChoice(t, r, scores[t, r][0], float(np.mean([s["pairwise_f1"] for s in scores[t, r]])))
         for t, r in candidates
     ]
+    if max(choice.scores["pairwise_f1"] for choice in choices) <= 0.0:  # on every image: nothing ever joined
+        return None
     best = max(choice.subsets_f1 for choice in choices)
     return next(choice for choice in choices if choice.subsets_f1 >= best - TOLERANCE)
 
@@ -138,18 +171,41 @@ def calibrate_clusters(
 ) -> ClusterCalibration:
     """Choose the threshold and resolution on the `split` images, then cluster each test set with them.
 
-    Metrics: `cluster/threshold`, `cluster/resolution`, the chosen scores under `cluster/<split>/` and
-    the mean F1 over class subsets, and each test set's scores under `<subset>/clusters/`.
+    Metrics: `cluster/threshold`, `cluster/resolution`, `cluster/calibrated` (0 when refused), the chosen scores
+    under `cluster/<split>/` and the mean F1 over class subsets, and each test set's scores under
+    `<subset>/clusters/`. When the images cannot calibrate (choose_clustering gives None), a warning says
+    so and the pair threshold and DEFAULT_RESOLUTION stand.
     """
     choice = choose_clustering(embeddings, labels, pair_threshold, config)
-    metrics = {
-        "cluster/threshold": choice.threshold,
-        "cluster/resolution": choice.resolution,
-        f"cluster/{split}_class_subsets/pairwise_f1": choice.subsets_f1,
-    }
-    metrics |= {f"cluster/{split}/{key}": value for key, value in choice.scores.items()}
-    calibrated = louvain_config(config, choice.resolution)
+    if choice is None:
+        log.warning(
+            "the %s split cannot calibrate the cluster threshold and resolution: it has fewer than %d same-class "
+            "pairs, or no candidate clusters two images of a class together (cluster.min_size=%d); "
+            "clustering uses the pair threshold %.4f and resolution %g; add val images "
+            "(preprocess.split.val_fraction) to calibrate them",
+            split,
+            MIN_POSITIVE_PAIRS,
+            config.min_size,
+            pair_threshold,
+            DEFAULT_RESOLUTION,
+        )
+        threshold, resolution, f1 = pair_threshold, DEFAULT_RESOLUTION, None
+        metrics: dict[str, float] = {
+            "cluster/threshold": threshold,
+            "cluster/resolution": resolution,
+            "cluster/calibrated": 0.0,
+        }
+    else:
+        threshold, resolution, f1 = choice.threshold, choice.resolution, choice.scores["pairwise_f1"]
+        metrics = {
+            "cluster/threshold": threshold,
+            "cluster/resolution": resolution,
+            "cluster/calibrated": 1.0,
+            f"cluster/{split}_class_subsets/pairwise_f1": choice.subsets_f1,
+        }
+        metrics |= {f"cluster/{split}/{key}": value for key, value in choice.scores.items()}
+    calibrated = louvain_config(config, resolution)
     for subset, (test_embeddings, test_labels) in test_sets.items():
-        quality = clustering_quality(test_embeddings, test_labels, choice.threshold, calibrated)
+        quality = clustering_quality(test_embeddings, test_labels, threshold, calibrated)
         metrics |= {f"{subset}/clusters/{key}": value for key, value in quality.items()}
-    return ClusterCalibration(choice.threshold, choice.resolution, choice.scores["pairwise_f1"], metrics)
+    return ClusterCalibration(threshold, resolution, f1, metrics)

@@ -126,7 +126,7 @@ class ClusterCalibration:
 
     threshold: float
     resolution: float
-    f1: float
+    f1: float | None  # None when the calibration images could not score a choice
     metrics: dict[str, float]
 
 

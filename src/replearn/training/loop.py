@@ -45,6 +45,7 @@ from replearn.training.distributed import (
     process_group,
     select_device,
 )
+from replearn.training.iteration_plan import IterationPlan, plan_iterations
 from replearn.training.loss import CircleLoss
 from replearn.training.model import build_model
 from replearn.training.run_state import MetricsLog, RunState, restore_rng, rng_state
@@ -65,6 +66,11 @@ RESUMABLE_CHANGES = {
     "val_max_images",
     "in_memory",
     "timeout_minutes",
+    # They only choose the iteration count, which may change on resume.
+    "class_draws",
+    "min_iterations",
+    "budget_minutes",
+    "seconds_per_iteration",
 }
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -82,7 +88,7 @@ class TrainResult:
 
     def __rich__(self) -> Table:
         summary = self.summary
-        return results_table(
+        table = results_table(
             f"training run in {self.out_dir}",
             ("iterations", "minutes", "images/s", "final loss", "best val P@1", "best at"),
             (
@@ -94,6 +100,8 @@ class TrainResult:
                 str(summary["best_iteration"]),
             ),
         )
+        table.caption = f"iterations: {summary['iteration_reason']}"
+        return table
 
 
 @dataclass(frozen=True)
@@ -137,9 +145,9 @@ def adopt_resize(config: Config, preprocessed_dir: Path) -> Config:
     return adopted
 
 
-def lr_factor(train_config: TrainConfig) -> Callable[[int], float]:
-    """Linear warm-up to the base rate, then cosine decay to zero at the last iteration."""
-    warmup, total = train_config.warmup_iterations, train_config.iterations
+def lr_factor(train_config: TrainConfig, total: int) -> Callable[[int], float]:
+    """Linear warm-up to the base rate, then cosine decay to zero at the last of `total` iterations."""
+    warmup = train_config.warmup_iterations
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -217,8 +225,13 @@ def train_process(
     prepare_out_dir(out_dir, resume, force)
     config = adopt_resize(config, preprocessed_dir)
     data = read_training_data(preprocessed_dir, cfg.in_memory)
+    plan = plan_iterations(cfg, len(data.classes), ranks.world_size)
+    if ranks.is_main:
+        log.info("training for %d iterations: %s", plan.iterations, plan.reason)
+    config = config.model_copy(deep=True)
+    config.train.iterations = plan.iterations
     with process_group(ranks, device, cfg.timeout_minutes):
-        return _run(config, data, out_dir, resume, ranks, device)
+        return _run(config, data, out_dir, resume, ranks, device, plan)
 
 
 @dataclass
@@ -232,14 +245,14 @@ class Trainer:
     precision: str
 
 
-def build_trainer(cfg: TrainConfig, ranks: RankInfo, device: torch.device) -> Trainer:
+def build_trainer(cfg: TrainConfig, iterations: int, ranks: RankInfo, device: torch.device) -> Trainer:
     """Model (seeded), optimiser, schedule and gradient scaler; then this rank's dropout stream is seeded."""
     torch.manual_seed(cfg.seed)
     model: nn.Module = build_model(cfg.model).to(device)
     if cfg.sync_batchnorm and ranks.world_size > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, iterations))
     precision = resolve_precision(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     # Dropout draws from the global RNG: one stream per rank, restored on resume.
@@ -265,15 +278,15 @@ def resume_from(path: Path, trainer: Trainer, config: Config, ranks: RankInfo, d
 
 
 def batch_loader(
-    config: Config, data: TrainingData, ranks: RankInfo, device: torch.device, start: int
+    config: Config, data: TrainingData, ranks: RankInfo, device: torch.device, start: int, stop: int
 ) -> tuple[DataLoader, int]:
-    """This rank's augmented PK batches from iteration `start` on, and the global batch size."""
+    """This rank's augmented PK batches of iterations `start` to `stop`, and the global batch size."""
     cfg = config.train
     sampler = PKSampler(data.train.labels, cfg.classes_per_batch, cfg.images_per_class, cfg.seed, ranks.rank)
     augment = build_augmentation(cfg.augmentations, config.preprocess.resize.size)
     loader = DataLoader(
         PKBatchDataset(data.train, sampler, augment),
-        sampler=range(start, cfg.iterations),
+        sampler=range(start, stop),
         batch_size=None,
         num_workers=cfg.loader_workers,
         pin_memory=device.type == "cuda",
@@ -341,19 +354,26 @@ def save_checkpoints(
 
 
 def _run(
-    config: Config, data: TrainingData, out_dir: Path, resume: bool, ranks: RankInfo, device: torch.device
+    config: Config,
+    data: TrainingData,
+    out_dir: Path,
+    resume: bool,
+    ranks: RankInfo,
+    device: torch.device,
+    plan: IterationPlan,
 ) -> TrainResult:
     cfg = config.train
-    trainer = build_trainer(cfg, ranks, device)
+    iterations = plan.iterations
+    trainer = build_trainer(cfg, iterations, ranks, device)
     state = resume_from(out_dir / LAST, trainer, config, ranks, device) if resume else RunState()
-    if state.start >= cfg.iterations:
-        raise UserError(f"{out_dir / LAST} is already at iteration {state.start} of train.iterations={cfg.iterations}")
+    if state.start >= iterations:
+        raise UserError(f"{out_dir / LAST} is already at iteration {state.start} of train.iterations={iterations}")
     trained = (
         DistributedDataParallel(trainer.model, device_ids=[device.index] if device.type == "cuda" else None)
         if ranks.world_size > 1
         else trainer.model
     )
-    loader, global_batch = batch_loader(config, data, ranks, device, state.start)
+    loader, global_batch = batch_loader(config, data, ranks, device, state.start, iterations)
     loss_fn = CircleLoss(cfg.loss.margin, cfg.loss.gamma)
     log_file = MetricsLog(out_dir / METRICS, keep_until=state.start if resume else None, enabled=ranks.is_main)
     if ranks.is_main and not resume:
@@ -361,7 +381,7 @@ def _run(
     progress = make_progress(TextColumn("loss {task.fields[loss]:.3f}  lr {task.fields[lr]:.2e}"), show=ranks.is_main)
     started = time.perf_counter()
     with progress, log_file:
-        task = progress.add_task("training", total=cfg.iterations, completed=state.start, unit="it", loss=0.0, lr=0.0)
+        task = progress.add_task("training", total=iterations, completed=state.start, unit="it", loss=0.0, lr=0.0)
         step_started = time.perf_counter()
         for index, batch in enumerate(loader, start=state.start):
             state.loss, lr, grad_norm = train_step(trainer, trained, loss_fn, batch, cfg, device)
@@ -375,7 +395,7 @@ def _run(
                 "images_per_second": global_batch / max(now - step_started, 1e-9),
                 "elapsed_seconds": state.elapsed_before + now - started,
             }
-            checkpoint_due = iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations
+            checkpoint_due = iteration % cfg.checkpoint_every == 0 or iteration == iterations
             rng_states = gather_objects(rng_state(device)) if checkpoint_due else []
             if checkpoint_due and ranks.is_main:
                 row["val_precision_at_1"] = state.record_validation(
@@ -391,16 +411,17 @@ def _run(
             progress.update(task, advance=1, loss=state.loss, lr=lr)
             step_started = now
     seconds = time.perf_counter() - started
-    summary = train_summary(config, data, state, resume, seconds, global_batch, device, ranks, trainer.precision)
+    summary = train_summary(config, data, plan, state, resume, seconds, global_batch, device, ranks, trainer.precision)
     if ranks.is_main:
         write_json_atomic(out_dir / SUMMARY, summary)
     barrier()
-    return TrainResult(out_dir, out_dir / LAST, out_dir / BEST, cfg.iterations, state.best, summary)
+    return TrainResult(out_dir, out_dir / LAST, out_dir / BEST, iterations, state.best, summary)
 
 
 def train_summary(
     config: Config,
     data: TrainingData,
+    plan: IterationPlan,
     state: RunState,
     resume: bool,
     seconds: float,
@@ -409,13 +430,16 @@ def train_summary(
     ranks: RankInfo,
     precision: str,
 ) -> dict[str, Any]:
-    """train_summary.json: how long, how fast, how well, and on what."""
-    cfg = config.train
+    """train_summary.json: how long, how fast, how well, on what, and why it trained for so many iterations."""
+    trained = plan.iterations - state.start
     return {
-        "iterations": cfg.iterations,
+        "iterations": plan.iterations,
+        "iteration_rule": plan.rule,
+        "iteration_reason": plan.reason,
         "resumed_from": state.start if resume else None,
         "seconds": state.elapsed_before + seconds,
-        "images_per_second": (cfg.iterations - state.start) * global_batch / seconds,
+        "images_per_second": trained * global_batch / seconds,
+        "seconds_per_iteration": seconds / max(1, trained),
         "final_loss": state.loss,
         "final_val_precision_at_1": state.val,
         "best_val_precision_at_1": state.best,

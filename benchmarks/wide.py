@@ -1,0 +1,193 @@
+"""The wide benchmark: thousands of classes with 3 to 7 images each, today's defaults against the new ones.
+
+Users' class folders are often wide (products, icons, species: many classes, few images each),
+unlike the chars data (62 classes x 120). This renders the glyphs data (`replearn data glyphs`:
+2,030 Unicode classes, 3 to 7 fonts each, file names <family>_<font>_<n>.png), preprocesses it
+with the default split (20% of the classes unseen, typeface families kept on one side within a
+class), trains each recipe, and scores the unseen classes, which training never saw:
+
+- unseen LOO P@1: every image of the unseen classes queries all the others (leave-one-out; a
+  query whose class has no other image does not count), as an inbox of new classes would be searched;
+- unseen test -> train P@1: the unseen test images (held-out families) query the unseen train
+  images (evaluate's `unseen/precision_at_1`);
+- the cluster stage on the unseen classes' train and test images, with the threshold and resolution
+  that the recipe's calibration chose on the val split (whose labels it read, so the unseen val
+  images are left out here): pairwise F (P / R) against the classes, with the images in cluster 0
+  counted as singletons, and the fraction unclustered (cluster 0).
+
+Raw pixels (grey levels, centred and unit-normalised, as benchmarks/generalization.py scores them)
+are scored on the same queries and galleries. The recipes: today's (600 iterations) and the new
+defaults (iterations from the data: 1,227 for the 1,636 training classes). Both calibrate the
+cluster stage on the val split as evaluate does, which holds 1-2 images a class here.
+
+    python benchmarks/wide.py --out /tmp/wide            # renders, preprocesses, trains twice (64 px)
+    python benchmarks/wide.py --out /tmp/wide --size 32  # a cheaper proxy
+
+A rerun with the same --out reuses the finished training runs in it (their train_summary.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from generalization import pixel_vectors  # benchmarks/generalization.py: raw pixels scored the same way
+from rich.console import Console
+from rich.table import Table
+
+from replearn.clustering.calibration import choose_clustering, louvain_config, reported_scores
+from replearn.clustering.methods import cluster_embeddings
+from replearn.config import DEFAULT_RESOLUTION, Config, load_config
+from replearn.console import setup_logging
+from replearn.data.glyphs import generate_glyphs
+from replearn.data.preprocess import preprocess
+from replearn.evaluation.evaluate import SplitData, calibrate, load_split_data
+from replearn.evaluation.retrieval import score_retrieval
+from replearn.training.train import train
+
+TODAY_ITERATIONS = 600  # train.iterations before the schedule followed the data
+SHOWN_WITH_F = ("pairwise P", "pairwise R")
+
+
+def precision_at_1(
+    queries: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray, loo: bool
+) -> float:
+    scores = score_retrieval(
+        queries,
+        query_labels,
+        gallery,
+        gallery_labels,
+        leave_one_out=loo,
+        recall_at=[1],
+        knn_k=1,
+        keep_neighbors=0,
+        memory_mb=256.0,
+        description="P@1",
+    )
+    return scores.summarise()["precision_at_1"]
+
+
+def unseen_rows(data: SplitData) -> np.ndarray:
+    """Every image of the unseen classes, whatever its split: training saw none of them."""
+    return np.flatnonzero((data.frame["subset"] == "unseen").to_numpy())
+
+
+def retrieval_scores(vectors: np.ndarray, data: SplitData) -> dict[str, float]:
+    """Unseen LOO P@1 over every unseen image, and unseen test -> unseen train P@1."""
+    unseen, test, gallery = unseen_rows(data), data.rows("test", "unseen"), data.rows("train", "unseen")
+    codes = data.codes
+    return {
+        "unseen LOO P@1": precision_at_1(vectors[unseen], codes[unseen], vectors[unseen], codes[unseen], True),
+        "unseen test->train P@1": precision_at_1(vectors[test], codes[test], vectors[gallery], codes[gallery], False),
+    }
+
+
+def cluster_scores(config: Config, data: SplitData) -> dict[str, float]:
+    """Calibrate on val as evaluate does, then cluster the unseen images it did not read as the stage would."""
+    _, rows, _, pair = calibrate(data, config.evaluate)
+    choice = choose_clustering(data.embeddings[rows], data.codes[rows], pair.threshold, config.cluster)
+    threshold, resolution = (choice.threshold, choice.resolution) if choice else (pair.threshold, DEFAULT_RESOLUTION)
+    unseen = np.setdiff1d(unseen_rows(data), rows)
+    ids = cluster_embeddings(data.embeddings[unseen], threshold, louvain_config(config.cluster, resolution))
+    scores = reported_scores(data.codes[unseen], ids)
+    return {
+        "pair threshold": pair.threshold,
+        "cluster threshold": threshold,
+        "resolution": resolution,
+        "pairwise F": scores["pairwise_f1"],
+        "pairwise P": scores["pairwise_precision"],
+        "pairwise R": scores["pairwise_recall"],
+        "unclustered": scores["unclustered_fraction"],
+        "clusters": float(len(set(ids.tolist()) - {0})),
+    }
+
+
+def trained_model(config: Config, preprocessed: Path, out_dir: Path) -> dict[str, float]:
+    """Train unless out_dir holds a finished run; its summary."""
+    if not (out_dir / "train_summary.json").is_file():
+        train(config, preprocessed, out_dir, force=True)
+    summary: dict[str, float] = json.loads((out_dir / "train_summary.json").read_text())
+    return summary
+
+
+def print_table(rows: list[dict[str, float | str]], title: str) -> None:
+    """Every row's values (pairwise P and R in brackets after F); results.json keeps them unrounded."""
+    columns = [key for key in dict.fromkeys(key for row in rows for key in row) if key not in SHOWN_WITH_F]
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="left" if column == "recipe" else "right")
+    for row in rows:
+        cells = [format_cell(row.get(column, "")) for column in columns]
+        if "pairwise F" in row:
+            cells[columns.index("pairwise F")] += f" ({row['pairwise P']:.3f} / {row['pairwise R']:.3f})"
+        table.add_row(*cells)
+    Console(width=220).print(table)
+
+
+def format_cell(value: float | str) -> str:
+    if isinstance(value, str):
+        return value
+    if np.isnan(value):
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 10 or float(value).is_integer() else f"{value:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, help="class folders (default: the glyphs data rendered into --out)")
+    parser.add_argument("--out", type=Path, required=True, help="work folder: data, training runs, results.json")
+    parser.add_argument("--size", type=int, default=64, help="image side (preprocess.resize.size)")
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[], help="overrides for every recipe")
+    parser.add_argument("--max-classes", type=int, help="render only the first N glyph classes (a smoke test)")
+    parser.add_argument(
+        "--today-iterations", type=int, default=TODAY_ITERATIONS, help="today's recipe's iterations (a smoke test)"
+    )
+    args = parser.parse_args()
+    setup_logging()
+
+    config = load_config(None, [*args.overrides, f"preprocess.resize.size={args.size}"])
+    data_dir = args.data or args.out / "glyphs"
+    if not data_dir.is_dir():
+        generate_glyphs(data_dir, size=config.data.size, seed=config.data.seed, max_classes=args.max_classes)
+    preprocessed = args.out / f"preprocessed-{args.size}"
+    if not (preprocessed / "splits.csv").is_file():
+        preprocess(config, data_dir, preprocessed)
+
+    rows: list[dict[str, float | str]] = []
+    pixels_done = False
+    for name, iterations in (("today", args.today_iterations), ("new", None)):
+        recipe = config.model_copy(deep=True)
+        recipe.train.iterations = iterations
+        started = time.perf_counter()
+        summary = trained_model(recipe, preprocessed, args.out / f"{name}-{args.size}" / "train")
+        data = load_split_data(recipe, args.out / f"{name}-{args.size}" / "train" / "best.pt", preprocessed)
+        if not pixels_done:
+            vectors = pixel_vectors(preprocessed, list(data.frame["path"]))
+            rows.append({"recipe": "raw pixels, no learning", **retrieval_scores(vectors, data)})
+            pixels_done = True
+        rows.append(
+            {
+                "recipe": f"{name}: {summary['iterations']} iterations ({summary['iteration_rule']})",
+                "iterations": float(summary["iterations"]),
+                "train min": summary["seconds"] / 60,
+                "s/it": summary["seconds"] / summary["iterations"],
+                **retrieval_scores(data.embeddings, data),
+                **cluster_scores(recipe, data),
+            }
+        )
+        print(f"{name}: {(time.perf_counter() - started) / 60:.1f} min including training")
+    (args.out / f"results-{args.size}.json").write_text(json.dumps(rows, indent=2))
+    unseen = data.frame[data.frame["subset"] == "unseen"]
+    title = (
+        f"wide benchmark, {args.size} px: {data.frame['label'].nunique():,} classes; "
+        f"{len(unseen):,} images of {unseen['label'].nunique()} unseen classes, "
+        f"{int((unseen['split'] != 'val').sum()):,} of them clustered"
+    )
+    print_table(rows, title)
+
+
+if __name__ == "__main__":
+    main()
