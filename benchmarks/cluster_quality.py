@@ -25,12 +25,11 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from replearn.catalogue.read import current_assignments, merges
+from replearn.catalogue.read import current_assignments, follow_merges, merges
 from replearn.clustering.cluster import (
     ImageBatch,
     class_labels,
     cluster_embeddings_into,
-    follow_merges,
     resolve_threshold,
     with_model_resolution,
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from replearn.atomic import atomic_path
@@ -48,3 +49,18 @@ def merges(out_dir: Path) -> dict[int, int]:
     clusters = read_table(out_dir, "clusters")
     merged = clusters[clusters["merged_into"] > 0]
     return dict(zip(merged["id"].astype(int), merged["merged_into"].astype(int), strict=True))
+
+
+def follow_merges(cluster_ids: np.ndarray, merged_into: dict[int, int]) -> np.ndarray:
+    """The cluster each id belongs to now, following the clusters table's merged_into (which may chain).
+
+    >>> follow_merges(np.array([0, 2, 3, 5]), {3: 2, 2: 1}).tolist()
+    [0, 1, 1, 5]
+    """
+
+    def final(cluster_id: int) -> int:
+        while cluster_id in merged_into:
+            cluster_id = merged_into[cluster_id]
+        return cluster_id
+
+    return np.array([final(int(cluster_id)) for cluster_id in cluster_ids], dtype=np.int64)
