@@ -174,6 +174,23 @@ def test_a_cluster_whose_files_are_all_gone_keeps_its_id_but_takes_no_new_image(
     assert vectors_of(catalogue.images.segment(0), "embedding", 12).shape == (30, 12)
 
 
+def test_a_catalogue_of_unclustered_images_migrates_its_pool(tmp_path: Path, models: tuple[Path, Path]) -> None:
+    old_model, new_model = models
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    write_classes(inbox, range(4), per_class=1)  # no two alike: every image stays in the pool
+    cluster(old_model, inbox, out)
+    pool = load_catalogue(out).pool
+
+    migration = migrate(out, new_model)
+
+    catalogue = load_catalogue(out)
+    assert (migration.images, migration.clusters) == (4, 0) and np.isnan(migration.agreement)
+    assert catalogue.pool.tolist() == pool.tolist() and not catalogue.clusters.segments
+    write_classes(inbox, range(4), per_class=2)  # a second image of each: the pool's images now form clusters
+    cluster(new_model, inbox, out)
+    assert (read_table(out, "images")["cluster_id"] > 0).all()
+
+
 def test_the_cli_migrates_a_catalogue_to_a_new_model_then_clusters_the_batch(
     tmp_path: Path, models: tuple[Path, Path]
 ) -> None:

@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIGRATION_FILE = "migration.json"
+TABLES_REMADE = ("images", "clusters")  # the others (events, runs, ...) hold nothing of the embedding space
 
 
 @dataclass
@@ -158,8 +159,10 @@ def agreement(
     return float(np.mean(placed == follow_merges(cluster_ids, merged_into)))
 
 
-def current_rows(table: Table, vector: str) -> pa.Table:
+def current_rows(table: Table, vector: str, schema: pa.Schema) -> pa.Table:
     """The newest row of every key without its vector column (the old model's, about to be replaced)."""
+    if not table.segments:
+        return schema.empty_table().drop_columns([vector])
     return merge_tables([table.segment(i).drop_columns([vector]) for i in range(len(table.segments))], table.key)
 
 
@@ -174,6 +177,93 @@ def latest_members(cluster_ids: np.ndarray, changed_runs: np.ndarray, digests: n
     return frame.groupby("cluster").tail(count).groupby("cluster")["digest"].agg(list)
 
 
+@dataclass
+class NewSpace:
+    """The images and clusters tables remade in the new model's space, and the agreement of the old clustering."""
+
+    images: pa.Table
+    clusters: pa.Table
+    embedded: np.ndarray  # per image: whether it has an embedding in the new space
+    members_embedded: pd.Series  # per cluster id: its members embedded again
+    agreement: float
+
+
+def remake(
+    images: pa.Table, clusters: pa.Table, embedded: np.ndarray, vectors: np.ndarray, exemplars: int, memory_mb: float
+) -> NewSpace:
+    """Rebuild sums, cohesion, exemplars and similarities from the images' new `vectors` (rows where `embedded`).
+
+    Ids, names, states, sizes and merges are the tables' own; a member without an embedding counts in
+    its cluster's size, not in its sum.
+    """
+    dim = vectors.shape[1]
+    ids, member_ids = column_array(clusters, "id"), column_array(images, "cluster_id")
+    if len(np.setdiff1d(member_ids[member_ids > 0], ids)):
+        raise UserError("the catalogue names clusters its clusters table lacks; it is damaged")
+    members = embedded & (member_ids > 0)
+    rows = np.searchsorted(ids, member_ids[members])
+    sums = np.zeros((len(ids), dim), dtype=np.float64)
+    np.add.at(sums, rows, vectors[members].astype(np.float64))
+    norms = np.linalg.norm(sums, axis=1)
+    prototypes = (sums / np.maximum(norms, 1e-12)[:, None]).astype(np.float32)
+    similarity = np.full(images.num_rows, np.nan)
+    similarity[members] = np.einsum("ij,ij->i", vectors[members], prototypes[rows])
+    latest = latest_members(
+        member_ids[members],
+        column_array(images, "changed_run")[members],
+        column_array(images, "digest")[members],
+        exemplars,
+    )
+    merged = column_array(clusters, "merged_into")
+    live = (merged == 0) & (norms > 0)
+    merges = {int(c): int(o) for c, o in zip(ids[merged > 0], merged[merged > 0], strict=True)}
+    score = agreement(vectors[members], member_ids[members], ids[live], prototypes[live], merges, memory_mb)
+
+    images = images.set_column(images.schema.get_field_index("similarity"), "similarity", pa.array(similarity))
+    images = images.append_column("embedding", vector_column(vectors, pa.float32(), mask=~embedded))
+    cohesion = pa.array(norms / np.maximum(column_array(clusters, "size"), 1))
+    clusters = clusters.set_column(clusters.schema.get_field_index("cohesion"), "cohesion", cohesion)
+    exemplar_lists = pa.array([latest.get(c, []) for c in ids.tolist()], pa.list_(pa.uint64()))
+    clusters = clusters.set_column(clusters.schema.get_field_index("exemplars"), "exemplars", exemplar_lists)
+    clusters = clusters.append_column("sum", vector_column(sums, pa.float64()))
+    return NewSpace(
+        images=images.select(images_schema(dim).names).cast(images_schema(dim)),
+        clusters=clusters.select(clusters_schema(dim).names).cast(clusters_schema(dim)),
+        embedded=embedded,
+        members_embedded=pd.Series(member_ids[members]).value_counts(),
+        agreement=score,
+    )
+
+
+def commit_migration(catalogue: Catalogue, space: NewSpace, model_id: str, threshold: float, seed: int) -> None:
+    """Write the remade tables as one fresh segment each, the events, the run's row and the pool; one manifest switch.
+
+    The fresh segments take the level of the table's highest one, so compaction does not fold them
+    into the next small run segments.
+    """
+    run, dim = catalogue.run + 1, space.images.schema.field("embedding").type.list_size
+    time_now = datetime.now(UTC).isoformat(timespec="seconds")
+    ids = column_array(space.clusters, "id").tolist()
+    counts = space.members_embedded
+    events = [Event(run, time_now, "migrated", int(c), images=int(counts.get(c, 0))) for c in ids]
+    pool = catalogue.pool[np.isin(catalogue.pool, column_array(space.images, "digest")[space.embedded])]
+    levels = {name: max((s.level for s in catalogue.tables[name].segments), default=0) for name in TABLES_REMADE}
+    catalogue.run, catalogue.model_id, catalogue.embedding_dim = run, model_id, dim
+    for name, rows in (("images", space.images), ("clusters", space.clusters)):
+        fresh = [write_table_segment(catalogue, name, rows, levels[name], seed)] if rows.num_rows else []
+        catalogue.tables[name].segments = fresh
+    change = CatalogueChange(
+        images=None,
+        clusters=None,
+        events=events_table(events),
+        runs=runs_table([{"run": run, "time": time_now, "threshold": float(threshold), "model_id": model_id}]),
+        pool=pool,
+        next_cluster_id=catalogue.next_cluster_id,
+    )
+    commit_change(catalogue, change, seed)
+    compact(catalogue, seed)
+
+
 def migrate_catalogue(
     catalogue: Catalogue, embedder: OnnxEmbedder, model_id: str, threshold: float, config: Config
 ) -> Migration:
@@ -182,11 +272,11 @@ def migrate_catalogue(
     On an error nothing is committed; load the catalogue again before using it.
     """
     started = time.perf_counter()
-    if catalogue.run == 0 or catalogue.model_id is None:
+    if catalogue.run == 0 or catalogue.model_id is None or catalogue.embedding_dim is None:
         raise UserError(f"the catalogue in {catalogue.directory} is empty: there is nothing to migrate")
-    dim, run, old_model = embedder.metadata.embedding_dim, catalogue.run + 1, catalogue.model_id
-    images = current_rows(catalogue.images, "embedding")
-    clusters = current_rows(catalogue.clusters, "sum")
+    old_model, old_dim = catalogue.model_id, catalogue.embedding_dim
+    images = current_rows(catalogue.images, "embedding", images_schema(old_dim))
+    clusters = current_rows(catalogue.clusters, "sum", clusters_schema(old_dim))
     log.info(
         "the catalogue in %s was built with model %s: migrating it to %s (%d images, %d clusters)",
         catalogue.directory,
@@ -195,7 +285,6 @@ def migrate_catalogue(
         images.num_rows,
         clusters.num_rows,
     )
-
     embed_started = time.perf_counter()
     positions, vectors = re_embed(
         embedder,
@@ -207,8 +296,6 @@ def migrate_catalogue(
     embed_seconds = time.perf_counter() - embed_started
     embedded = np.zeros(images.num_rows, dtype=bool)
     embedded[positions] = True
-    all_vectors = np.zeros((images.num_rows, dim), dtype=np.float32)
-    all_vectors[positions] = vectors
     if not embedded.all():
         log.warning(
             "%d of %d images could not be read with the content they were clustered with (file gone or changed): "
@@ -216,93 +303,23 @@ def migrate_catalogue(
             int((~embedded).sum()),
             images.num_rows,
         )
-
-    ids = column_array(clusters, "id") if clusters.num_rows else np.zeros(0, dtype=np.int64)
-    member_ids = column_array(images, "cluster_id")
-    clustered = member_ids > 0
-    unknown = np.setdiff1d(member_ids[clustered], ids)
-    if len(unknown):
-        raise UserError(
-            f"the catalogue in {catalogue.directory} names clusters its clusters table lacks; it is damaged"
-        )
-    members = embedded & clustered
-    member_rows = np.searchsorted(ids, member_ids[members])
-    sums = np.zeros((len(ids), dim), dtype=np.float64)
-    np.add.at(sums, member_rows, all_vectors[members].astype(np.float64))
-    sizes = column_array(clusters, "size") if clusters.num_rows else np.zeros(0, dtype=np.int64)
-    norms = np.linalg.norm(sums, axis=1)
-    prototypes = (sums / np.maximum(norms, 1e-12)[:, None]).astype(np.float32)
-    similarity = np.full(images.num_rows, np.nan)
-    similarity[members] = np.einsum("ij,ij->i", all_vectors[members], prototypes[member_rows])
-    exemplars = latest_members(
-        member_ids[members],
-        column_array(images, "changed_run")[members],
-        column_array(images, "digest")[members],
-        config.cluster.exemplars,
-    )
-
-    merged = column_array(clusters, "merged_into") if clusters.num_rows else np.zeros(0, dtype=np.int64)
-    live = (merged == 0) & (norms > 0)
-    score = agreement(
-        all_vectors[members],
-        member_ids[members],
-        ids[live],
-        prototypes[live],
-        {int(c): int(o) for c, o in zip(ids[merged > 0], merged[merged > 0], strict=True)},
-        config.cluster.block_memory_mb,
-    )
-
-    images = images.set_column(images.schema.get_field_index("similarity"), "similarity", pa.array(similarity))
-    images = images.append_column("embedding", vector_column(all_vectors, pa.float32(), mask=~embedded))
-    images = images.select(images_schema(dim).names).cast(images_schema(dim))
-    clusters = clusters.set_column(
-        clusters.schema.get_field_index("cohesion"), "cohesion", pa.array(norms / np.maximum(sizes, 1))
-    )
-    clusters = clusters.set_column(
-        clusters.schema.get_field_index("exemplars"),
-        "exemplars",
-        pa.array([exemplars.get(c, []) for c in ids.tolist()], pa.list_(pa.uint64())),
-    )
-    clusters = clusters.append_column("sum", vector_column(sums, pa.float64()))
-    clusters = clusters.select(clusters_schema(dim).names).cast(clusters_schema(dim))
-
-    time_now = datetime.now(UTC).isoformat(timespec="seconds")
-    counts = pd.Series(member_ids[members]).value_counts()
-    events = [Event(run, time_now, "migrated", int(c), images=int(counts.get(c, 0))) for c in ids.tolist()]
-    pool = catalogue.pool[np.isin(catalogue.pool, column_array(images, "digest")[embedded])]
+    all_vectors = np.zeros((images.num_rows, embedder.metadata.embedding_dim), dtype=np.float32)
+    all_vectors[positions] = vectors
+    space = remake(images, clusters, embedded, all_vectors, config.cluster.exemplars, config.cluster.block_memory_mb)
+    commit_migration(catalogue, space, model_id, threshold, config.cluster.seed)
     migration = Migration(
-        run=run,
+        run=catalogue.run,
         old_model=old_model,
         new_model=model_id,
         images=images.num_rows,
         embedded=int(embedded.sum()),
         missing=int((~embedded).sum()),
-        clusters=len(ids),
-        agreement=score,
-        seconds=0.0,
+        clusters=clusters.num_rows,
+        agreement=space.agreement,
+        seconds=time.perf_counter() - started,
         embed_seconds=embed_seconds,
     )
-    seed = config.cluster.seed
-    levels = {
-        name: max((s.level for s in catalogue.tables[name].segments), default=0) for name in ("images", "clusters")
-    }
-    catalogue.run, catalogue.model_id, catalogue.embedding_dim = run, model_id, dim
-    catalogue.images.segments = [write_table_segment(catalogue, "images", images, levels["images"], seed)]
-    catalogue.clusters.segments = (
-        [write_table_segment(catalogue, "clusters", clusters, levels["clusters"], seed)] if clusters.num_rows else []
-    )
-    change = CatalogueChange(
-        images=None,
-        clusters=None,
-        events=events_table(events),
-        runs=runs_table([{"run": run, "time": time_now, "threshold": float(threshold), "model_id": model_id}]),
-        pool=pool,
-        next_cluster_id=catalogue.next_cluster_id,
-    )
-    commit_change(catalogue, change, seed)
-    compact(catalogue, seed)
-    migration.seconds = time.perf_counter() - started
-    with atomic_directory(catalogue.directory.parent / "runs" / f"run-{run:06d}", replace=True) as staging:
+    with atomic_directory(catalogue.directory.parent / "runs" / f"run-{catalogue.run:06d}", replace=True) as staging:
         write_json_atomic(staging / MIGRATION_FILE, asdict(migration) | {"threshold": threshold})
     log.info(
         "migrated %d images (%d embedded again, %d files gone or changed) and %d clusters in %.1f s; agreement %.3f",
