@@ -212,6 +212,22 @@ def test_clustering_pipeline_uses_production_and_is_idempotent(project: Path) ->
     assert repeat["new_images"] == 0 and repeat["report"] == ""
 
 
+def test_a_promoted_model_migrates_the_clustering_catalogue(project: Path) -> None:
+    out = project / "out" / "zenml" / "clusters"
+    if not (out / "catalogue").exists():
+        run_pipeline("training", project)
+        run_pipeline("clustering", project)
+    before = current_assignments(out).set_index("path")["cluster_id"]
+    set_production_score(-1.0)  # the next version beats production
+    promoted = run_pipeline("training", project, ["train.seed=1"])
+    assert promoted.steps["register"].outputs["promoted"][0].load() is True
+
+    migrated = run_pipeline("clustering", project).steps["cluster"].outputs["cluster_run"][0].load()
+    assert migrated["new_images"] == 0 and migrated["migration/images"] == len(before) == 12
+    assert current_assignments(out).set_index("path")["cluster_id"].equals(before)  # one catalogue, every id kept
+    assert list(out.glob("*/catalogue")) == []
+
+
 def test_summary_reports_the_last_runs_and_copies_the_pictures(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
