@@ -352,13 +352,13 @@ def cluster_images(config: Config, model_path: Path, inbox: Path, out_dir: Path,
             return ClusterRun(run=None, run_dir=None, images=len(names), failures=hashes.failures)
         embedder = OnnxEmbedder(model_path, provider=config.embed.provider, threads=config.embed.threads)
         threshold = resolve_threshold(config.cluster, embedder.metadata, model_path)
+        settings = with_model_resolution(config.cluster, embedder.metadata)
         migration = migrate_catalogue(catalogue, embedder, model_id, threshold, config) if migrating else None
-        # Issue 30, item 1: automatic clusters are then revised as a run would revise them, with events:
-        # revise_after_migration(catalogue, threshold, config.cluster) is called here, and nowhere else.
+        # Issue 30, item 1: after a migration, automatic clusters are revised in the new space as a run would
+        # revise them, with events: `if migration: revise_after_migration(catalogue, threshold, settings)`, here.
         if not new:
             log.info("all readable images of %s are already in the catalogue: nothing more to do", inbox)
             return ClusterRun(run=None, run_dir=None, images=len(names), failures=hashes.failures, migration=migration)
-        settings = with_model_resolution(config.cluster, embedder.metadata)
         new_paths = [hashes.paths[i] for i in new]
         embed = config.embed
         result = embed_folder(embedder, inbox, batch_size=embed.batch_size, workers=embed.workers, names=new_paths)
