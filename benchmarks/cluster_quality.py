@@ -26,12 +26,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from replearn.catalogue.read import current_assignments, merges, read_table
+from replearn.catalogue.read import current_assignments, follow_merges, merges, read_table
 from replearn.clustering.cluster import (
     ImageBatch,
     class_labels,
     cluster_embeddings_into,
-    follow_merges,
     resolve_threshold,
     with_model_resolution,
 )
@@ -211,24 +210,43 @@ def class_counts(embeddings: np.ndarray, labels: list[str], threshold: float, co
         print(f"{title:<46} " + " ".join(f"{cell:>14}" for cell in cells), flush=True)
 
 
+def feed_in_batches(
+    out: Path,
+    images: ImageBatch,
+    threshold: float,
+    config: ClusterConfig,
+    batches: int,
+    model_id: str,
+    shuffle: int = 0,
+) -> None:
+    """Cluster the images into OUT's catalogue in `batches` runs, shuffled (seed `shuffle`), as a schedule would."""
+    order = np.random.default_rng(shuffle).permutation(len(images.paths))
+    for part in np.array_split(order, batches):
+        batch = ImageBatch(
+            paths=[images.paths[i] for i in part],
+            sha256=[images.sha256[i] for i in part],
+            sources=[images.sources[i] for i in part],
+            embeddings=images.embeddings[part],
+        )
+        cluster_embeddings_into(config, batch, out, threshold, model_id)
+
+
+def current_ids(out: Path, paths: list[str]) -> np.ndarray:
+    """The current cluster of each path in OUT's catalogue, merges followed."""
+    view = current_assignments(out).set_index("path")
+    return follow_merges(view.loc[paths, "cluster_id"].to_numpy(), merges(out))
+
+
 def stage_assignments(
     embeddings: np.ndarray, labels: list[str], threshold: float, config: ClusterConfig, batches: int, shuffle: int
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Current cluster ids (merges followed) after feeding the inbox to the stage in `batches` shuffled runs,
     and the catalogue's runs table (each run's churn, splits, dissolves and merges)."""
-    order = np.random.default_rng(shuffle).permutation(len(labels))
     paths = [f"{labels[i]}/{i:06d}.png" for i in range(len(labels))]
+    images = ImageBatch(paths=paths, sha256=[str(i) for i in range(len(paths))], sources=paths, embeddings=embeddings)
     with tempfile.TemporaryDirectory(prefix="replearn-incremental-") as out:
-        for part in np.array_split(order, batches):
-            batch = ImageBatch(
-                paths=[paths[i] for i in part],
-                sha256=[str(i) for i in part],
-                sources=[paths[i] for i in part],
-                embeddings=embeddings[part],
-            )
-            cluster_embeddings_into(config, batch, Path(out), threshold, "benchmark")
-        view = current_assignments(Path(out)).set_index("path")
-        return follow_merges(view.loc[paths, "cluster_id"].to_numpy(), merges(Path(out))), read_table(Path(out), "runs")
+        feed_in_batches(Path(out), images, threshold, config, batches, "benchmark", shuffle)
+        return current_ids(Path(out), paths), read_table(Path(out), "runs")
 
 
 def incremental_vs_one_shot(embeddings: np.ndarray, labels: list[str], threshold: float, config: ClusterConfig) -> None:
@@ -254,6 +272,12 @@ def incremental_vs_one_shot(embeddings: np.ndarray, labels: list[str], threshold
     print(f"10 batches, mean of the four orders: pairwise F {np.mean(scores):.3f}")
 
 
+def stage_settings(config: ClusterConfig, model: OnnxEmbedder, path: Path) -> ClusterConfig:
+    """The cluster stage's settings for this model: its threshold and resolution unless params.yaml sets them."""
+    threshold = resolve_threshold(config, model.metadata, path)
+    return with_model_resolution(config, model.metadata).model_copy(update={"threshold": threshold})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("outputs/model.onnx"))
@@ -267,10 +291,9 @@ def main() -> None:
     if threshold is None:
         raise SystemExit(f"{args.model} carries no calibrated threshold")
     # The stage's own threshold; the other methods take the pair threshold, as the seed's rule does.
-    stage_threshold = resolve_threshold(config.cluster, model.metadata, args.model)
-    config.cluster = with_model_resolution(config.cluster, model.metadata).model_copy(
-        update={"threshold": stage_threshold}
-    )
+    config.cluster = stage_settings(config.cluster, model, args.model)
+    stage_threshold = config.cluster.threshold
+    assert stage_threshold is not None
     print(
         f"model {args.model}: pair threshold {threshold:.4f}; the cluster stage: threshold {stage_threshold:.4f}, "
         f"resolution {config.cluster.resolution}"

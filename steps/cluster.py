@@ -22,15 +22,15 @@ def load_production_model(model_name: str) -> Annotated[ModelFile, ArtifactName.
 def cluster(
     config: dict[str, Any], onnx_model: ModelFile, inbox_dir: str, clusters_dir: str
 ) -> Annotated[dict[str, Any], ArtifactName.CLUSTER_RUN]:
-    """Cluster the inbox's new images into the catalogue of this model; never cached (inbox and catalogue change).
+    """Cluster the inbox's new images into the one catalogue; never cached (inbox and catalogue change).
 
-    Each production model keeps its own catalogue (ids are only comparable within one embedding
-    space), so promoting a new model starts new cluster ids instead of failing on the old catalogue.
+    The catalogue outlives promotions: the first run with a new production model migrates it to the
+    new model's space (replearn/catalogue/migration.py), so every id and name a user has seen survives.
     """
     from replearn.stages.cluster import stage
 
     settings = rebuild(config)
-    catalogue = Path(clusters_dir) / onnx_model.sha256[:12]
+    catalogue = Path(clusters_dir)
     run = stage(settings, Path(onnx_model.path), Path(inbox_dir), catalogue)
     summary: dict[str, Any] = {
         "run": run.run or 0,  # the catalogue's run number; 0 when there was nothing new
@@ -43,6 +43,10 @@ def cluster(
         "report": str(run.run_dir / "report.html") if run.run_dir else "",
         "catalogue": str(catalogue),
     } | {f"labels/{key}": value for key, value in run.metrics.items()}
+    if run.migration:  # this run's model was new to the catalogue
+        migration = run.migration
+        summary |= {"migration/agreement": migration.agreement, "migration/seconds": migration.seconds}
+        summary |= {"migration/images": migration.images, "migration/files_gone": migration.missing}
     log_metadata(metadata=summary)
     return summary
 

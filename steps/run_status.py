@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def clusters_dir(config: Config) -> Path:
-    """Where the clustering pipeline keeps one catalogue per production model, and the run status record."""
+    """Where the clustering pipeline keeps its catalogue (across production models) and the run status record."""
     return config.data.outputs_dir / "zenml" / "clusters"
 
 

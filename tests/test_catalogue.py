@@ -157,9 +157,9 @@ def test_a_crash_before_the_commit_leaves_the_previous_catalogue(
     assert len(after) == len(files) + 6
 
 
-def test_another_model_is_refused(tmp_path: Path) -> None:
+def test_embeddings_of_another_model_are_refused_with_how_to_migrate(tmp_path: Path) -> None:
     run(tmp_path, make_batch({0: 3}, "day1", seed=0))
-    with pytest.raises(UserError, match="another model"):
+    with pytest.raises(UserError, match="another model .* Migrate it first: `replearn cluster NEW_MODEL.onnx"):
         run(tmp_path, make_batch({1: 3}, "day2", seed=1), model_id="model-b")
 
 

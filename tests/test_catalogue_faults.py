@@ -1,8 +1,9 @@
-"""kill -9 at random moments of scheduled runs, corrections and their compactions: nothing committed is lost,
-nothing doubles."""
+"""kill -9 at random moments of scheduled runs, corrections, migrations and their compactions: nothing
+committed is lost, nothing doubles."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -16,6 +17,8 @@ from replearn.catalogue.read import read_table
 from replearn.catalogue.store import load_catalogue
 from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into
 from replearn.config import ClusterConfig
+from test_cluster_report import write_projection_model
+from test_migration import catalogue_of, cluster, write_classes
 
 BATCH = 12
 # A child that clusters batch after batch into OUT, printing each batch once it is committed; batch i's
@@ -137,3 +140,68 @@ def test_kill_9_during_corrections_loses_nothing_committed(tmp_path: Path) -> No
         assert_rows_match_members(out)
         done = steps - 1
     assert done >= 10  # enough corrections, undos and compactions were interrupted
+
+
+# A child that migrates OUT to another model, saying when it starts; the parent kills it at a random moment.
+MIGRATION_CHILD = """
+import sys
+from pathlib import Path
+from replearn.catalogue.migration import migrate_catalogue
+from replearn.catalogue.store import catalogue_lock, load_catalogue
+from replearn.config import load_config
+from replearn.embedding.onnx import OnnxEmbedder
+
+out, model = Path(sys.argv[1]), Path(sys.argv[2])
+embedder = OnnxEmbedder(model, provider="cpu")
+with catalogue_lock(out):
+    catalogue = load_catalogue(out)
+    print("start", flush=True)
+    migrate_catalogue(catalogue, embedder, "sha256:new", 0.5, load_config(None, ["cluster.min_size=2"]))
+print("done", flush=True)
+"""
+
+
+def migrate_in_child(out: Path, model: Path, kill_after: float | None) -> float:
+    """Run MIGRATION_CHILD on OUT; kill -9 it `kill_after` seconds after it starts. Returns the seconds it ran."""
+    child = subprocess.Popen([sys.executable, "-c", MIGRATION_CHILD, str(out), str(model)], stdout=subprocess.PIPE)
+    assert child.stdout is not None and child.stdout.readline() == b"start\n"
+    started = time.perf_counter()
+    if kill_after is None:
+        assert child.stdout.readline() == b"done\n"
+        child.wait()
+    else:
+        time.sleep(kill_after)
+        child.kill()
+        child.communicate()
+    return time.perf_counter() - started
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_migration_leaves_the_old_catalogue_or_the_new_one_whole(tmp_path: Path) -> None:
+    old_model, new_model = tmp_path / "old.onnx", tmp_path / "new.onnx"
+    write_projection_model(old_model, dim=16, seed=0)
+    write_projection_model(new_model, dim=12, seed=1)
+    inbox, built = catalogue_of(tmp_path, old_model)
+    write_classes(inbox, range(5, 40), per_class=12)  # enough images that a migration takes a while
+    cluster(old_model, inbox, built)
+    manifest = (built / "catalogue" / "manifest.json").read_bytes()
+    ids = read_table(built, "images").set_index("key")["cluster_id"]
+    clusters = read_table(built, "clusters").drop(columns=["cohesion", "exemplars"])
+    seconds = migrate_in_child(shutil.copytree(built, tmp_path / "whole"), new_model, kill_after=None)
+
+    rng = np.random.default_rng(0)
+    interrupted = 0
+    for attempt in range(8):
+        out = shutil.copytree(built, tmp_path / f"killed-{attempt}")
+        migrate_in_child(out, new_model, kill_after=rng.uniform(0.0, seconds))
+        if load_catalogue(out).model_id != "sha256:new":  # it reads, whatever the moment of the kill
+            assert (out / "catalogue" / "manifest.json").read_bytes() == manifest  # the old catalogue, untouched
+            interrupted += 1
+            migrate_in_child(out, new_model, kill_after=None)  # and the next try migrates it
+        images = read_table(out, "images", embeddings=True).set_index("key")
+        assert len(images) == len(ids) and images["cluster_id"].equals(ids.loc[images.index])  # nothing lost
+        assert images["embedding"].notna().all() and load_catalogue(out).embedding_dim == 12  # the new one, whole
+        assert read_table(out, "clusters").drop(columns=["cohesion", "exemplars"]).equals(clusters)
+        events = read_table(out, "events")
+        assert sorted(events.loc[events["kind"] == "migrated", "cluster_id"]) == sorted(clusters["id"])
+    assert interrupted >= 1  # some kills fell before the commit

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from replearn.artifacts.metadata import ModelMetadata
-from replearn.catalogue.read import current_assignments, merges
-from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into, follow_merges, resolve_threshold
+from replearn.catalogue.read import current_assignments, follow_merges, merges
+from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into, resolve_threshold
 from replearn.clustering.graph import knn_graph
 from replearn.clustering.methods import cluster_embeddings, effective_resolution
 from replearn.clustering.metrics import clustering_scores

@@ -179,8 +179,12 @@ def test_evaluation_against_class_folders(inbox: Path, tmp_path: Path) -> None:
     assert "<td>clusters</td><td>3</td>" in page and "<td>classes</td><td>3</td>" in page
 
 
-def write_projection_model(path: Path, size: int = 32, dim: int = 16, threshold: float | None = 0.5) -> None:
+def write_projection_model(
+    path: Path, size: int = 32, dim: int = 16, threshold: float | None = 0.5, seed: int = 0
+) -> None:
     """A tiny stand-in for an exported model (test fixture only): centred pixels, random projection, L2 norm.
+
+    `seed` draws the projection: two seeds are two models whose embeddings are not comparable.
 
     Built with onnx.helper so the end-to-end test needs no torch; it carries replearn's metadata.
     """
@@ -189,7 +193,7 @@ def write_projection_model(path: Path, size: int = 32, dim: int = 16, threshold:
 
     from replearn.artifacts.metadata import ModelMetadata
 
-    weights = np.random.default_rng(0).normal(size=(3 * size * size, dim)).astype(np.float32)
+    weights = np.random.default_rng(seed).normal(size=(3 * size * size, dim)).astype(np.float32)
     nodes = [
         helper.make_node("Sub", ["images", "half"], ["centred"]),
         helper.make_node("Flatten", ["centred"], ["flat"], axis=1),

@@ -205,11 +205,27 @@ def test_clustering_pipeline_uses_production_and_is_idempotent(project: Path) ->
     ((kind, page),) = visualizations(first.steps["report"].outputs["cluster_report"][0])
     assert kind == "html" and not re.findall(r'(?:src|href)="(?!data:image/jpeg;base64,)', page)
     assert embedded_images(page)  # the montages are inside the page, and decode
-    assert len(list((project / "out" / "zenml" / "clusters").glob("*/catalogue/manifest.json"))) == 1
+    assert (project / "out" / "zenml" / "clusters" / "catalogue" / "manifest.json").is_file()  # one, for every model
 
     second = run_pipeline("clustering", project)
     repeat = second.steps["cluster"].outputs["cluster_run"][0].load()
     assert repeat["new_images"] == 0 and repeat["report"] == ""
+
+
+def test_a_promoted_model_migrates_the_clustering_catalogue(project: Path) -> None:
+    out = project / "out" / "zenml" / "clusters"
+    if not (out / "catalogue").exists():
+        run_pipeline("training", project)
+        run_pipeline("clustering", project)
+    before = current_assignments(out).set_index("path")["cluster_id"]
+    set_production_score(-1.0)  # the next version beats production
+    promoted = run_pipeline("training", project, ["train.seed=1"])
+    assert promoted.steps["register"].outputs["promoted"][0].load() is True
+
+    migrated = run_pipeline("clustering", project).steps["cluster"].outputs["cluster_run"][0].load()
+    assert migrated["new_images"] == 0 and migrated["migration/images"] == len(before) == 12
+    assert current_assignments(out).set_index("path")["cluster_id"].equals(before)  # one catalogue, every id kept
+    assert list(out.glob("*/catalogue")) == []
 
 
 def test_summary_reports_the_last_runs_and_copies_the_pictures(
@@ -277,14 +293,14 @@ def test_the_literal_zenml_commands_in_a_copy_of_the_repository(tmp_path: Path) 
     shown = run(str(bin_dir / "replearn"), "clusters", "status", "outputs/zenml/clusters")
     assert shown.returncode == 0 and "run 1: 6 new of 6 images" in shown.stdout, shown.stdout + shown.stderr
     assert "consecutive failures: 0" in shown.stdout and "in step preflight: there is no production" in shown.stdout
-    (catalogue,) = (root / "outputs" / "zenml" / "clusters").glob("*/catalogue")
-    assert len(current_assignments(catalogue.parent)) == 6
+    clusters = root / "outputs" / "zenml" / "clusters"
+    assert len(current_assignments(clusters)) == 6
 
     # A scheduled run must see what is new: its steps are never cached.
     shutil.copy(next((root / "data" / "raw" / "lower_b").iterdir()), root / "data" / "inbox" / "upper_A" / "new.png")
     again = run("zenml", "pipeline", "run", "clustering")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert len(current_assignments(catalogue.parent)) == 7
+    assert len(current_assignments(clusters)) == 7
     summary = run(str(bin_dir / "python"), "-m", "pipelines.summary")
     assert summary.returncode == 0 and "1 new of 7" in summary.stdout
 

@@ -384,6 +384,9 @@ def cluster(
 
     cluster.method: louvain (the default) or components (the seed's rule). Merges are recorded, never renumbered.
 
+    A MODEL other than the one OUT's catalogue was built with migrates the catalogue first: its images are
+    embedded again, every id, name and state is kept, and the agreement of the old clusters is printed.
+
     Every run records its outcome in OUT/run_status.json (`replearn clusters status OUT`). Exit codes:
     0 the run finished (new images clustered, or nothing new); 1 it failed; 2 a usage error.
     With --detailed-exit-code, nothing new exits 3 instead of 0.

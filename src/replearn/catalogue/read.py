@@ -83,3 +83,18 @@ def show_cluster(out_dir: Path, cluster_id: int) -> ClusterView:
     members = members_of(catalogue, inside).select(MEMBER_COLUMNS).to_pandas()
     members = members.sort_values(["similarity", "path"], ascending=[False, True], kind="stable")
     return ClusterView(cluster, sorted(inside - {cluster_id}), members.reset_index(drop=True))
+
+
+def follow_merges(cluster_ids: np.ndarray, merged_into: dict[int, int]) -> np.ndarray:
+    """The cluster each id belongs to now, following the clusters table's merged_into (which may chain).
+
+    >>> follow_merges(np.array([0, 2, 3, 5]), {3: 2, 2: 1}).tolist()
+    [0, 1, 1, 5]
+    """
+
+    def final(cluster_id: int) -> int:
+        while cluster_id in merged_into:
+            cluster_id = merged_into[cluster_id]
+        return cluster_id
+
+    return np.array([final(int(cluster_id)) for cluster_id in cluster_ids], dtype=np.int64)

@@ -13,6 +13,11 @@ A run, under OUT's lock:
 4. writes OUT/runs/run-NNNNNN/ (assignments.csv and clusters.json of what the run changed,
    report.html, metrics.json) and commits the catalogue (catalogue/store.py): a segment per table
    with this run's rows, a new pool, then compaction when a level is full.
+
+A model other than the catalogue's first migrates it (catalogue/migration.py, a run of its own):
+every image is embedded again in the new model's space, ids, names and states are kept; a run with
+no new images over the whole catalogue (revise_catalogue) then revises automatic clusters in the
+new space; then the batch is clustered as above.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from replearn.artifacts.hashing import sha256_file
 from replearn.artifacts.metadata import ModelMetadata
 from replearn.atomic import atomic_directory, atomic_path, write_json_atomic
 from replearn.catalogue.format1 import convert_registry
+from replearn.catalogue.migration import Migration, migrate_catalogue
 from replearn.catalogue.store import (
     CATALOGUE_DIR,
     Catalogue,
@@ -96,19 +102,24 @@ class ClusterRun:
     failures: list[tuple[str, str]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     assignments: pd.DataFrame | None = None
+    migration: Migration | None = None  # when a new model migrated the catalogue first ...
+    revision: ClusterRun | None = None  # ... and the run that revised its automatic clusters in the new space
 
     def __rich__(self) -> RenderableType:
-        """What the run did with the new images, their agreement with the class folders if scored, the report."""
+        """A migration first if any; what the run did with the new images, their scores if any, the report."""
+        before: list[RenderableType] = [self.migration] if self.migration else []
+        before += [self.revision] if self.revision else []
         if self.run is None or self.run_dir is None:
             unreadable = f", {len(self.failures):,} unreadable" if self.failures else ""
-            return Text(f"nothing new among {self.images:,} files{unreadable}: the catalogue is unchanged")
+            unchanged = "" if self.migration else ": the catalogue is unchanged"
+            return Group(*before, Text(f"nothing new among {self.images:,} files{unreadable}{unchanged}"))
         counts = (self.new_images, self.assigned_to_existing, self.new_clusters, self.unclustered, len(self.failures))
         work = results_table(
             f"clustering run {self.run} into {self.run_dir.parent.parent}",  # OUT/runs/run-NNNNNN
             ("new images", "joined existing", "new clusters", "unclustered", "unreadable", "ids changed"),
             (*(f"{n:,}" for n in counts), f"{self.changed_ids:,} ({self.churn:.1%})"),
         )
-        parts: list[RenderableType] = [work]
+        parts: list[RenderableType] = [*before, work]
         if self.metrics:
             rows = (
                 (name, f"{value:.4f}" if isinstance(value, float) else str(value))
@@ -120,17 +131,26 @@ class ClusterRun:
 
 
 def check_compatible(catalogue: Catalogue, model_id: str, embedding_dim: int) -> None:
-    """Cluster ids from another model are not comparable: refuse rather than silently mix them."""
-    if catalogue.model_id is not None and catalogue.model_id != model_id:
+    """Embeddings of another model are not comparable: refuse them rather than silently mix them.
+
+    Only embeddings computed elsewhere reach this check; `cluster_images` migrates the catalogue instead.
+    """
+    if built_with_another_model(catalogue, model_id):
         raise UserError(
             f"the cluster catalogue in {catalogue.directory} was built with another model ({catalogue.model_id}, "
-            f"this one is {model_id}); embeddings of different models are not comparable. Use a new OUT folder"
+            f"these embeddings are of {model_id}); embeddings of different models are not comparable. "
+            f"Migrate it first: `replearn cluster NEW_MODEL.onnx INBOX {catalogue.directory.parent}`"
         )
     if catalogue.embedding_dim is not None and catalogue.embedding_dim != embedding_dim:
         raise UserError(
             f"the cluster catalogue in {catalogue.directory} holds {catalogue.embedding_dim}-dim embeddings, "
-            f"this batch has {embedding_dim}; use a new OUT folder"
+            f"this batch has {embedding_dim}; migrate it first with `replearn cluster NEW_MODEL.onnx INBOX OUT`"
         )
+
+
+def built_with_another_model(catalogue: Catalogue, model_id: str) -> bool:
+    """Whether the catalogue holds embeddings of a model other than `model_id`: a new model, to migrate to."""
+    return catalogue.model_id is not None and catalogue.model_id != model_id
 
 
 def open_catalogue(out_dir: Path) -> Catalogue:
@@ -185,21 +205,6 @@ def clusters_summary(
         "clusters": clusters,
         "suggestions": [vars(suggestion) | {"cluster_ids": list(suggestion.cluster_ids)} for suggestion in suggestions],
     }
-
-
-def follow_merges(cluster_ids: np.ndarray, merged_into: dict[int, int]) -> np.ndarray:
-    """The cluster each id belongs to now, following the clusters table's merged_into (which may chain).
-
-    >>> follow_merges(np.array([0, 2, 3, 5]), {3: 2, 2: 1}).tolist()
-    [0, 1, 1, 5]
-    """
-
-    def final(cluster_id: int) -> int:
-        while cluster_id in merged_into:
-            cluster_id = merged_into[cluster_id]
-        return cluster_id
-
-    return np.array([final(int(cluster_id)) for cluster_id in cluster_ids], dtype=np.int64)
 
 
 ASSIGNMENT_COLUMNS = ["path", "cluster_id", "similarity"]
@@ -289,13 +294,16 @@ def record_batch(
     )
 
 
-def revise_catalogue(catalogue: Catalogue, threshold: float, config: ClusterConfig, out_dir: Path) -> ClusterRun:
+def revise_catalogue(catalogue: Catalogue, threshold: float, config: ClusterConfig, out_dir: Path) -> ClusterRun | None:
     """A run with no new images over every cluster and the pool: what a migration ends with (caller holds the lock).
 
     In the new model's space some automatic clusters fall apart or turn out to be one; this run
     splits, dissolves and merges them by the same rule and churn budget as a scheduled run, and its
-    pool images may form clusters. It costs O(catalogue), once per model.
+    pool images may form clusters. It costs O(catalogue), once per model. None when there is nothing
+    to revise.
     """
+    if catalogue.next_cluster_id == 1 and len(catalogue.pool) < config.min_size:
+        return None  # no cluster, and too few images to make one
     dim = catalogue.embedding_dim or 0
     empty = ImageBatch(paths=[], sha256=[], sources=[], embeddings=np.zeros((0, dim), dtype=np.float32))
     return record_batch(catalogue, empty, threshold, config, out_dir, every_cluster=True)
@@ -380,15 +388,27 @@ def cluster_images(config: Config, model_path: Path, inbox: Path, out_dir: Path,
         hashes = hash_inbox(inbox, names, out_dir / HASH_CACHE_NAME)
         for path, error in hashes.failures:
             log.warning("skipped %s: %s", inbox / path, error)
+        model_id = f"sha256:{sha256_file(model_path)}"
+        migrating = built_with_another_model(catalogue, model_id)
         new = select_new(catalogue, hashes.paths, hashes.sha256)
-        if not new:
+        if not new and not migrating:
             log.info("all readable images of %s are already in the catalogue: nothing to do", inbox)
             return ClusterRun(run=None, run_dir=None, images=len(names), failures=hashes.failures)
         embedder = OnnxEmbedder(model_path, provider=config.embed.provider, threads=config.embed.threads)
-        model_id = f"sha256:{sha256_file(model_path)}"
-        check_compatible(catalogue, model_id, embedder.metadata.embedding_dim)
         threshold = resolve_threshold(config.cluster, embedder.metadata, model_path)
         settings = with_model_resolution(config.cluster, embedder.metadata)
+        migration = migrate_catalogue(catalogue, embedder, model_id, threshold, config) if migrating else None
+        revision = revise_catalogue(catalogue, threshold, settings, out_dir) if migration else None
+        if not new:
+            log.info("all readable images of %s are already in the catalogue: nothing more to do", inbox)
+            return ClusterRun(
+                run=None,
+                run_dir=None,
+                images=len(names),
+                failures=hashes.failures,
+                migration=migration,
+                revision=revision,
+            )
         new_paths = [hashes.paths[i] for i in new]
         embed = config.embed
         result = embed_folder(embedder, inbox, batch_size=embed.batch_size, workers=embed.workers, names=new_paths)
@@ -404,5 +424,9 @@ def cluster_images(config: Config, model_path: Path, inbox: Path, out_dir: Path,
         if not batch.paths:
             # Unreadable files are not registered, so they are retried (and skipped) every run without changing OUT.
             log.warning("none of the %d new files in %s could be read: nothing to do", len(new), inbox)
-            return ClusterRun(run=None, run_dir=None, images=len(names), failures=failures)
-        return record_batch(catalogue, batch, threshold, settings, out_dir, evaluate, failures, len(names))
+            return ClusterRun(
+                run=None, run_dir=None, images=len(names), failures=failures, migration=migration, revision=revision
+            )
+        run = record_batch(catalogue, batch, threshold, settings, out_dir, evaluate, failures, len(names))
+        run.migration, run.revision = migration, revision
+        return run

@@ -100,9 +100,11 @@ def whole_catalogue(catalogue: Catalogue, config: ClusterConfig) -> Neighbourhoo
     It reads the whole clusters table and up to cluster.exemplars images a cluster: O(catalogue),
     as the migration before it.
     """
-    clusters = catalogue.clusters.read_all()
-    active = (column_array(clusters, "merged_into") == 0) & (column_array(clusters, "size") > 0)
-    touched = column_array(clusters, "id")[active].astype(np.int64)
+    touched = np.zeros(0, dtype=np.int64)
+    if catalogue.clusters.segments:
+        clusters = catalogue.clusters.read_all()
+        active = (column_array(clusters, "merged_into") == 0) & (column_array(clusters, "size") > 0)
+        touched = column_array(clusters, "id")[active].astype(np.int64)
     return view_of(catalogue, touched, catalogue.embedding_dim or 0, config.exemplars)
 
 

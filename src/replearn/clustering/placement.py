@@ -237,10 +237,13 @@ def place_batch(
     after a migration, which has no batch.
     """
     pool = pool.reshape(len(pool), context.embeddings.shape[1])
-    linked = linked_to(embeddings, context.embeddings, threshold, config.block_memory_mb) | every_cluster
+    if every_cluster:
+        linked, in_pool = np.ones(len(context.ids), dtype=bool), np.ones(len(pool), dtype=bool)
+    else:
+        linked = linked_to(embeddings, context.embeddings, threshold, config.block_memory_mb)
+        in_pool = linked_to(embeddings, pool, threshold, config.block_memory_mb)
     whole = np.intersect1d(np.unique(context.ids[linked]), context.complete)
     in_context = linked | np.isin(context.ids, whole)
-    in_pool = linked_to(embeddings, pool, threshold, config.block_memory_mb) | every_cluster
     window = np.concatenate([context.embeddings[in_context], pool[in_pool], embeddings]).astype(np.float32)
     groups = find_groups(window, threshold, config)
     window_ids = context.ids[in_context]
