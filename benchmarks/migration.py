@@ -6,10 +6,11 @@ The protocol of issue 30 ("Done when: Migration"), on the held-out inbox of benc
 1. model 1 embeds the inbox and clusters it into a catalogue in 10 shuffled batches (the stage's own
    settings for model 1, the files' real paths and hashes), and the `--confirm` largest clusters
    are confirmed by hand (state `confirmed`, a name), as a person would;
-2. the catalogue is migrated to model 2 (replearn.catalogue.migration), timed: agreement, seconds,
-   seconds per 1,000 images, the share of them spent embedding;
-3. checks that every cluster, the confirmed ones first, keeps all its readable members, with its name
-   and state;
+2. the catalogue is migrated to model 2 (replearn.catalogue.migration) and revised in the new space,
+   as `replearn cluster` does: agreement, seconds, seconds per 1,000 images, the share of them
+   spent embedding, and the ids the revision changed;
+3. checks that every confirmed cluster keeps all its readable members, with its name and state (and
+   counts the automatic ones that do: the revision may split, merge or dissolve those);
 4. model 2 clusters the same inbox in one run into a fresh catalogue; pairwise F (merges followed) of
    the migrated catalogue and of the fresh one, and their difference (the issue's target: within 0.02),
    beside model 1's own one run.
@@ -28,20 +29,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow as pa
 from cluster_quality import current_ids, feed_in_batches, held_out_inbox, stage_settings
 
 from replearn.artifacts.hashing import sha256_file
-from replearn.catalogue.migration import Migration, migrate_catalogue
+from replearn.catalogue.corrections import name_cluster
+from replearn.catalogue.migration import Migration
 from replearn.catalogue.read import read_table
-from replearn.catalogue.store import CatalogueChange, catalogue_lock, commit_change, load_catalogue
-from replearn.clustering.cluster import ImageBatch, class_labels
+from replearn.catalogue.store import catalogue_lock, load_catalogue
+from replearn.clustering.cluster import ClusterRun, ImageBatch, class_labels, migrate_and_revise
 from replearn.clustering.metrics import clustering_scores
 from replearn.config import Config, load_config
 from replearn.embedding.onnx import OnnxEmbedder, embed_folder
 from replearn.similarity import unit_rows
-
-CONFIRMED = "confirmed"
 
 
 def inbox_batch(model: OnnxEmbedder, inbox: Path) -> ImageBatch:
@@ -56,24 +55,22 @@ def inbox_batch(model: OnnxEmbedder, inbox: Path) -> ImageBatch:
 
 
 def confirm_largest(out: Path, count: int) -> list[int]:
-    """Confirm and name the `count` largest active clusters by hand, as a person would; returns their ids."""
-    catalogue = load_catalogue(out)
+    """Name (and so confirm) the `count` largest active clusters, as a person would; returns their ids."""
     clusters = read_table(out, "clusters")
-    ids = clusters[clusters["merged_into"] == 0].nlargest(count, "size")["id"].sort_values().to_numpy()
-    rows = catalogue.cluster_rows(ids)
-    rows = rows.set_column(rows.schema.get_field_index("state"), "state", pa.array([CONFIRMED] * len(ids)))
-    rows = rows.set_column(rows.schema.get_field_index("name"), "name", pa.array([f"named {i}" for i in ids]))
-    with catalogue_lock(out):
-        commit_change(catalogue, CatalogueChange(None, rows, None, None, catalogue.pool, catalogue.next_cluster_id), 0)
-    return ids.tolist()
+    ids = clusters[clusters["merged_into"] == 0].nlargest(count, "size")["id"].sort_values().tolist()
+    for cluster_id in ids:
+        name_cluster(out, cluster_id, f"named {cluster_id}")
+    return ids
 
 
-def migrate(out: Path, model: Path, model_id: str, config: Config) -> Migration:
+def migrate(out: Path, model: Path, model_id: str, config: Config) -> tuple[Migration, ClusterRun | None]:
+    """Migrate OUT's catalogue to `model`, then revise it in the new space, as `replearn cluster` does."""
     embedder = OnnxEmbedder(model, provider="cpu")
-    threshold = stage_settings(config.cluster, embedder, model).threshold
-    assert threshold is not None
+    settings = stage_settings(config.cluster, embedder, model)
+    assert settings.threshold is not None
     with catalogue_lock(out):
-        return migrate_catalogue(load_catalogue(out), embedder, model_id, threshold, config)
+        catalogue = load_catalogue(out)
+        return migrate_and_revise(catalogue, embedder, model_id, settings.threshold, config, settings, out)
 
 
 def clusters_kept(before: Path, after: Path, ids: list[int]) -> int:
@@ -123,10 +120,10 @@ def main() -> None:
         once = f_score(clustering_scores(labels, current_ids(root / "model-1-once", first.paths)))
 
         shutil.copytree(built, root / "self")
-        itself = migrate(root / "self", args.model1, "model-1-again", config)
+        itself, _ = migrate(root / "self", args.model1, "model-1-again", config)
         shutil.copytree(built, root / "migrated")
         started = time.perf_counter()
-        migration = migrate(root / "migrated", args.model2, "model-2", config)
+        migration, revision = migrate(root / "migrated", args.model2, "model-2", config)
         wall = time.perf_counter() - started
         every = read_table(built, "clusters")["id"].tolist()
         kept = clusters_kept(built, root / "migrated", every)
@@ -148,6 +145,11 @@ def main() -> None:
             f"{1000 * migration.seconds / migration.images:.2f} s per 1,000 images, "
             f"{migration.embed_seconds / migration.seconds:.0%} of it embedding"
         )
+        if revision is not None:
+            print(
+                f"  then revised in the new space (run {revision.run}): {revision.changed_ids} ids changed "
+                f"({revision.churn:.1%}), within cluster.max_churn"
+            )
         print(f"  clusters keeping all their members, name and state: {kept} of {len(every)}")
         print(f"  confirmed clusters among them: {confirmed_kept} of {len(confirmed)}")
         print(f"migrated catalogue: pairwise F {f_score(migrated)}")

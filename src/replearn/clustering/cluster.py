@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -56,6 +56,9 @@ from replearn.config import ClusterConfig, Config
 from replearn.console import results_table
 from replearn.errors import UserError
 from replearn.similarity import unit_rows
+
+if TYPE_CHECKING:
+    from replearn.embedding.onnx import OnnxEmbedder  # imported where used: onnxruntime loads only then
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +312,20 @@ def revise_catalogue(catalogue: Catalogue, threshold: float, config: ClusterConf
     return record_batch(catalogue, empty, threshold, config, out_dir, every_cluster=True)
 
 
+def migrate_and_revise(
+    catalogue: Catalogue,
+    embedder: OnnxEmbedder,
+    model_id: str,
+    threshold: float,
+    config: Config,
+    settings: ClusterConfig,
+    out_dir: Path,
+) -> tuple[Migration, ClusterRun | None]:
+    """Migrate the catalogue to a new model, then revise its automatic clusters in the new space (caller locks)."""
+    migration = migrate_catalogue(catalogue, embedder, model_id, threshold, config)
+    return migration, revise_catalogue(catalogue, threshold, settings, out_dir)
+
+
 def clustering_scores_of(labels: list[str], cluster_ids: np.ndarray) -> dict[str, float]:
     """Labelled-evaluation metrics (imported only when asked for: they need scikit-learn)."""
     from replearn.clustering.metrics import clustering_scores
@@ -397,8 +414,11 @@ def cluster_images(config: Config, model_path: Path, inbox: Path, out_dir: Path,
         embedder = OnnxEmbedder(model_path, provider=config.embed.provider, threads=config.embed.threads)
         threshold = resolve_threshold(config.cluster, embedder.metadata, model_path)
         settings = with_model_resolution(config.cluster, embedder.metadata)
-        migration = migrate_catalogue(catalogue, embedder, model_id, threshold, config) if migrating else None
-        revision = revise_catalogue(catalogue, threshold, settings, out_dir) if migration else None
+        migration, revision = (
+            migrate_and_revise(catalogue, embedder, model_id, threshold, config, settings, out_dir)
+            if migrating
+            else (None, None)
+        )
         if not new:
             log.info("all readable images of %s are already in the catalogue: nothing more to do", inbox)
             return ClusterRun(
