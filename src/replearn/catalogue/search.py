@@ -44,25 +44,32 @@ class SearchResult:
     threshold: float
 
     def __rich__(self) -> RenderableType:
-        clusters = results_table(
-            f"nearest clusters (threshold {self.threshold:.4f})",
-            ("query", "rank", "cluster", "name", "state", "similarity", "passes"),
-            *(
-                (q, str(r), str(c), n or "", s, f"{v:.4f}", "yes" if p else "no")
-                for q, r, c, n, s, v, p in self.clusters[CLUSTER_COLUMNS].itertuples(index=False)
-            ),
-        )
-        parts: list[RenderableType] = [clusters]
-        if len(self.images):
-            images = results_table(
-                "nearest catalogue images",
-                ("query", "rank", "image", "cluster", "similarity"),
-                *(
-                    (q, str(r), p, str(c), f"{v:.4f}")
-                    for q, r, p, _, c, v in self.images[IMAGE_COLUMNS].itertuples(index=False)
-                ),
+        """Per query: its nearest clusters, then its nearest catalogue images (paths folded, never cut)."""
+        parts: list[RenderableType] = []
+        for query in dict.fromkeys([*self.clusters["query"], *self.images["query"]]):
+            clusters = self.clusters[self.clusters["query"] == query]
+            parts.append(
+                results_table(
+                    f"{query}: nearest clusters (threshold {self.threshold:.4f})",
+                    ("rank", "cluster", "name", "state", "similarity", "passes"),
+                    *(
+                        (str(r), str(c), n if isinstance(n, str) else "", s, f"{v:.4f}", "yes" if p else "no")
+                        for r, c, n, s, v, p in clusters[CLUSTER_COLUMNS[1:]].itertuples(index=False)
+                    ),
+                )
             )
-            parts.append(images)
+            images = self.images[self.images["query"] == query]
+            if len(images):
+                table = results_table(
+                    f"{query}: nearest catalogue images",
+                    ("rank", "image", "cluster", "similarity"),
+                    *(
+                        (str(r), p, str(c), f"{v:.4f}")
+                        for r, p, c, v in images[["rank", "path", "cluster_id", "similarity"]].itertuples(index=False)
+                    ),
+                )
+                table.columns[1].overflow = "fold"
+                parts.append(table)
         if self.clusters.empty:
             parts.append(Text("the catalogue has no cluster yet: every image is unclustered"))
         return Group(*parts)
