@@ -45,7 +45,7 @@ from replearn.artifacts.hashing import sha256_file
 from replearn.atomic import atomic_path
 from replearn.catalogue.corrections import PERSON, cluster_rows, correcting
 from replearn.catalogue.members import chain_of, members_of, merge_forest, subtree_of
-from replearn.catalogue.segments import column_array
+from replearn.catalogue.segments import column_array, merge_tables
 from replearn.catalogue.store import (
     CONFIRMED,
     PROMOTIONS_SCHEMA,
@@ -151,7 +151,9 @@ def clusters_to_promote(catalogue: Catalogue, cluster_ids: list[int] | None) -> 
             )
         chosen = {c: row["name"] for c, row in rows.items()}
     else:
-        clusters = catalogue.clusters.read_all().select(["id", "state", "name", "merged_into"]).to_pylist()
+        table, columns = catalogue.clusters, ["id", "state", "name", "merged_into"]  # the member sums stay unread
+        parts = [table.segment(i).select(columns) for i in range(len(table.segments))]
+        clusters = merge_tables(parts, "id").to_pylist() if parts else []
         chosen = {row["id"]: row["name"] for row in clusters if row["state"] == CONFIRMED and row["merged_into"] == 0}
     unnamed = sorted(c for c, name in chosen.items() if not name)
     if unnamed:
