@@ -132,7 +132,7 @@ def test_cli_search_prints_tables_and_refuses_another_model(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cli, "stdout", Console(width=250))  # one line a row, to read it back
     query = sorted(inbox.rglob("*.png"))[0].relative_to(tmp_path)
-    code, text = replearn(monkeypatch, capsys, "search", str(tiny_export.path), "out", str(query), "--images", "1")
+    code, text = replearn(monkeypatch, capsys, "search", str(tiny_export.path), "out", str(query), "--neighbours", "1")
     assert code == 0 and f"{query}: nearest clusters (threshold 0.9000)" in text
     assert f"{query}: nearest catalogue images" in text
     assert f"│ 1 │ {query.relative_to('inbox').as_posix()} │" in text and "1.0000" in text

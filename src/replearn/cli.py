@@ -609,7 +609,7 @@ def search_command(
     neighbours: Annotated[
         int,
         typer.Option(
-            "--images",
+            "--neighbours",
             min=0,
             help="Nearest catalogue images to show per image (an exact scan of every embedding; 0: none).",
         ),
