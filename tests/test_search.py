@@ -16,8 +16,9 @@ from rich.console import Console
 
 from replearn import cli
 from replearn.artifacts.hashing import sha256_file
+from replearn.catalogue import search
 from replearn.catalogue.corrections import merge_clusters, move_images, name_cluster
-from replearn.catalogue.search import search_embeddings, search_images
+from replearn.catalogue.search import search_catalogue, search_embeddings, search_images
 from replearn.catalogue.store import load_catalogue
 from replearn.cli import run as cli_main
 from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into
@@ -68,6 +69,20 @@ def test_the_nearest_images_each_once_with_their_cluster_now(out: Path) -> None:
     assert sorted(second["path"][:3]) == ["c/0.png", "c/1.png", "c/2.png"] and set(second["cluster_id"][:3]) == {2}
     assert second["similarity"].tolist() == pytest.approx([1, 1, 1, 0], abs=1e-6)
     assert result.clusters[["query", "cluster_id"]].values.tolist() == [["q", 1], ["c", 2]]  # 3 is merged into 2
+
+
+def test_a_search_whose_segments_a_run_deleted_reads_the_new_manifest(
+    out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stale = load_catalogue(out)
+    for name in ["w", "x", "y", "z", "v", "u"]:  # commits and compactions: the segments stale names are gone
+        name_cluster(out, 1, name)
+    with pytest.raises(FileNotFoundError):
+        search_catalogue(stale, QUERY[None, :], ["q"], 1, 1, 16)
+    loads = iter([stale])
+    monkeypatch.setattr(search, "open_for_search", lambda path: next(loads, None) or load_catalogue(path))
+    result = search_embeddings(out, QUERY[None, :], ["q"], clusters=1, images=1)
+    assert result.clusters[["cluster_id", "name"]].values.tolist() == [[1, "u"]]
 
 
 def test_errors_say_what_is_wrong(tmp_path: Path, out: Path) -> None:

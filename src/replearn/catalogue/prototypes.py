@@ -62,7 +62,12 @@ def search_prototype_index(
     """
     import faiss
 
-    index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+    try:
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+    except RuntimeError:
+        if not path.is_file():  # deleted by a commit since the reader loaded its manifest
+            raise FileNotFoundError(f"{path} is gone") from None
+        raise
     if hasattr(index, "nprobe"):
         index.nprobe = nprobe
     if index.ntotal == 0:

@@ -26,13 +26,14 @@ from rich.text import Text
 from replearn.catalogue.members import chain_of, merge_forest
 from replearn.catalogue.segments import column_array, vectors_of
 from replearn.catalogue.store import Catalogue, load_catalogue
-from replearn.config import Config
+from replearn.config import ClusterConfig, Config
 from replearn.console import results_table
 from replearn.errors import UserError
 from replearn.similarity import unit_rows
 
 CLUSTER_COLUMNS = ["query", "rank", "cluster_id", "name", "state", "similarity", "passes"]
 IMAGE_COLUMNS = ["query", "rank", "path", "key", "cluster_id", "similarity"]
+READ_ATTEMPTS = 3  # a concurrent run deletes what two commits ago named: reread the manifest
 
 
 @dataclass
@@ -122,10 +123,36 @@ def live_rows(catalogue: Catalogue, index: int, rows: np.ndarray) -> np.ndarray:
 
 
 def search_embeddings(
-    out_dir: Path, embeddings: np.ndarray, queries: list[str], clusters: int = 3, images: int = 5, nprobe: int = 16
+    out_dir: Path,
+    embeddings: np.ndarray,
+    queries: list[str],
+    clusters: int = 3,
+    images: int = 5,
+    nprobe: int | None = None,
 ) -> SearchResult:
-    """The nearest `clusters` clusters and `images` catalogue images of each embedding (row i is `queries[i]`)."""
-    catalogue = open_for_search(out_dir)
+    """The nearest `clusters` clusters and `images` catalogue images of each embedding (row i is `queries[i]`).
+
+    nprobe: IVF lists searched per clusters segment [default: cluster.nprobe, as runs search].
+    Search takes no lock: a run that commits twice while it reads (a run and its compaction) may
+    delete a segment it loaded from the manifest before. Then it reads the new manifest and tries
+    again, READ_ATTEMPTS times in all.
+    """
+    nprobe = ClusterConfig().nprobe if nprobe is None else nprobe
+    attempt = 1
+    while True:
+        try:
+            return search_catalogue(open_for_search(out_dir), embeddings, queries, clusters, images, nprobe)
+        except FileNotFoundError:
+            if attempt == READ_ATTEMPTS:
+                raise
+            attempt += 1
+
+
+def search_catalogue(
+    catalogue: Catalogue, embeddings: np.ndarray, queries: list[str], clusters: int, images: int, nprobe: int
+) -> SearchResult:
+    """search_embeddings on one loaded catalogue."""
+    out_dir = catalogue.directory.parent
     if embeddings.shape[1] != catalogue.embedding_dim:
         raise UserError(
             f"the catalogue in {out_dir} holds {catalogue.embedding_dim}-dim embeddings, the queries are "
