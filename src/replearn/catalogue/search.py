@@ -87,7 +87,7 @@ def open_for_search(out_dir: Path) -> Catalogue:
 def nearest_images(catalogue: Catalogue, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(segment, row, similarity) of the k catalogue images nearest each query, best first: exact, O(catalogue).
 
-    Segment -1 marks the places of images that do not exist (a catalogue of fewer than k).
+    Segment -1 marks places left empty (superseded rows); a catalogue of fewer than k images gives fewer columns.
     """
     import faiss
 
@@ -96,6 +96,8 @@ def nearest_images(catalogue: Catalogue, queries: np.ndarray, k: int) -> tuple[n
     for index in range(len(table.segments)):
         segment = table.segment(index)
         vectors = vectors_of(segment, "embedding", dim)
+        if len(vectors) == 0:
+            continue
         depth = k
         while True:
             depth = min(depth, len(vectors))
@@ -110,7 +112,8 @@ def nearest_images(catalogue: Catalogue, queries: np.ndarray, k: int) -> tuple[n
         found.append((np.where(live, index, -1), np.where(live, rows, -1), similarities))
     segments, rows, similarities = (np.concatenate(parts, axis=1) for parts in zip(*found, strict=True))
     order = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
-    return tuple(np.take_along_axis(a, order, 1) for a in (segments, rows, similarities))  # type: ignore[return-value]
+    best = np.take_along_axis(similarities, order, 1)
+    return np.take_along_axis(segments, order, 1), np.take_along_axis(rows, order, 1), best
 
 
 def live_rows(catalogue: Catalogue, index: int, rows: np.ndarray) -> np.ndarray:
