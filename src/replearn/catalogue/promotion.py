@@ -251,48 +251,9 @@ def promote_clusters(
         chosen = clusters_to_promote(catalogue, cluster_ids)
         if not chosen:
             return Promotion(run=None, data_dir=data_dir)
-        forest = merge_forest(catalogue)
-        members = members_of(catalogue, subtree_of(chosen, forest))
-        owners = [chain_of(int(c), forest)[-1] for c in column_array(members, "cluster_id")]
-        digests = column_array(members, "digest")
-        promotions = catalogue.tables["promotions"]
-        before = promotions.find(digests)[0] >= 0 if promotions.segments else np.zeros(len(digests), dtype=bool)
-        sizes = set()
-        for source, done in zip(members.column("source").to_pylist(), before, strict=True):
-            if not done and os.path.isfile(source):
-                sizes.add(os.path.getsize(source))
-        present = hashes_in_data(data_dir, sizes)
         report = {c: PromotedCluster(c, name) for c, name in chosen.items()}
         run, time = catalogue.run + 1, now()
-        marked: list[dict[str, object]] = []
-        records = members.select(["digest", "key", "path", "source", "sha256"]).to_pylist()
-        order = sorted(range(len(records)), key=lambda i: (owners[i], records[i]["path"]))
-        provenance: dict[int, list[list[str]]] = {}
-        for i in order:
-            record, owner, done = records[i], owners[i], bool(before[i])
-            promoted = report[owner]
-            if done:
-                promoted.promoted_before += 1
-                continue
-            mark = {"digest": record["digest"], "cluster_id": owner, "class": promoted.name, "file": None, "run": run}
-            if record["sha256"] in present:
-                promoted.in_data += 1
-                marked.append(mark)
-                continue
-            data = read_source(Path(record["source"]), record["sha256"])
-            if data is None:
-                promoted.missing += 1
-                continue
-            target = copy_in(data, data_dir / promoted.name, Path(record["path"]).name, record["sha256"])
-            present.add(record["sha256"])
-            promoted.copied += 1
-            marked.append(mark | {"file": target.relative_to(data_dir).as_posix()})
-            row = [target.name, record["sha256"], record["key"], record["source"], str(owner)]
-            provenance.setdefault(owner, []).append(
-                row + [str(catalogue.directory.resolve()), catalogue.model_id or "", str(run), time]
-            )
-        for owner, rows in provenance.items():  # one file per class: clusters of one name share it
-            append_provenance(data_dir / report[owner].name, rows)
+        marked = copy_members(catalogue, data_dir, report, run, time)
         result = Promotion(run=None, data_dir=data_dir, clusters=list(report.values()))
         if not marked:
             return result
@@ -315,3 +276,52 @@ def promote_clusters(
         compact(catalogue, config.seed)
         result.run = run
         return result
+
+
+def copy_members(
+    catalogue: Catalogue, data_dir: Path, report: dict[int, PromotedCluster], run: int, time: str
+) -> list[dict[str, object]]:
+    """Copy the members of the clusters in `report` not promoted before, counting in it what became of each.
+
+    Returns the promotions rows of the images copied or found in DATA_DIR; each class's provenance
+    file gets a row per file copied into it.
+    """
+    forest = merge_forest(catalogue)
+    members = members_of(catalogue, subtree_of(report, forest))
+    owners = [chain_of(int(c), forest)[-1] for c in column_array(members, "cluster_id")]
+    promotions = catalogue.tables["promotions"]
+    digests = column_array(members, "digest")
+    before = promotions.find(digests)[0] >= 0 if promotions.segments else np.zeros(len(digests), dtype=bool)
+    records = members.select(["digest", "key", "path", "source", "sha256"]).to_pylist()
+    sizes = {
+        os.path.getsize(r["source"])
+        for r, done in zip(records, before, strict=True)
+        if not done and os.path.isfile(r["source"])
+    }
+    present = hashes_in_data(data_dir, sizes)
+    origin = [str(catalogue.directory.resolve()), catalogue.model_id or "", str(run), time]
+    marked: list[dict[str, object]] = []
+    provenance: dict[str, list[list[str]]] = {}
+    for i in sorted(range(len(records)), key=lambda i: (owners[i], records[i]["path"])):
+        record, owner, promoted = records[i], owners[i], report[owners[i]]
+        if before[i]:
+            promoted.promoted_before += 1
+            continue
+        mark = {"digest": record["digest"], "cluster_id": owner, "class": promoted.name, "file": None, "run": run}
+        if record["sha256"] in present:
+            promoted.in_data += 1
+            marked.append(mark)
+            continue
+        data = read_source(Path(record["source"]), record["sha256"])
+        if data is None:
+            promoted.missing += 1
+            continue
+        target = copy_in(data, data_dir / promoted.name, Path(record["path"]).name, record["sha256"])
+        present.add(record["sha256"])
+        promoted.copied += 1
+        marked.append(mark | {"file": target.relative_to(data_dir).as_posix()})
+        row = [target.name, record["sha256"], record["key"], record["source"], str(owner), *origin]
+        provenance.setdefault(promoted.name, []).append(row)
+    for name, rows in provenance.items():  # one file per class: clusters of one name share it
+        append_provenance(data_dir / name, rows)
+    return marked
