@@ -7,10 +7,11 @@ the catalogue's size. A hit passes when its similarity to the prototype reaches 
 catalogue's last run: what a run asks of an image before it joins a confirmed cluster.
 
 The nearest catalogue images are an exact search over the images table's embedding column
-(memory-mapped, faiss's blocked brute force per segment): O(catalogue) per batch of queries, about
-a second for 1,000 queries against a million 128-d images on two cores (benchmarks/search.py), so
-it can be turned off (`images=0`). Only an image's newest row counts: a segment whose top hits
-include superseded rows is searched again deeper until it has k live ones.
+(memory-mapped, faiss's blocked brute force per segment): exact, but O(catalogue) per batch of
+queries: 10 to 21 s for 1,000 queries against a million 128-d images on two shared cores, 0.35 s
+for one query, against 0.1 to 0.3 s for the cluster part of the batch (benchmarks/search.py). So it
+can be turned off (`images=0`). Only an image's newest row counts: a segment whose top hits include
+superseded rows is searched again deeper until it has k live ones.
 """
 
 from __future__ import annotations
