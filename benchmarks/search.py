@@ -59,6 +59,7 @@ from replearn.embedding.onnx import OnnxEmbedder, embed_folder
 
 DIM, BLOB, QUERIES, NOISE = 128, 20, 1_000, 0.6
 SINGLE = 10  # queries timed one at a time
+WIDER_NPROBE = (64, 256)  # IVF lists searched per clusters segment, against cluster.nprobe
 
 
 def quality(model_path: Path, family: str, per_class: int) -> None:
@@ -96,6 +97,13 @@ def quality(model_path: Path, family: str, per_class: int) -> None:
         first = result.clusters[result.clusters["rank"] == 1].set_index("query")
         expected = {str(inbox / embedded.paths[left_out[label]]): cluster for label, cluster in majority.items()}
         right = [first.loc[q, "cluster_id"] == cluster for q, cluster in expected.items() if q in first.index]
+        holders = {cluster: label for label, cluster in majority.items()}
+        misses = [
+            f"{Path(q).relative_to(inbox)}: its class's cluster {cluster}, first hit {first.loc[q, 'cluster_id']} "
+            f"(of class {holders.get(first.loc[q, 'cluster_id'], '-')}) at {first.loc[q, 'similarity']:.3f}"
+            for q, cluster in expected.items()
+            if q in first.index and first.loc[q, "cluster_id"] != cluster
+        ]
         passing = [bool(first.loc[q, "passes"]) for q in expected if q in first.index]
         top_images = result.images[result.images["rank"] == 1]
         same_class = [
@@ -107,6 +115,8 @@ def quality(model_path: Path, family: str, per_class: int) -> None:
     print(f"classes with a cluster holding most of their images: {len(majority)} of {len(left_out)}")
     print(f"first cluster hit is that cluster: {sum(right)} of {len(expected)} = {sum(right) / len(expected):.1%}")
     print(f"  ... and passes the threshold: {sum(passing)} of {len(expected)}")
+    for miss in misses:
+        print(f"  missed: {miss}")
     print(f"first image hit of the same class: {sum(same_class)} of {len(same_class)}")
     print(f"search of {len(queries)} images through the model (embedding included): {seconds:.2f} s")
 
@@ -194,7 +204,14 @@ def speed(images: int, batch: int, repeat: int) -> None:
         first = result.clusters[result.clusters["rank"] == 1]["cluster_id"].to_numpy()
         timings = ", ".join(f"{t:.2f}" for t in cluster_times)
         print(f"cluster part (3 nearest clusters, all segments' indexes): {timings} s")
-        print(f"  first hit is the query's own cluster: {np.mean(first == truth + 1):.1%}")
+        print(f"  first hit is the query's own cluster: {np.mean(first == truth + 1):.1%} (nprobe: cluster.nprobe)")
+        for nprobe in WIDER_NPROBE:
+            started = time.perf_counter()
+            wider = search_embeddings(out, queries, names, clusters=3, images=0, nprobe=nprobe)
+            seconds = time.perf_counter() - started
+            hits = wider.clusters[wider.clusters["rank"] == 1]["cluster_id"].to_numpy()
+            share = np.mean(hits == truth + 1)
+            print(f"  nprobe {nprobe}: {seconds:.2f} s, first hit is the query's own cluster: {share:.1%}")
         print(f"image part (5 nearest images, exact scan): {', '.join(f'{t:.2f}' for t in image_times)} s")
         single_clusters, single_images = [], []
         for i in range(SINGLE):  # a service asks one image at a time
