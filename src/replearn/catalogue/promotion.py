@@ -106,7 +106,9 @@ class Promotion:
         if any(c.missing for c in self.clusters):
             parts.append(Text("files gone or changed since they were clustered were skipped (warnings above)"))
         if self.run:
-            parts.append(Text(f"provenance: {self.data_dir}/<class>/{PROVENANCE_FILE}; next: dvc repro"))
+            parts.append(
+                Text(f"provenance: {self.data_dir}/<class>/{PROVENANCE_FILE}; next: dvc add {self.data_dir}, dvc repro")
+            )
         return Group(*parts)
 
 
