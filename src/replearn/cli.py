@@ -608,6 +608,61 @@ def clusters_undo(ctx: typer.Context, out: CatalogueOutArgument) -> None:
     print_correction(undo_last(out, state(ctx).config.cluster))
 
 
+@clusters_app.command("promote")
+def clusters_promote(
+    ctx: typer.Context,
+    out: CatalogueOutArgument,
+    data_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="Training data: DATA_DIR/<class>/<image>. Files are added to it, never changed or removed.",
+            show_default=False,
+        ),
+    ],
+    cluster_ids: Annotated[
+        list[int] | None,
+        typer.Argument(help="Only these confirmed clusters [default: every confirmed cluster].", show_default=False),
+    ] = None,
+) -> None:
+    """Copy the images of confirmed clusters into DATA_DIR/<name>/: a cluster's name is its class.
+
+    An existing class gets the images added. Images whose content is in DATA_DIR already are not
+    copied, and no image is promoted twice. Each class folder records where its images came from
+    in .replearn-provenance.csv (hidden, so validation skips it). A confirmed cluster without a name
+    is refused: name it with `replearn clusters name OUT ID NAME`. Then `dvc repro` trains on it.
+    """
+    from replearn.catalogue.promotion import promote_clusters
+
+    stdout.print(promote_clusters(out, data_dir, cluster_ids or None, state(ctx).config.cluster))
+
+
+@app.command("search")
+def search_command(
+    ctx: typer.Context,
+    model: Annotated[Path, typer.Argument(help="The ONNX model the catalogue was built with.", show_default=False)],
+    out: CatalogueOutArgument,
+    images: Annotated[list[Path], typer.Argument(help="Image files to look up.", show_default=False)],
+    clusters: Annotated[int, typer.Option("--clusters", min=0, help="Nearest clusters to show per image.")] = 3,
+    neighbours: Annotated[
+        int,
+        typer.Option(
+            "--neighbours",
+            min=0,
+            help="Nearest catalogue images to show per image (an exact scan of every embedding; 0: none).",
+        ),
+    ] = 5,
+) -> None:
+    """Which clusters of OUT's catalogue each image is nearest to, and whether it passes their threshold.
+
+    For each image: the nearest clusters (id, name, state, similarity to the prototype, whether it
+    reaches the threshold of the catalogue's last run), from the index the scheduled runs use, and
+    the nearest catalogue images. The catalogue is only read.
+    """
+    from replearn.catalogue.search import search_images
+
+    stdout.print(search_images(model, out, images, clusters, neighbours, state(ctx).config))
+
+
 def run() -> None:
     """Console-script entry point: user errors become one readable line and exit code 1."""
     try:

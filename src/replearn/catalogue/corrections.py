@@ -213,9 +213,7 @@ def parts_by_size(groups: np.ndarray, min_size: int) -> np.ndarray:
 
 def split_threshold(catalogue: Catalogue) -> float:
     """Halfway from the threshold of the catalogue's last run to 1: finer than the cut that formed its clusters."""
-    runs = catalogue.tables["runs"]
-    last = runs.segment(len(runs.segments) - 1)
-    return (1.0 + float(column_array(last, "threshold")[-1])) / 2
+    return (1.0 + catalogue.last_threshold()) / 2
 
 
 def move_images(out_dir: Path, to: int, images: Sequence[str], config: ClusterConfig | None = None) -> Correction:

@@ -38,6 +38,7 @@ def describe_event(kind: str, cluster_id: int, other_id: int, images: int, name:
         "moved": f"{images} images moved to cluster {cluster_id} from {source}",
         "rejected": f"{images} images rejected from cluster {cluster_id}",
         "undone": undone,
+        "promoted": f"cluster {cluster_id} promoted to class {name!r}, {images} images copied",
     }
     return sentences.get(kind, f"{kind}: cluster {cluster_id}, other {other_id}, {images} images")
 

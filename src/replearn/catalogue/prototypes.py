@@ -53,18 +53,25 @@ def write_prototype_index(path: Path, sums: np.ndarray, active: np.ndarray, seed
         fsync_file(temporary)
 
 
-def search_prototype_index(path: Path, queries: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
-    """(similarities, rows) of the CANDIDATES nearest prototypes of each query; rows -1 where fewer exist.
+def search_prototype_index(
+    path: Path, queries: np.ndarray, nprobe: int, k: int = CANDIDATES
+) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, rows) of the k nearest prototypes of each query; rows -1 where fewer exist.
 
     The file is memory-mapped, so an IVF search reads only the lists it probes.
     """
     import faiss
 
-    index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+    try:
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+    except RuntimeError:
+        if not path.is_file():  # deleted by a commit since the reader loaded its manifest
+            raise FileNotFoundError(f"{path} is gone") from None
+        raise
     if hasattr(index, "nprobe"):
         index.nprobe = nprobe
     if index.ntotal == 0:
-        empty = np.full((len(queries), CANDIDATES), -1, dtype=np.int64)
+        empty = np.full((len(queries), k), -1, dtype=np.int64)
         return np.full(empty.shape, -np.inf, dtype=np.float32), empty
-    similarities, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), CANDIDATES)
+    similarities, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
     return similarities, rows

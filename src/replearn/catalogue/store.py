@@ -10,7 +10,9 @@
 - events: append-only, one row per change (run, time, actor, kind, cluster ids, images);
 - runs: append-only, one row per run;
 - rejections: one row per image a person rejected from a cluster (every cluster it was rejected
-  from), keyed by the image's digest, so that no run puts it back.
+  from), keyed by the image's digest, so that no run puts it back;
+- promotions: one row per image that `clusters promote` put into the training data (promotion.py),
+  keyed by the image's digest, so that no promotion copies it twice.
 
 Runs, a person's corrections (corrections.py) and undo are transactions: each takes the next number
 of the `run` counter (the events table orders them all by it; the runs table lists the runs) and
@@ -69,8 +71,10 @@ TABLE_KEYS: dict[str, str | None] = {
     "events": None,
     "runs": None,
     "rejections": "digest",
+    "promotions": "digest",
 }
 # What an undo puts back; the events and runs tables are logs: they keep what happened, undo included.
+# So is promotions: an undo never takes files back out of the training data, so they stay promoted.
 RESTORED_BY_UNDO = ("images", "clusters", "rejections")
 
 # A cluster's state: made and revised by runs, or confirmed by a person (named, confirmed or corrected).
@@ -157,6 +161,16 @@ def clusters_schema(dim: int) -> pa.Schema:
 
 
 REJECTIONS_SCHEMA = pa.schema([("digest", pa.uint64()), ("clusters", pa.list_(pa.int64())), ("run", pa.int64())])
+# class: the folder it went to; file: its path in DATA_DIR, null when its content was there already.
+PROMOTIONS_SCHEMA = pa.schema(
+    [
+        ("digest", pa.uint64()),
+        ("cluster_id", pa.int64()),
+        ("class", pa.string()),
+        ("file", pa.string()),
+        ("run", pa.int64()),
+    ]
+)
 
 EVENTS_SCHEMA = pa.schema(
     [
@@ -180,6 +194,7 @@ def table_schema(name: str, dim: int) -> pa.Schema:
         "events": EVENTS_SCHEMA,
         "runs": RUNS_SCHEMA,
         "rejections": REJECTIONS_SCHEMA,
+        "promotions": PROMOTIONS_SCHEMA,
     }
     return schemas[name]
 
@@ -243,6 +258,7 @@ class CatalogueChange:
     pool: np.ndarray
     next_cluster_id: int
     rejections: pa.Table | None = None
+    promotions: pa.Table | None = None
 
 
 @dataclass
@@ -322,31 +338,49 @@ class Catalogue:
         return rejected
 
     def nearest_clusters(self, embeddings: np.ndarray, nprobe: int) -> np.ndarray:
-        """The id of the nearest active cluster prototype of each embedding (0 when there is none).
+        """The id of the nearest active cluster prototype of each embedding (0 when there is none)."""
+        return self.top_clusters(embeddings, 1, nprobe)[0][:, 0]
 
-        Each clusters segment's index answers for the rows that are still their cluster's newest;
-        the best of those over all segments wins.
+    def top_clusters(self, embeddings: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, similarities) of the k nearest active cluster prototypes of each embedding, best first.
+
+        Each clusters segment's index gives its k nearest rows, kept only where a row is still its
+        cluster's newest (so a cluster appears once); the best k over all segments win, an earlier
+        segment first on a tie. Id 0 and similarity -inf fill the places of clusters that do not exist.
         """
-        best_ids = np.zeros(len(embeddings), dtype=np.int64)
-        best = np.full(len(embeddings), -np.inf, dtype=np.float32)
+        n = len(embeddings)
+        all_ids: list[np.ndarray] = [np.zeros((n, 0), dtype=np.int64)]
+        all_similarities: list[np.ndarray] = [np.zeros((n, 0), dtype=np.float32)]
         table = self.clusters
         for index, segment in enumerate(table.segments):
-            similarities, rows = search_prototype_index(index_path_of(self.directory, segment.file), embeddings, nprobe)
+            similarities, rows = search_prototype_index(
+                index_path_of(self.directory, segment.file), embeddings, nprobe, k
+            )
             hit = rows >= 0
-            if not hit.any():
-                continue
             ids = np.zeros(rows.shape, dtype=np.int64)
-            ids[hit] = column_array(table.segment(index), "id")[rows[hit]]
-            newest, _ = table.find(ids[hit])
-            live = np.zeros(rows.shape, dtype=bool)
-            live[hit] = newest == index
-            similarities = np.where(live, similarities, -np.inf)
-            column = similarities.argmax(axis=1)
-            top = similarities[np.arange(len(embeddings)), column]
-            better = top > best
-            best[better] = top[better]
-            best_ids[better] = ids[np.arange(len(embeddings)), column][better]
-        return best_ids
+            if hit.any():
+                ids[hit] = column_array(table.segment(index), "id")[rows[hit]]
+                newest, _ = table.find(ids[hit])
+                live = np.zeros(rows.shape, dtype=bool)
+                live[hit] = newest == index
+                ids[~live] = 0
+            all_ids.append(ids)
+            all_similarities.append(np.where(ids > 0, similarities, -np.inf).astype(np.float32))
+        candidates, scores = np.concatenate(all_ids, axis=1), np.concatenate(all_similarities, axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        best_ids, best = np.take_along_axis(candidates, order, 1), np.take_along_axis(scores, order, 1)
+        missing = k - best_ids.shape[1]  # fewer candidates than k: no segment yet
+        if missing:
+            best_ids = np.pad(best_ids, ((0, 0), (0, missing)))
+            best = np.pad(best, ((0, 0), (0, missing)), constant_values=-np.inf)
+        return best_ids, best
+
+    def last_threshold(self) -> float:
+        """The threshold of the catalogue's last run: what an image must reach to join a confirmed cluster."""
+        runs = self.tables["runs"]
+        if not runs.segments:
+            raise UserError(f"{self.directory.parent} holds no cluster run yet, so no threshold")
+        return float(column_array(runs.segment(len(runs.segments) - 1), "threshold")[-1])
 
     def segment_name(self, table: str) -> str:
         name = f"{table}/seg-{self.next_segment:06d}{SEGMENT_SUFFIX}"
