@@ -4,8 +4,8 @@ The protocol of issue 30 ("Done when: Migration"), on the held-out inbox of benc
 (62 classes x 40 images rendered, seed 2, from the test family that training never saw):
 
 1. model 1 embeds the inbox and clusters it into a catalogue in 10 shuffled batches (the stage's own
-   settings for model 1, the files' real paths and hashes), and the `--confirm` largest clusters
-   are confirmed by hand (state `confirmed`, a name), as a person would;
+   settings for model 1, the files' real paths and hashes), and the `--confirm` largest clusters a
+   reviewer would accept (at least `--purity` of one class) are named, which confirms them;
 2. the catalogue is migrated to model 2 (replearn.catalogue.migration) and revised in the new space,
    as `replearn cluster` does: agreement, seconds, seconds per 1,000 images, the share of them
    spent embedding, and the ids the revision changed;
@@ -34,7 +34,7 @@ from cluster_quality import current_ids, feed_in_batches, held_out_inbox, stage_
 from replearn.artifacts.hashing import sha256_file
 from replearn.catalogue.corrections import name_cluster
 from replearn.catalogue.migration import Migration
-from replearn.catalogue.read import read_table
+from replearn.catalogue.read import follow_merges, merges, read_table
 from replearn.catalogue.store import catalogue_lock, load_catalogue
 from replearn.clustering.cluster import ClusterRun, ImageBatch, class_labels, migrate_and_revise
 from replearn.clustering.metrics import clustering_scores
@@ -54,10 +54,20 @@ def inbox_batch(model: OnnxEmbedder, inbox: Path) -> ImageBatch:
     )
 
 
-def confirm_largest(out: Path, count: int) -> list[int]:
-    """Name (and so confirm) the `count` largest active clusters, as a person would; returns their ids."""
-    clusters = read_table(out, "clusters")
-    ids = clusters[clusters["merged_into"] == 0].nlargest(count, "size")["id"].sort_values().tolist()
+def confirm_largest(out: Path, count: int, purity: float) -> list[int]:
+    """Name (and so confirm) the `count` largest active clusters a reviewer would accept; returns their ids.
+
+    A reviewer accepts a cluster whose montage shows one class: here, at least `purity` of its images
+    are of its most common class folder (0: the largest clusters, unreviewed).
+    """
+    clusters = read_table(out, "clusters").set_index("id")
+    images = read_table(out, "images")
+    images["current"] = follow_merges(images["cluster_id"].to_numpy(), merges(out))
+    images["class"] = images["path"].str.split("/").str[0]
+    clustered = images[images["current"] > 0]
+    share = clustered.groupby("current")["class"].agg(lambda c: c.value_counts(normalize=True).iloc[0])
+    accepted = share[share >= purity].index
+    ids = clusters.loc[accepted, "size"].nlargest(count).index.sort_values().tolist()
     for cluster_id in ids:
         name_cluster(out, cluster_id, f"named {cluster_id}")
     return ids
@@ -99,6 +109,9 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=40, help="images per class of the held-out inbox")
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--confirm", type=int, default=10, help="largest clusters confirmed by hand before migrating")
+    parser.add_argument(
+        "--purity", type=float, default=0.95, help="share of one class a reviewer wants to confirm a cluster (0: any)"
+    )
     args = parser.parse_args()
     config = load_config(Path("params.yaml"))
     model1, model2 = OnnxEmbedder(args.model1, provider="cpu"), OnnxEmbedder(args.model2, provider="cpu")
@@ -114,7 +127,7 @@ def main() -> None:
         assert settings1.threshold is not None and settings2.threshold is not None
         built = root / "built"
         feed_in_batches(built, first, settings1.threshold, settings1, args.batches, "model-1")
-        confirmed = confirm_largest(built, args.confirm)
+        confirmed = confirm_largest(built, args.confirm, args.purity)
         before = f_score(clustering_scores(labels, current_ids(built, first.paths)))
         feed_in_batches(root / "model-1-once", first, settings1.threshold, settings1, 1, "model-1")
         once = f_score(clustering_scores(labels, current_ids(root / "model-1-once", first.paths)))

@@ -7,15 +7,16 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from replearn.catalogue.corrections import merge_clusters, move_images, name_cluster, reject_images, split_cluster
+from replearn.catalogue.lineage import cluster_history
 from replearn.catalogue.migration import MIGRATION_FILE, Migration, migrate_catalogue
 from replearn.catalogue.read import follow_merges, read_table
 from replearn.catalogue.segments import vectors_of
-from replearn.catalogue.store import CatalogueChange, catalogue_lock, commit_change, load_catalogue
+from replearn.catalogue.store import catalogue_lock, load_catalogue
 from replearn.cli import app
 from replearn.config import load_config
 from replearn.embedding.onnx import OnnxEmbedder, embed_folder
@@ -62,19 +63,6 @@ def catalogue_of(tmp_path: Path, model: Path) -> tuple[Path, Path]:
     return inbox, out
 
 
-def edit_clusters(out: Path, changes: dict[int, dict[str, object]]) -> None:
-    """Set columns of cluster rows by hand, as a person's correction would (the corrections API is not here yet)."""
-    catalogue = load_catalogue(out)
-    ids = sorted(changes)
-    rows = catalogue.cluster_rows(np.array(ids, dtype=np.int64))
-    for column in ("name", "state", "merged_into"):
-        values = [changes[c].get(column, v) for c, v in zip(ids, rows.column(column).to_pylist(), strict=True)]
-        field = rows.schema.field(column)
-        rows = rows.set_column(rows.schema.get_field_index(column), column, pa.array(values, field.type))
-    change = CatalogueChange(None, rows, None, None, catalogue.pool, catalogue.next_cluster_id)
-    commit_change(catalogue, change, seed=0)
-
-
 def migrate(out: Path, model: Path, model_id: str = "sha256:new") -> Migration:
     with catalogue_lock(out):
         config = load_config(None, ["cluster.min_size=2"])
@@ -86,7 +74,8 @@ def test_migration_keeps_every_id_name_state_and_merge_and_remakes_the_space(
 ) -> None:
     old_model, new_model = models
     inbox, out = catalogue_of(tmp_path, old_model)
-    edit_clusters(out, {1: {"name": "ones", "state": "confirmed"}, 5: {"merged_into": 4}})
+    name_cluster(out, 1, "ones")  # run 3
+    merge_clusters(out, [4, 5])  # run 4
     images_before = read_table(out, "images").set_index("key")
     clusters_before = read_table(out, "clusters").set_index("id")
     assert len(clusters_before) == 5 and (images_before["cluster_id"] > 0).all()
@@ -99,7 +88,7 @@ def test_migration_keeps_every_id_name_state_and_merge_and_remakes_the_space(
 
     assert (migration.images, migration.embedded, migration.missing, migration.clusters) == (30, 28, 2, 5)
     catalogue = load_catalogue(out)
-    assert (catalogue.model_id, catalogue.embedding_dim, catalogue.run) == ("sha256:new", 12, 3)
+    assert (catalogue.model_id, catalogue.embedding_dim, catalogue.run) == ("sha256:new", 12, 5)
     assert catalogue.next_cluster_id == 6
     clusters = read_table(out, "clusters", embeddings=True).set_index("id")
     kept = ["state", "name", "size", "created_run", "merged_into"]
@@ -124,8 +113,8 @@ def test_migration_keeps_every_id_name_state_and_merge_and_remakes_the_space(
     assert migrated["images"].to_dict() == readable["cluster_id"].value_counts().sort_index().to_dict()
     # (cluster 5, merged into 4, counts in 4's sum and exemplars as in its size)
     runs = read_table(out, "runs")
-    assert runs.iloc[-1][["run", "model_id", "threshold"]].tolist() == [3, "sha256:new", 0.5]
-    summary = json.loads((out / "runs" / "run-000003" / MIGRATION_FILE).read_text())
+    assert runs.iloc[-1][["run", "model_id", "threshold"]].tolist() == [5, "sha256:new", 0.5]
+    summary = json.loads((out / "runs" / "run-000005" / MIGRATION_FILE).read_text())
     assert summary["embedded"] == 28 and summary["agreement"] == migration.agreement
 
 
@@ -134,13 +123,11 @@ def test_migrating_into_the_same_space_keeps_the_sums_and_scores_the_agreement_b
 ) -> None:
     old_model, _ = models
     _, out = catalogue_of(tmp_path, old_model)
-    edit_clusters(out, {2: {"merged_into": 1}})
+    merge_clusters(out, [1, 2])
     images = read_table(out, "images", embeddings=True)
     clusters = read_table(out, "clusters", embeddings=True)
-    sums = {int(c): np.asarray(s) for c, s in zip(clusters["id"], clusters["sum"], strict=True)}
-    sums[1] = sums[1] + sums[2]  # the migration counts the merged cluster 2 in cluster 1, as its size
     live = clusters[clusters["merged_into"] == 0]
-    prototypes = np.stack([sums[int(c)] for c in live["id"]])
+    prototypes = np.stack(live["sum"])  # cluster 1's covers cluster 2, merged into it
     prototypes /= np.linalg.norm(prototypes, axis=1, keepdims=True)
     nearest = live["id"].to_numpy()[(np.stack(images["embedding"]) @ prototypes.T).argmax(axis=1)]
     owners = follow_merges(images["cluster_id"].to_numpy(), {2: 1})
@@ -151,9 +138,7 @@ def test_migrating_into_the_same_space_keeps_the_sums_and_scores_the_agreement_b
 
     assert migration.agreement == pytest.approx(expected)
     after = read_table(out, "clusters", embeddings=True).set_index("id")
-    assert np.allclose(
-        np.stack(after.loc[clusters["id"], "sum"]), np.stack([sums[int(c)] for c in clusters["id"]]), atol=1e-5
-    )
+    assert np.allclose(np.stack(after.loc[clusters["id"], "sum"]), np.stack(clusters["sum"]), atol=1e-5)
 
 
 def test_a_cluster_whose_files_are_all_gone_keeps_its_id_but_takes_no_new_image(
@@ -219,3 +204,46 @@ def test_the_cli_migrates_a_catalogue_to_a_new_model_then_clusters_the_batch(
     assert load_catalogue(out).embedding_dim == 12
     assert "nothing new among 30 files: the catalogue is unchanged" in cluster(new_model, inbox, out)
     assert "migrated the catalogue (run 5)" in cluster(old_model, inbox, out)  # and back, with nothing new
+
+
+def test_corrections_survive_three_runs_and_a_new_model(tmp_path: Path, models: tuple[Path, Path]) -> None:
+    """Name, merge, split, move and reject; three more runs; a new model: nothing undone, the history whole."""
+    old_model, new_model = models
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    write_classes(inbox, range(4))
+    cluster(old_model, inbox, out)
+    stored = read_table(out, "images").set_index("path")["cluster_id"]
+    a, b, c, d = (int(stored[f"class_{k}/0.png"]) for k in range(4))
+    name_cluster(out, a, "zeros")
+    merge_clusters(out, [b, c])  # a person says classes 1 and 2 are one
+    split_cluster(out, d, images=["class_3/0.png", "class_3/1.png", "class_3/2.png"])
+    move_images(out, a, ["class_3/5.png"])
+    reject_images(out, ["class_0/4.png"])
+    before = dict(zip(*current(out), strict=True))
+    split_off = before["class_3/0.png"]
+
+    for extra in range(4, 7):  # three scheduled runs: a new class each, and two more images of class 0
+        write_classes(inbox, range(extra, extra + 1))
+        write_classes(inbox, range(1), per_class=6 + extra - 3)
+        cluster(old_model, inbox, out)
+    cluster(new_model, inbox, out)  # migrates, revises in the new space, nothing new to cluster
+
+    after = dict(zip(*current(out), strict=True))
+    assert {path: after[path] for path in before} == before  # no correction undone
+    assert after["class_0/4.png"] != a and after["class_0/6.png"] == a  # the rejected image stays out
+    clusters = read_table(out, "clusters").set_index("id")
+    assert clusters.loc[a, ["name", "state"]].tolist() == ["zeros", "confirmed"] and clusters.loc[c, "merged_into"] == b
+    assert (clusters.loc[[a, b, d, split_off], "state"] == "confirmed").all()
+    kinds = {cluster_id: set(group["kind"]) for cluster_id, group in read_table(out, "events").groupby("cluster_id")}
+    assert {"created", "named", "moved", "rejected", "migrated"} <= kinds[a]
+    assert {"merged_into", "migrated"} <= kinds[c] and {"split_from", "migrated"} <= kinds[split_off]
+    history = cluster_history(out, a)
+    assert history["kind"].tolist()[0] == "created" and "migrated" in history["kind"].tolist()
+
+
+def current(out: Path) -> tuple[list[str], list[int]]:
+    """Every image's path and its current cluster, merges followed."""
+    images = read_table(out, "images")
+    merged = read_table(out, "clusters").set_index("id")["merged_into"]
+    ids = follow_merges(images["cluster_id"].to_numpy(), {int(k): int(v) for k, v in merged[merged > 0].items()})
+    return images["path"].tolist(), ids.tolist()
