@@ -7,7 +7,6 @@ arithmetic: a cluster of 4 x e0 and 3 x e1 has the sum (4, 3), the cohesion 5 / 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pandas as pd
 import pytest
 
 from catalogue_checks import assert_rows_match_members
+from console_script import replearn
 from replearn.catalogue.corrections import (
     confirm_clusters,
     merge_clusters,
@@ -27,7 +27,6 @@ from replearn.catalogue.corrections import (
 from replearn.catalogue.lineage import cluster_history
 from replearn.catalogue.read import list_clusters, merges, read_table, show_cluster
 from replearn.catalogue.store import catalogue_lock, load_catalogue
-from replearn.cli import run as cli_main
 from replearn.clustering.cluster import ClusterRun, ImageBatch, cluster_embeddings_into
 from replearn.clustering.methods import find_groups
 from replearn.config import ClusterConfig
@@ -345,15 +344,6 @@ def test_scenario_corrections_survive_three_scheduled_runs(tmp_path: Path) -> No
 
 
 # The CLI: exit codes and error lines.
-
-
-def replearn(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    """Run the console script in this process: (exit code, stdout and stderr with whitespace collapsed)."""
-    monkeypatch.setattr(sys, "argv", ["replearn", *args])
-    with pytest.raises(SystemExit) as exit_:
-        cli_main()
-    captured = capsys.readouterr()
-    return int(exit_.value.code or 0), " ".join((captured.out + captured.err).split())
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +17,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from console_script import replearn
 from replearn.catalogue.corrections import confirm_clusters, merge_clusters, name_cluster, undo_last
 from replearn.catalogue.lineage import cluster_history
 from replearn.catalogue.promotion import PROVENANCE_FILE, promote_clusters
 from replearn.catalogue.read import read_table
 from replearn.catalogue.store import load_catalogue
-from replearn.cli import run as cli_main
 from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into
 from replearn.config import ClusterConfig
 from replearn.data.manifest import build_manifest
@@ -199,14 +198,6 @@ def test_undo_leaves_the_promoted_files_and_marks(out: Path, data: Path) -> None
     undo_last(out)
     assert len(list((data / "ants").glob("*.png"))) == 4 and len(read_table(out, "promotions")) == 4
     assert promote_clusters(out, data).run is None
-
-
-def replearn(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["replearn", *args])
-    with pytest.raises(SystemExit) as exit_:
-        cli_main()
-    captured = capsys.readouterr()
-    return int(exit_.value.code or 0), " ".join((captured.out + captured.err).split())
 
 
 def test_cli_promotes_and_refuses_with_one_line(

@@ -7,20 +7,19 @@ Embeddings are exact unit vectors, so similarities are arithmetic: cluster 1 = 4
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from rich.console import Console
 
+from console_script import replearn
 from replearn import cli
 from replearn.artifacts.hashing import sha256_file
 from replearn.catalogue import search
 from replearn.catalogue.corrections import merge_clusters, move_images, name_cluster
 from replearn.catalogue.search import search_catalogue, search_embeddings, search_images
 from replearn.catalogue.store import load_catalogue
-from replearn.cli import run as cli_main
 from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into
 from replearn.config import ClusterConfig
 from replearn.embedding.onnx import embed_folder
@@ -126,14 +125,6 @@ def test_search_through_the_model_finds_the_image_itself(
     assert clusters["similarity"].is_monotonic_decreasing
     assert clusters["passes"].tolist() == (clusters["similarity"] >= 0.9).tolist()
     assert set(clusters["cluster_id"]) <= set(range(1, load_catalogue(out).next_cluster_id))
-
-
-def replearn(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["replearn", *args])
-    with pytest.raises(SystemExit) as exit_:
-        cli_main()
-    captured = capsys.readouterr()
-    return int(exit_.value.code or 0), " ".join((captured.out + captured.err).split())
 
 
 def test_cli_search_prints_tables_and_refuses_another_model(
