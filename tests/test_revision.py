@@ -15,7 +15,7 @@ import pandas as pd
 
 from catalogue_checks import assert_rows_match_members
 from replearn.catalogue.corrections import confirm_clusters
-from replearn.catalogue.read import current_assignments, read_table
+from replearn.catalogue.read import current_assignments, follow_merges, read_table
 from replearn.catalogue.store import catalogue_lock, load_catalogue
 from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into, revise_catalogue
 from replearn.config import ClusterConfig
@@ -155,3 +155,41 @@ def test_a_run_over_the_whole_catalogue_revises_without_new_images(tmp_path: Pat
     assert [ids[f"day1/{i}.png"] for i in range(7)] == [1, 1, 1, 1, 2, 2, 2]
     assert events_of(tmp_path)[-1] == (2, "split_from", 2, 1, 3)
     assert_rows_match_members(tmp_path)
+
+
+def test_runs_keep_the_promise_on_look_alike_classes(tmp_path: Path) -> None:
+    """Pairs of look-alike classes (centres cos 0.92 apart, above the threshold) fed in eight shuffled batches:
+    early batches mix pairs, later runs split and merge; each run's id changes stay within the budget and each
+    has its event; sizes and sums stay their members'."""
+    rng = np.random.default_rng(0)
+    centres = np.eye(16)[np.repeat(np.arange(8), 2)] + 0.3 * np.eye(16)[np.tile([8, 9], 8)]
+    labels = np.repeat(np.arange(16), 12)
+    points = centres[labels] + 0.09 * rng.normal(size=(len(labels), 16))
+    points = (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+    paths = [f"{label}/{i}.png" for i, label in enumerate(labels)]
+    config = ClusterConfig(neighbors=8, max_churn=0.05)
+    before: dict[str, int] = {}
+    for part in np.array_split(rng.permutation(len(labels)), 8):
+        batch = ImageBatch([paths[i] for i in part], [paths[i] for i in part], [paths[i] for i in part], points[part])
+        result = cluster_embeddings_into(config, batch, tmp_path, 0.9, "m")
+        after = followed(tmp_path)
+        changed = {path for path, cluster_id in before.items() if cluster_id and after[path] != cluster_id}
+        assigned = sum(1 for cluster_id in before.values() if cluster_id)
+        assert result.changed_ids == len(changed) <= int(config.max_churn * assigned)
+        events = pd.DataFrame(events_of(tmp_path), columns=["run", "kind", "cluster_id", "other_id", "images"])
+        moves = events[(events["run"] == result.run) & events["kind"].isin(["split_from", "merged_into", "dissolved"])]
+        named = set(moves["cluster_id"]) | set(moves["other_id"]) | {0}
+        assert all(before[path] in named and after[path] in named | {before[path]} for path in changed)
+        assert_rows_match_members(tmp_path)
+        before = after
+    runs = read_table(tmp_path, "runs")
+    assert runs["split"].sum() >= 3 and runs["merged"].sum() >= 2  # the early batches' mixtures were revised
+
+
+def followed(out: Path) -> dict[str, int]:
+    """Every image's current cluster, merges followed."""
+    table = current_assignments(out)
+    clusters = read_table(out, "clusters")
+    merged = clusters[clusters["merged_into"] > 0]
+    owners = dict(zip(merged["id"].astype(int), merged["merged_into"].astype(int), strict=True))
+    return dict(zip(table["path"], follow_merges(table["cluster_id"].to_numpy(), owners).tolist(), strict=True))
