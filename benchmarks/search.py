@@ -31,7 +31,7 @@ import pyarrow as pa
 from cluster_quality import held_out_inbox
 
 from replearn.artifacts.hashing import sha256_file
-from replearn.catalogue.read import current_assignments, merges
+from replearn.catalogue.read import current_assignments, follow_merges, merges
 from replearn.catalogue.search import nearest_images, search_embeddings, search_images
 from replearn.catalogue.segments import vector_column
 from replearn.catalogue.store import (
@@ -50,7 +50,6 @@ from replearn.clustering.cluster import (
     ImageBatch,
     class_labels,
     cluster_embeddings_into,
-    follow_merges,
     resolve_threshold,
     with_model_resolution,
 )

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from replearn.catalogue.corrections import merge_clusters, move_images, name_cluster, reject_images, split_cluster
 from replearn.catalogue.lineage import cluster_history
 from replearn.catalogue.migration import MIGRATION_FILE, Migration, migrate_catalogue
-from replearn.catalogue.read import follow_merges, read_table
+from replearn.catalogue.read import current_assignments, follow_merges, merges, read_table
 from replearn.catalogue.segments import vectors_of
 from replearn.catalogue.store import catalogue_lock, load_catalogue
 from replearn.cli import app
@@ -243,7 +243,5 @@ def test_corrections_survive_three_runs_and_a_new_model(tmp_path: Path, models: 
 
 def current(out: Path) -> tuple[list[str], list[int]]:
     """Every image's path and its current cluster, merges followed."""
-    images = read_table(out, "images")
-    merged = read_table(out, "clusters").set_index("id")["merged_into"]
-    ids = follow_merges(images["cluster_id"].to_numpy(), {int(k): int(v) for k, v in merged[merged > 0].items()})
-    return images["path"].tolist(), ids.tolist()
+    table = current_assignments(out)
+    return table["path"].tolist(), follow_merges(table["cluster_id"].to_numpy(), merges(out)).tolist()

@@ -15,7 +15,7 @@ import pandas as pd
 
 from catalogue_checks import assert_rows_match_members
 from replearn.catalogue.corrections import confirm_clusters
-from replearn.catalogue.read import current_assignments, follow_merges, read_table
+from replearn.catalogue.read import current_assignments, follow_merges, merges, read_table
 from replearn.catalogue.store import catalogue_lock, load_catalogue
 from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into, revise_catalogue
 from replearn.config import ClusterConfig
@@ -189,7 +189,4 @@ def test_runs_keep_the_promise_on_look_alike_classes(tmp_path: Path) -> None:
 def followed(out: Path) -> dict[str, int]:
     """Every image's current cluster, merges followed."""
     table = current_assignments(out)
-    clusters = read_table(out, "clusters")
-    merged = clusters[clusters["merged_into"] > 0]
-    owners = dict(zip(merged["id"].astype(int), merged["merged_into"].astype(int), strict=True))
-    return dict(zip(table["path"], follow_merges(table["cluster_id"].to_numpy(), owners).tolist(), strict=True))
+    return dict(zip(table["path"], follow_merges(table["cluster_id"].to_numpy(), merges(out)).tolist(), strict=True))
