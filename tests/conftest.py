@@ -24,6 +24,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 # Nothing in the suite reaches beyond the machine: `weights: imagenet` never downloads here. The download
 # tests (test_backbones.py) lift this for a server on 127.0.0.1.
 os.environ["REPLEARN_OFFLINE"] = "1"
+# FiftyOne (tests/test_fiftyone.py) gets its own throwaway database, config and folders the same way, before
+# it is imported, so the tests never read or write ~/.fiftyone nor a MongoDB server a user's settings name.
+_FIFTYONE_HOME = Path(tempfile.mkdtemp(prefix="replearn-tests-fiftyone-"))
+atexit.register(shutil.rmtree, _FIFTYONE_HOME, ignore_errors=True)
+os.environ.pop("FIFTYONE_DATABASE_URI", None)
+os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
+for _name in ["DATABASE", "DEFAULT_DATASET", "DATASET_ZOO", "MODEL_ZOO", "PLUGINS"]:
+    os.environ[f"FIFTYONE_{_name}_DIR"] = str(_FIFTYONE_HOME / _name.lower())
+for _name in ["", "APP_", "ANNOTATION_", "EVALUATION_"]:
+    os.environ[f"FIFTYONE_{_name}CONFIG_PATH"] = str(_FIFTYONE_HOME / f"{_name.lower()}config.json")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

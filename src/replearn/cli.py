@@ -636,6 +636,40 @@ def clusters_promote(
     stdout.print(promote_clusters(out, data_dir, cluster_ids or None, state(ctx).config.cluster))
 
 
+@clusters_app.command("fiftyone")
+def clusters_fiftyone(
+    ctx: typer.Context,
+    out: CatalogueOutArgument,
+    dataset: Annotated[
+        str | None,
+        typer.Option("--dataset", help="FiftyOne dataset name [default: replearn-<name of OUT>].", show_default=False),
+    ] = None,
+    apply_tags: Annotated[
+        bool,
+        typer.Option(
+            "--apply-tags",
+            help="First apply the App's marks as corrections: a sample tagged 'reject' is rejected, "
+            "one whose cluster label was changed to another cluster's id is moved there.",
+        ),
+    ] = False,
+    map_method: Annotated[
+        Literal["umap", "tsne", "pca"] | None,
+        typer.Option("--map", help="2-D map method [default: umap when umap-learn is installed, else tsne]."),
+    ] = None,
+) -> None:
+    """Build or update a FiftyOne dataset of OUT's catalogue, with a similarity index and a 2-D map.
+
+    Each sample holds its image, cluster (id, state, name), similarity and embedding; a rerun adds
+    new images and updates what changed. Needs the extra: pip install 'replearn[fiftyone]'.
+    """
+    from replearn.catalogue.fiftyone_export import export_to_fiftyone
+
+    result = export_to_fiftyone(out, dataset, apply_tags, map_method, state(ctx).config.cluster)
+    for correction in result.corrections:
+        print_correction(correction)
+    stdout.print(result.describe(), highlight=False, soft_wrap=True)
+
+
 @app.command("search")
 def search_command(
     ctx: typer.Context,
