@@ -1,4 +1,4 @@
-"""Fonts that ship inside installed Python packages, which characters each can really draw, and its family.
+"""Fonts that ship inside the packages replearn depends on, which characters each can really draw, and its family.
 
 The chars demo data needs many typefaces without downloading any. matplotlib alone
 ships DejaVu, STIX and Computer Modern; other packages add more. A font is only used
@@ -16,6 +16,7 @@ import logging
 import re
 import sysconfig
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from fontTools.ttLib import TTFont, TTLibError
@@ -35,6 +36,9 @@ STYLE_WORDS = re.compile(
 # cmr, cmb, cmbx, cmti, cmmi and cmsl are the Roman design; cmss the sans and cmtt the typewriter designs.
 COMPUTER_MODERN = re.compile(r"^cm(?P<shape>[a-z]+)\d+$")
 COMPUTER_MODERN_DESIGNS = {"ss": "ComputerModernSans", "tt": "ComputerModernTypewriter"}
+# A requirement of a package's metadata ("numpy>=1.26; extra == 'dev'"): its name, and whether an extra asks it.
+REQUIREMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+EXTRA_MARKER = re.compile(r";.*\bextra\s*==")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,35 @@ def site_package_dirs() -> list[Path]:
     """The interpreter's package directories, where installed packages keep their fonts."""
     paths = {Path(sysconfig.get_paths()[key]) for key in ("purelib", "platlib")}
     return sorted(path for path in paths if path.is_dir())
+
+
+def dependency_font_files(root: str = "replearn") -> list[Path]:
+    """The font files of `root`'s runtime dependencies, followed through theirs, but not through any extra.
+
+    So the demo data is drawn by the fonts of the packages replearn needs, whatever else the
+    environment holds: the fiftyone extra's ETA ships Arial, which `make test` installs and a user's
+    `make install` does not. When replearn is not installed as a package (run from a source tree),
+    every font in site-packages counts, as it did before.
+    """
+    names, seen, found = [root], set(), set()
+    while names:
+        name = re.sub(r"[-_.]+", "-", names.pop()).lower()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            if name == root:
+                return find_font_files(site_package_dirs())
+            continue
+        found.update(
+            Path(str(dist.locate_file(file))).resolve()
+            for file in dist.files or []
+            if file.suffix.lower() in FONT_SUFFIXES
+        )
+        names += [REQUIREMENT_NAME.match(r)[0] for r in dist.requires or [] if not EXTRA_MARKER.search(r)]
+    return sorted(path for path in found if path.is_file())
 
 
 def find_font_files(roots: list[Path]) -> list[Path]:
@@ -137,10 +170,10 @@ def inspect_font(path: Path, wanted: str) -> FontInfo | None:
 
 
 def discover_fonts(wanted: str, extra: list[Path] | None = None, replace: bool = False) -> list[FontInfo]:
-    """Usable fonts from site-packages (unless `replace`) plus `extra`, one per distinct name."""
-    roots = ([] if replace else site_package_dirs()) + list(extra or [])
+    """Usable fonts of replearn's dependencies (unless `replace`) plus `extra`, one per distinct name."""
+    files = ([] if replace else dependency_font_files()) + find_font_files(list(extra or []))
     fonts: dict[str, FontInfo] = {}
-    for path in find_font_files(roots):
+    for path in sorted(set(files)):
         info = inspect_font(path, wanted)
         if info is not None and info.name not in fonts:
             fonts[info.name] = info
