@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from rich.console import Console
 
 from console_script import replearn
 from replearn.catalogue.corrections import confirm_clusters, merge_clusters, name_cluster, undo_last
@@ -24,7 +25,7 @@ from replearn.catalogue.promotion import PROVENANCE_FILE, promote_clusters
 from replearn.catalogue.read import read_table
 from replearn.catalogue.store import load_catalogue
 from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into
-from replearn.config import ClusterConfig
+from replearn.config import ClusterConfig, SplitConfig
 from replearn.data.manifest import build_manifest
 from replearn.errors import UserError
 
@@ -213,3 +214,15 @@ def test_cli_promotes_and_refuses_with_one_line(
     assert code == 0 and "promotion 4 into data" in text and "bees" in text and ".replearn-provenance.csv" in text
     code, text = replearn(monkeypatch, capsys, "clusters", "promote", "out", "nowhere", "2")
     assert code == 1 and "error: DATA_DIR nowhere is not a folder" in text
+
+
+def test_promotion_names_the_classes_that_the_split_will_hold_out_of_training(out: Path, data: Path) -> None:
+    name_cluster(out, 1, "ants")
+    name_cluster(out, 2, "bees")
+    result = promote_clusters(out, data, split=SplitConfig(unseen_classes=["ants", "other"]))
+    assert result.unseen == ["ants"]
+    console = Console(width=400, record=True)
+    console.print(result)
+    assert "ants: the split holds these classes out of training as unseen" in console.export_text()
+    name_cluster(out, 3, "cats")
+    assert promote_clusters(out, data, split=SplitConfig(unseen_fraction=0.0)).unseen == []

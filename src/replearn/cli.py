@@ -633,7 +633,8 @@ def clusters_promote(
     """
     from replearn.catalogue.promotion import promote_clusters
 
-    stdout.print(promote_clusters(out, data_dir, cluster_ids or None, state(ctx).config.cluster))
+    config = state(ctx).config
+    stdout.print(promote_clusters(out, data_dir, cluster_ids or None, config.cluster, config.preprocess.split))
 
 
 @clusters_app.command("fiftyone")

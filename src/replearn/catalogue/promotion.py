@@ -57,9 +57,10 @@ from replearn.catalogue.store import (
     events_table,
     now,
 )
-from replearn.config import ClusterConfig
+from replearn.config import ClusterConfig, SplitConfig
 from replearn.console import results_table
 from replearn.data.manifest import is_hidden_or_system
+from replearn.data.splits import select_unseen_classes
 from replearn.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class Promotion:
     run: int | None
     data_dir: Path
     clusters: list[PromotedCluster] = field(default_factory=list)
+    unseen: list[str] = field(default_factory=list)  # promoted classes that the split holds out of training
 
     def __rich__(self) -> RenderableType:
         if not self.clusters:
@@ -108,6 +110,14 @@ class Promotion:
         if self.run:
             parts.append(
                 Text(f"provenance: {self.data_dir}/<class>/{PROVENANCE_FILE}; next: dvc add {self.data_dir}, dvc repro")
+            )
+        if self.unseen:
+            parts.append(
+                Text(
+                    f"{', '.join(self.unseen)}: the split holds these classes out of training as unseen "
+                    "(preprocess.split.unseen_fraction), so they test the next model instead of training it; "
+                    "to train on them, list the unseen classes yourself in preprocess.split.unseen_classes"
+                )
             )
         return Group(*parts)
 
@@ -240,11 +250,16 @@ def append_provenance(class_dir: Path, rows: list[list[str]]) -> None:
 
 
 def promote_clusters(
-    out_dir: Path, data_dir: Path, cluster_ids: list[int] | None = None, config: ClusterConfig | None = None
+    out_dir: Path,
+    data_dir: Path,
+    cluster_ids: list[int] | None = None,
+    config: ClusterConfig | None = None,
+    split: SplitConfig | None = None,
 ) -> Promotion:
     """Copy the images of confirmed clusters into DATA_DIR/<name>/ and mark them promoted, as one transaction.
 
     `cluster_ids`: only these (each must be confirmed); default every confirmed cluster not merged into another.
+    The result names the promoted classes that `split` (the split of the next preprocess) holds out of training.
     """
     config = config or ClusterConfig()
     if not data_dir.is_dir():
@@ -277,7 +292,15 @@ def promote_clusters(
         commit_change(catalogue, change, config.seed)
         compact(catalogue, config.seed)
         result.run = run
+        result.unseen = held_out_of_training(data_dir, [c.name for c in report.values()], split or SplitConfig())
         return result
+
+
+def held_out_of_training(data_dir: Path, classes: list[str], split: SplitConfig) -> list[str]:
+    """Those of `classes` that the split of DATA_DIR's class folders makes unseen: training never sees them."""
+    folders = [entry.name for entry in data_dir.iterdir() if entry.is_dir() and not is_hidden_or_system(entry.name)]
+    unseen = select_unseen_classes(folders, split)
+    return sorted(name for name in set(classes) if name in unseen)
 
 
 def copy_members(
