@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -203,3 +204,35 @@ def test_names_with_no_source_in_them_are_said_to_be_split_one_by_one(caplog: py
 def test_a_useful_pattern_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
     assign_splits(fonts_frame(classes=4, fonts=5, per_font=2), SplitConfig())
     assert "group_pattern" not in caplog.text
+
+
+def test_wide_data_holds_a_quarter_of_the_unseen_classes_whole_in_val(caplog: pytest.LogCaptureFixture) -> None:
+    # 1,000 classes drawn by five artists each: val would hold 0.5 images of the median class.
+    wide = items([f"c{i:04d}" for i in range(1000)], [f"artist{a}_1.png" for a in range(5)])
+    caplog.set_level(logging.INFO, logger="replearn.data.splits")
+    frame = assign_splits(wide, SplitConfig())
+    without = assign_splits(wide, SplitConfig(calibration_fraction=0.0))
+    whole_val = frame.groupby("label")["split"].apply(lambda s: set(s) == {"val"})
+    calibration = set(whole_val[whole_val].index)
+    unseen = set(frame.loc[frame["subset"] == "unseen", "label"])
+    assert calibration <= unseen and 0.18 < len(calibration) / len(unseen) < 0.32
+    assert f"{len(calibration)} of the {len(unseen)} unseen classes are held whole in the val split" in caplog.text
+    # Every other class is split exactly as without calibration classes, so training data does not move.
+    others = ~frame["label"].isin(calibration)
+    assert frame.loc[others, "split"].tolist() == without.loc[others, "split"].tolist()
+    assert frame["subset"].tolist() == without["subset"].tolist()
+
+
+def test_data_with_enough_images_a_class_or_few_unseen_classes_keeps_val_as_it_was() -> None:
+    chars_like = fonts_frame(classes=62, fonts=8, per_font=5)  # 40 images a class: val holds 4 of each
+    narrow = items([f"c{i}" for i in range(100)], [f"artist{a}_1.png" for a in range(5)])  # about 20 unseen
+    for frame in (chars_like, narrow):
+        auto, off = assign_splits(frame, SplitConfig()), assign_splits(frame, SplitConfig(calibration_fraction=0.0))
+        assert auto["split"].tolist() == off["split"].tolist()
+
+
+def test_a_calibration_fraction_set_by_hand_keeps_one_unseen_class_out_of_val() -> None:
+    frame = assign_splits(fonts_frame(classes=10, fonts=4, per_font=2), SplitConfig(calibration_fraction=0.99))
+    unseen = frame[frame["subset"] == "unseen"]
+    per_class = unseen.groupby("label")["split"].apply(set)
+    assert sum(splits == {"val"} for splits in per_class) == len(per_class) - 1

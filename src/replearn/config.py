@@ -82,6 +82,14 @@ class SplitConfig(StrictModel):
         default_factory=list,
         description="Groups that are the test split, in place of test_fraction: leave-these-groups-out evaluation.",
     )
+    calibration_fraction: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the unseen classes held whole in the val split, where evaluate calibrates the cluster "
+        "stage on whole classes, as an inbox holds them; null: 0.25 on wide data (a median class too small to give "
+        "val 3 images) with at least 40 unseen classes and no test_groups, else 0.",
+    )
 
     @model_validator(mode="after")
     def _leave_room_for_train(self) -> SplitConfig:

@@ -16,6 +16,15 @@ Three exceptions keep small datasets usable:
 - A class whose files fall into fewer than three groups (camera names such as IMG_0001.jpg, where
   the pattern finds one group) is split file by file, with a warning; with three groups it is
   split by group again.
+
+On wide data (thousands of classes of 3 to 7 images) the val split holds 1 or 2 images of a class,
+so evaluate would calibrate the cluster stage on images that never form a cluster: on the wide
+benchmark that left 41% of an inbox of new classes unclustered. So there a share of the unseen
+classes (calibration_fraction; by default AUTO_CALIBRATION_FRACTION when the median class cannot
+give val MIN_VAL_IMAGES images and enough classes are unseen) is held whole in val: classes that
+training never sees, at the size an inbox holds them, among the thin val images of the others.
+Which unseen classes: again a threshold on each class's own number. Whether the data is wide: a
+property of the whole data, logged when it applies.
 """
 
 from __future__ import annotations
@@ -161,6 +170,50 @@ def select_unseen_classes(classes: Iterable[str], config: SplitConfig) -> set[st
     return unseen
 
 
+# Wide data: the median class gives val fewer images than a cluster needs (cluster.min_size, 3 by default).
+MIN_VAL_IMAGES = 3
+AUTO_CALIBRATION_FRACTION = 0.25
+MIN_CALIBRATION_CLASSES = 10  # fewer would give the calibration too few classes to tell merges from splits
+
+
+def calibration_fraction(labels: pd.Series, unseen: int, config: SplitConfig) -> float:
+    """The configured calibration_fraction, or, when null, AUTO_CALIBRATION_FRACTION on wide data, else 0.
+
+    >>> wide = pd.Series([f"c{n // 5}" for n in range(5000)])
+    >>> calibration_fraction(wide, 200, SplitConfig()), calibration_fraction(wide, 20, SplitConfig())
+    (0.25, 0.0)
+    >>> calibration_fraction(pd.Series(["c"] * 120 + ["d"] * 120), 1, SplitConfig(calibration_fraction=0.5))
+    0.5
+    """
+    if config.calibration_fraction is not None:
+        return config.calibration_fraction
+    median_class = float(labels.value_counts().median()) if len(labels) else 0.0
+    wide = 0 < median_class * config.val_fraction < MIN_VAL_IMAGES and not config.test_groups  # theirs: as asked
+    return AUTO_CALIBRATION_FRACTION if wide and unseen * AUTO_CALIBRATION_FRACTION >= MIN_CALIBRATION_CLASSES else 0.0
+
+
+def select_calibration_classes(labels: pd.Series, unseen: set[str], config: SplitConfig) -> set[str]:
+    """Unseen classes held whole in val, each by its own number; at least one unseen class stays out of val."""
+    fraction = calibration_fraction(labels, len(unseen), config)
+    if fraction <= 0 or len(unseen) < 2:
+        return set()
+    unit = {name: stable_unit(config.seed, "calibration", name) for name in sorted(unseen)}
+    chosen = {name for name, number in unit.items() if number < fraction}
+    if len(chosen) == len(unseen):
+        chosen.discard(max(unit, key=lambda name: unit[name]))
+    if config.calibration_fraction is None and chosen:
+        log.info(
+            "wide data (the median class has %.0f images, so val would hold fewer than %d of it): %d of the %d "
+            "unseen classes are held whole in the val split, where evaluate calibrates the cluster stage "
+            "(preprocess.split.calibration_fraction)",
+            labels.value_counts().median(),
+            MIN_VAL_IMAGES,
+            len(chosen),
+            len(unseen),
+        )
+    return chosen
+
+
 def split_groups(keys: Iterable[str], config: SplitConfig, test_keys: frozenset[str] = frozenset()) -> dict[str, str]:
     """train/val/test for the groups of one class, by threshold on each group's number.
 
@@ -218,9 +271,13 @@ def assign_splits(items: pd.DataFrame, config: SplitConfig) -> pd.DataFrame:
     test_keys = frozenset(f"group:{group}" for group in config.test_groups)
     unseen = select_unseen_classes(frame["label"], config)
     frame["subset"] = ["unseen" if label in unseen else "seen" for label in frame["label"]]
+    calibration = select_calibration_classes(frame["label"], unseen, config)
     splits = pd.Series("", index=frame.index, dtype=object)
     ungrouped = []
     for label, members in frame.groupby("label", sort=True):
+        if label in calibration:
+            splits[members.index] = "val"
+            continue
         keys = members["_key"]
         if keys.nunique() < MIN_GROUPS <= len(members):
             ungrouped.append(str(label))
