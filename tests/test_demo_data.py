@@ -10,7 +10,13 @@ from PIL import Image
 
 from replearn.data.chars import CHARACTERS, class_name, generate_chars
 from replearn.data.digits import generate_digits
-from replearn.data.fonts import discover_fonts, find_font_files, inspect_font, site_package_dirs
+from replearn.data.fonts import (
+    dependency_font_files,
+    discover_fonts,
+    find_font_files,
+    inspect_font,
+    site_package_dirs,
+)
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -180,3 +186,12 @@ def test_glyphs_leave_out_look_alikes_and_marks() -> None:
     assert "A" in table and "\u0391" not in table and "\u0410" not in table  # Greek and Cyrillic capital A
     assert "\u0416" in table and "\u03b6" in table and "\u2211" in table  # Cyrillic Zhe, Greek zeta, n-ary sum
     assert not any(unicodedata.category(char).startswith("M") for char in table)
+
+
+def test_the_demo_fonts_are_those_of_replearns_dependencies_never_of_an_extra() -> None:
+    fonts = dependency_font_files()
+    assert any(path.name == "DejaVuSans.ttf" for path in fonts)  # matplotlib's, a runtime dependency
+    arial = [path for path in find_font_files(site_package_dirs()) if path.name == "Arial.ttf"]
+    if not arial:
+        pytest.skip("the fiftyone extra (whose ETA ships Arial.ttf) is not installed")
+    assert not set(arial) & set(fonts)
