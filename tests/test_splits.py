@@ -223,12 +223,36 @@ def test_wide_data_holds_a_quarter_of_the_unseen_classes_whole_in_val(caplog: py
     assert frame["subset"].tolist() == without["subset"].tolist()
 
 
+def test_seen_classes_of_wide_data_keep_their_groups_in_training() -> None:
+    # 1,000 classes, each drawn by 5 of 50 artists.
+    wide = pd.DataFrame(
+        [
+            {"label": f"c{i:04d}", "source": f"c{i:04d}/artist{(7 * i + a) % 50}_1.png"}
+            for i in range(1000)
+            for a in range(5)
+        ]
+    )
+    frame, forced = assign_splits(wide, SplitConfig()), assign_splits(wide, SplitConfig(wide=False))
+    seen = frame["subset"] == "seen"
+    # Forced, every seen class of five artists gives val and test one each at least: at most 60% train.
+    assert (forced.loc[seen, "split"] == "train").mean() <= 0.6
+    assert 0.65 < (frame.loc[seen, "split"] == "train").mean() < 0.8
+    assert frame[seen].groupby("label")["split"].apply(lambda s: "train" in set(s)).all()
+    # val and test still get about their fractions of the seen images (artist numbers fall where they fall).
+    assert 0.05 < (frame.loc[seen, "split"] == "val").mean() and 0.1 < (frame.loc[seen, "split"] == "test").mean()
+    # Unseen classes outside val keep a gallery and queries each.
+    unseen = frame[(frame["subset"] == "unseen")].groupby("label")["split"].apply(set)
+    assert all(splits in ({"val"}, {"train", "val", "test"}) for splits in unseen)
+
+
 def test_data_with_enough_images_a_class_or_few_unseen_classes_keeps_val_as_it_was() -> None:
     chars_like = fonts_frame(classes=62, fonts=8, per_font=5)  # 40 images a class: val holds 4 of each
-    narrow = items([f"c{i}" for i in range(100)], [f"artist{a}_1.png" for a in range(5)])  # about 20 unseen
+    narrow = items([f"c{i}" for i in range(199)], [f"artist{a}_1.png" for a in range(5)])  # fewer than 200 classes
+    auto_chars = assign_splits(chars_like, SplitConfig())
     for frame in (chars_like, narrow):
         auto, off = assign_splits(frame, SplitConfig()), assign_splits(frame, SplitConfig(calibration_fraction=0.0))
         assert auto["split"].tolist() == off["split"].tolist()
+    assert assign_splits(chars_like, SplitConfig(wide=False))["split"].tolist() == auto_chars["split"].tolist()
 
 
 def test_a_calibration_fraction_set_by_hand_keeps_one_unseen_class_out_of_val() -> None:

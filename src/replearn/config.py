@@ -82,13 +82,19 @@ class SplitConfig(StrictModel):
         default_factory=list,
         description="Groups that are the test split, in place of test_fraction: leave-these-groups-out evaluation.",
     )
+    wide: bool | None = Field(
+        None,
+        description="Wide data (many classes of a few images): seen classes are not forced to give val and test a "
+        "group each, and calibration classes are held out (calibration_fraction); null: wide when 200 classes or more "
+        "have a median class too small to give val 3 images, and no test_groups are set.",
+    )
     calibration_fraction: float | None = Field(
         None,
         ge=0.0,
         lt=1.0,
         description="Share of the unseen classes held whole in the val split, where evaluate calibrates the cluster "
-        "stage on whole classes, as an inbox holds them; null: 0.25 on wide data (a median class too small to give "
-        "val 3 images) with at least 40 unseen classes and no test_groups, else 0.",
+        "stage on whole classes, as an inbox holds them; null: 0.25 on wide data with at least 40 unseen classes, "
+        "else 0.",
     )
 
     @model_validator(mode="after")

@@ -17,14 +17,22 @@ Three exceptions keep small datasets usable:
   the pattern finds one group) is split file by file, with a warning; with three groups it is
   split by group again.
 
-On wide data (thousands of classes of 3 to 7 images) the val split holds 1 or 2 images of a class,
-so evaluate would calibrate the cluster stage on images that never form a cluster: on the wide
-benchmark that left 41% of an inbox of new classes unclustered. So there a share of the unseen
-classes (calibration_fraction; by default AUTO_CALIBRATION_FRACTION when the median class cannot
-give val MIN_VAL_IMAGES images and enough classes are unseen) is held whole in val: classes that
-training never sees, at the size an inbox holds them, among the thin val images of the others.
-Which unseen classes: again a threshold on each class's own number. Whether the data is wide: a
-property of the whole data, logged when it applies.
+On wide data (thousands of classes of 3 to 7 images: products, icons, drawings; `wide`, detected
+when MIN_WIDE_CLASSES classes or more have a median class that cannot give val MIN_VAL_IMAGES
+images) two rules change:
+
+- A seen class is not forced to give val and test a group each: with three groups that took two
+  of them out of training, half the images of the wide benchmark. Its groups fall where their
+  numbers put them, train excepted, and val and test still get about their fractions overall.
+- The val split would hold 1 or 2 images of a class, so evaluate would calibrate the cluster stage
+  on images that never form a cluster: on the wide benchmark that left 41% of an inbox of new
+  classes unclustered. So a share of the unseen classes (calibration_fraction, by default
+  AUTO_CALIBRATION_FRACTION when enough classes are unseen) is held whole in val: classes that
+  training never sees, at the size an inbox holds them, among the thin val images of the others.
+  Which classes: again a threshold on each class's own number.
+
+Whether data is wide is a property of the whole data, so adding images can change it; preprocess
+logs it when it applies.
 """
 
 from __future__ import annotations
@@ -172,55 +180,62 @@ def select_unseen_classes(classes: Iterable[str], config: SplitConfig) -> set[st
 
 # Wide data: the median class gives val fewer images than a cluster needs (cluster.min_size, 3 by default).
 MIN_VAL_IMAGES = 3
+MIN_WIDE_CLASSES = 200  # a few small classes are a small dataset, split as usual; 200 give 40 unseen, 10 to calibrate
 AUTO_CALIBRATION_FRACTION = 0.25
 MIN_CALIBRATION_CLASSES = 10  # fewer would give the calibration too few classes to tell merges from splits
 
 
-def calibration_fraction(labels: pd.Series, unseen: int, config: SplitConfig) -> float:
-    """The configured calibration_fraction, or, when null, AUTO_CALIBRATION_FRACTION on wide data, else 0.
+def is_wide(labels: pd.Series, config: SplitConfig) -> bool:
+    """config.wide, or when null: whether MIN_WIDE_CLASSES classes or more have a median class too small to give
+    val MIN_VAL_IMAGES images.
+
+    Never with test_groups, where the user has said exactly how to split.
 
     >>> wide = pd.Series([f"c{n // 5}" for n in range(5000)])
-    >>> calibration_fraction(wide, 200, SplitConfig()), calibration_fraction(wide, 20, SplitConfig())
+    >>> is_wide(wide, SplitConfig()), is_wide(pd.Series(["c"] * 120 + ["d"] * 120), SplitConfig())
+    (True, False)
+    """
+    if config.wide is not None:
+        return config.wide
+    sizes = labels.value_counts()
+    small = 0 < float(sizes.median() if len(sizes) else 0) * config.val_fraction < MIN_VAL_IMAGES
+    return small and len(sizes) >= MIN_WIDE_CLASSES and not config.test_groups
+
+
+def calibration_fraction(wide: bool, unseen: int, config: SplitConfig) -> float:
+    """config.calibration_fraction, or when null: AUTO_CALIBRATION_FRACTION on wide data with enough unseen classes.
+
+    >>> calibration_fraction(True, 200, SplitConfig()), calibration_fraction(True, 20, SplitConfig())
     (0.25, 0.0)
-    >>> calibration_fraction(pd.Series(["c"] * 120 + ["d"] * 120), 1, SplitConfig(calibration_fraction=0.5))
+    >>> calibration_fraction(False, 200, SplitConfig(calibration_fraction=0.5))
     0.5
     """
     if config.calibration_fraction is not None:
         return config.calibration_fraction
-    median_class = float(labels.value_counts().median()) if len(labels) else 0.0
-    wide = 0 < median_class * config.val_fraction < MIN_VAL_IMAGES and not config.test_groups  # theirs: as asked
     return AUTO_CALIBRATION_FRACTION if wide and unseen * AUTO_CALIBRATION_FRACTION >= MIN_CALIBRATION_CLASSES else 0.0
 
 
-def select_calibration_classes(labels: pd.Series, unseen: set[str], config: SplitConfig) -> set[str]:
+def select_calibration_classes(unseen: set[str], fraction: float, config: SplitConfig) -> set[str]:
     """Unseen classes held whole in val, each by its own number; at least one unseen class stays out of val."""
-    fraction = calibration_fraction(labels, len(unseen), config)
     if fraction <= 0 or len(unseen) < 2:
         return set()
     unit = {name: stable_unit(config.seed, "calibration", name) for name in sorted(unseen)}
     chosen = {name for name, number in unit.items() if number < fraction}
     if len(chosen) == len(unseen):
         chosen.discard(max(unit, key=lambda name: unit[name]))
-    if config.calibration_fraction is None and chosen:
-        log.info(
-            "wide data (the median class has %.0f images, so val would hold fewer than %d of it): %d of the %d "
-            "unseen classes are held whole in the val split, where evaluate calibrates the cluster stage "
-            "(preprocess.split.calibration_fraction)",
-            labels.value_counts().median(),
-            MIN_VAL_IMAGES,
-            len(chosen),
-            len(unseen),
-        )
     return chosen
 
 
-def split_groups(keys: Iterable[str], config: SplitConfig, test_keys: frozenset[str] = frozenset()) -> dict[str, str]:
+def split_groups(
+    keys: Iterable[str], config: SplitConfig, test_keys: frozenset[str] = frozenset(), fill_every_split: bool = True
+) -> dict[str, str]:
     """train/val/test for the groups of one class, by threshold on each group's number.
 
     test is [0, test_fraction), val the next val_fraction, train the rest; then the small-class
     guarantee (see the module docstring) fills train, test and val, in that order of priority,
-    as far as the number of groups allows. With `test_keys` (preprocess.split.test_groups), those
-    keys are the test split and no other key is: test_fraction is then 0 for the rest.
+    as far as the number of groups allows; without `fill_every_split` (a seen class of wide data),
+    train alone. With `test_keys` (preprocess.split.test_groups), those keys are the test split and
+    no other key is: test_fraction is then 0 for the rest.
     """
     unit = {key: stable_unit(config.seed, "split", key) for key in sorted(set(keys))}
     test_fraction = 0.0 if test_keys else config.test_fraction
@@ -231,7 +246,7 @@ def split_groups(keys: Iterable[str], config: SplitConfig, test_keys: frozenset[
     }
     assigned = {key: next(s for s in ("test", "val", "train") if u < intervals[s][1]) for key, u in unit.items()}
     assigned |= {key: "test" for key in unit if key in test_keys}
-    wanted = ["train"] + [s for s in ("test", "val") if intervals[s][1] > intervals[s][0]]
+    wanted = ["train"] + [s for s in ("test", "val") if fill_every_split and intervals[s][1] > intervals[s][0]]
     required = wanted[: len(unit) - sum(1 for key in unit if key in test_keys)]
     for split in required:
         if split in assigned.values():
@@ -271,7 +286,18 @@ def assign_splits(items: pd.DataFrame, config: SplitConfig) -> pd.DataFrame:
     test_keys = frozenset(f"group:{group}" for group in config.test_groups)
     unseen = select_unseen_classes(frame["label"], config)
     frame["subset"] = ["unseen" if label in unseen else "seen" for label in frame["label"]]
-    calibration = select_calibration_classes(frame["label"], unseen, config)
+    wide = is_wide(frame["label"], config)
+    calibration = select_calibration_classes(unseen, calibration_fraction(wide, len(unseen), config), config)
+    if wide:
+        log.info(
+            "wide data (the median class has %.0f images: val would hold fewer than %d of it): seen classes are not "
+            "forced to give val and test a group each, and %d of the %d unseen classes are held whole in the val "
+            "split, where evaluate calibrates the cluster stage (preprocess.split.wide, calibration_fraction)",
+            frame["label"].value_counts().median(),
+            MIN_VAL_IMAGES,
+            len(calibration),
+            len(unseen),
+        )
     splits = pd.Series("", index=frame.index, dtype=object)
     ungrouped = []
     for label, members in frame.groupby("label", sort=True):
@@ -282,7 +308,7 @@ def assign_splits(items: pd.DataFrame, config: SplitConfig) -> pd.DataFrame:
         if keys.nunique() < MIN_GROUPS <= len(members):
             ungrouped.append(str(label))
             keys = "item:" + members["source"]
-        assigned = split_groups(keys, config, test_keys)
+        assigned = split_groups(keys, config, test_keys, fill_every_split=not wide or label in unseen)
         splits[members.index] = [assigned[key] for key in keys]
     if ungrouped:
         log.warning(
