@@ -22,6 +22,7 @@ import yaml
 
 from replearn import stages
 from repo_copy import copy_repository
+from tiny_params import TINY_STAGE_PARAMS
 
 pytestmark = pytest.mark.slow
 
@@ -30,23 +31,9 @@ STAGES = ["validate", "preprocess", "train", "evaluate", "export", "cluster"]
 
 TINY_PARAMS = {
     "data": {"raw_dir": "data/raw", "per_class": 6, "size": 32, "seed": 0},
+    **TINY_STAGE_PARAMS,
     "validate": {"min_width": 8, "min_height": 8, "on_error": "fail", "workers": 1},
     "preprocess": {"resize": {"size": 32, "mode": "pad"}, "workers": 2},
-    "train": {
-        "model": {"d_model": 16, "layers": 1, "heads": 2, "embedding_dim": 8},
-        "classes_per_batch": 4,
-        "images_per_class": 2,
-        "iterations": 3,
-        "checkpoint_every": 3,
-        "warmup_iterations": 0,
-        "loader_workers": 0,
-        "precision": "fp32",
-        "devices": "cpu",
-    },
-    "evaluate": {"embedding_map": "pca", "worst_queries": 1},
-    # TorchScript exports a tiny model in about half the time of dynamo; the exporter is not under test here.
-    "export": {"exporter": "torchscript", "opset": 17, "parity_images": 4},
-    "cluster": {"min_size": 2},
 }
 
 

@@ -157,15 +157,20 @@ def test_rerun_adds_new_images_updates_changed_fields_and_duplicates_nothing(out
     assert {rows[f"a/{i}.png"]["cluster_state"] for i in range(6)} == {"confirmed"}
 
 
+def mark_in_app(out: Path, dataset_name: str, reject: str, relabel: tuple[str, str]) -> None:
+    """Export, then mark as a person does in the App: tag one image `reject`, edit another's cluster label."""
+    export_to_fiftyone(out, dataset_name, map_method="pca")
+    fo, _ = import_fiftyone()
+    dataset = fo.load_dataset(dataset_name)
+    dataset.match(fo.ViewField("path") == reject).tag_samples(REJECT_TAG)
+    sample = dataset.match(fo.ViewField("path") == relabel[0]).first()
+    sample["cluster"].label = relabel[1]  # as the App's label editor leaves it
+    sample.save()
+
+
 @needs_fiftyone
 def test_app_marks_become_corrections_once(out: Path) -> None:
-    export_to_fiftyone(out, "fo-marks", map_method="pca")
-    fo, _ = import_fiftyone()
-    dataset = fo.load_dataset("fo-marks")
-    dataset.match(fo.ViewField("path") == "a/3.png").tag_samples(REJECT_TAG)
-    b0 = dataset.match(fo.ViewField("path") == "b/0.png").first()
-    b0["cluster"].label = "1"  # as the App's label editor leaves it
-    b0.save()
+    mark_in_app(out, "fo-marks", reject="a/3.png", relabel=("b/0.png", "1"))
     run = load_catalogue(out).run
 
     result = export_to_fiftyone(out, "fo-marks", apply=True)
@@ -197,13 +202,7 @@ def test_app_marks_become_corrections_once(out: Path) -> None:
 
 @needs_fiftyone
 def test_a_label_that_names_no_cluster_applies_nothing(out: Path) -> None:
-    export_to_fiftyone(out, "fo-bad", map_method="pca")
-    fo, _ = import_fiftyone()
-    dataset = fo.load_dataset("fo-bad")
-    dataset.match(fo.ViewField("path") == "a/3.png").tag_samples(REJECT_TAG)
-    c1 = dataset.match(fo.ViewField("path") == "c/1.png").first()
-    c1["cluster"].label = "9"
-    c1.save()
+    mark_in_app(out, "fo-bad", reject="a/3.png", relabel=("c/1.png", "9"))
     run = load_catalogue(out).run
     with pytest.raises(UserError, match=r"c/1.png@\w+: its cluster label '9' is not the id of a cluster"):
         export_to_fiftyone(out, "fo-bad", apply=True)

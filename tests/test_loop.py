@@ -26,28 +26,10 @@ from replearn.catalogue.store import load_catalogue
 from replearn.data.chars import generate_chars
 from replearn.data.splits import read_splits
 from replearn.embedding.onnx import read_metadata
+from tiny_params import TINY_STAGE_PARAMS
 
 pytestmark = pytest.mark.slow
 
-TINY_PARAMS = {
-    "validate": {"workers": 1},
-    "preprocess": {"resize": {"size": 32}, "workers": 2},
-    "train": {
-        "model": {"d_model": 16, "layers": 1, "heads": 2, "embedding_dim": 8},
-        "classes_per_batch": 4,
-        "images_per_class": 2,
-        "iterations": 3,
-        "checkpoint_every": 3,
-        "warmup_iterations": 0,
-        "loader_workers": 0,
-        "precision": "fp32",
-        "devices": "cpu",
-    },
-    "evaluate": {"embedding_map": "pca", "worst_queries": 1},
-    # TorchScript exports a tiny model in about half the time of dynamo; the exporter is not under test here.
-    "export": {"exporter": "torchscript", "opset": 17, "parity_images": 4},
-    "cluster": {"min_size": 2},
-}
 NEW_CLASSES = ["digit_7", "upper_Q", "lower_m"]  # in the inbox only: the first model never sees them
 # The promoted class. Its stable number (data/splits.py, split seed 0) is 0.53, above unseen_fraction 0.2,
 # so the split makes it a seen class, which training learns, rather than a held-out one.
@@ -71,7 +53,7 @@ def test_cluster_name_promote_retrain_evaluate_migrate(
         return text
 
     monkeypatch.chdir(tmp_path)
-    Path("params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    Path("params.yaml").write_text(yaml.safe_dump(TINY_STAGE_PARAMS))
     raw, inbox = Path("data/raw"), Path("data/inbox")
     generate_chars(raw, per_class=6, size=32, seed=0)
     generate_chars(tmp_path / "rendered", per_class=6, size=32, seed=1)

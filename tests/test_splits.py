@@ -239,7 +239,7 @@ def test_seen_classes_of_wide_data_keep_their_groups_in_training() -> None:
     assert 0.65 < (frame.loc[seen, "split"] == "train").mean() < 0.8
     assert frame[seen].groupby("label")["split"].apply(lambda s: "train" in set(s)).all()
     # val and test still get about their fractions of the seen images (artist numbers fall where they fall).
-    assert 0.05 < (frame.loc[seen, "split"] == "val").mean() and 0.1 < (frame.loc[seen, "split"] == "test").mean()
+    assert (frame.loc[seen, "split"] == "val").mean() > 0.05 and (frame.loc[seen, "split"] == "test").mean() > 0.1
     # Unseen classes outside val keep a gallery and queries each.
     unseen = frame[(frame["subset"] == "unseen")].groupby("label")["split"].apply(set)
     assert all(splits in ({"val"}, {"train", "val", "test"}) for splits in unseen)
