@@ -32,7 +32,7 @@ from replearn.clustering.cluster import (
     class_labels,
     cluster_embeddings_into,
     resolve_threshold,
-    with_model_resolution,
+    with_model_settings,
 )
 from replearn.clustering.components import number_by_size
 from replearn.clustering.graph import knn_graph
@@ -275,7 +275,7 @@ def incremental_vs_one_shot(embeddings: np.ndarray, labels: list[str], threshold
 def stage_settings(config: ClusterConfig, model: OnnxEmbedder, path: Path) -> ClusterConfig:
     """The cluster stage's settings for this model: its threshold and resolution unless params.yaml sets them."""
     threshold = resolve_threshold(config, model.metadata, path)
-    return with_model_resolution(config, model.metadata).model_copy(update={"threshold": threshold})
+    return with_model_settings(config, model.metadata).model_copy(update={"threshold": threshold})
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ from replearn.clustering.cluster import (
     class_labels,
     cluster_embeddings_into,
     resolve_threshold,
-    with_model_resolution,
+    with_model_settings,
 )
 from replearn.config import load_config
 from replearn.embedding.onnx import OnnxEmbedder, embed_folder
@@ -66,7 +66,7 @@ def quality(model_path: Path, family: str, per_class: int) -> None:
     config = load_config(Path("params.yaml"))
     model = OnnxEmbedder(model_path, provider="cpu")
     threshold = resolve_threshold(config.cluster, model.metadata, model_path)
-    settings = with_model_resolution(config.cluster, model.metadata)
+    settings = with_model_settings(config.cluster, model.metadata)
     with tempfile.TemporaryDirectory(prefix="replearn-search-") as folder:
         inbox = held_out_inbox(Path(folder) / "inbox", family, per_class, config.data.size)
         embedded = embed_folder(model, inbox)

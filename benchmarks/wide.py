@@ -54,7 +54,7 @@ from replearn.clustering.methods import cluster_embeddings
 from replearn.config import DEFAULT_RESOLUTION, Config, load_config
 from replearn.console import setup_logging
 from replearn.data.glyphs import generate_glyphs
-from replearn.data.preprocess import preprocess
+from replearn.data.preprocess import preprocess, read_summary
 from replearn.evaluation.evaluate import SplitData, calibrate, load_split_data
 from replearn.evaluation.retrieval import score_retrieval
 from replearn.training.train import train
@@ -108,13 +108,17 @@ def aligned_to(data: SplitData, reference: SplitData) -> SplitData:
     return SplitData(reference.frame, data.embeddings[rows], reference.codes, reference.classes, reference.root)
 
 
-def cluster_scores(config: Config, data: SplitData, scored: np.ndarray) -> dict[str, float]:
-    """Calibrate on val as evaluate does, then cluster the `scored` rows (which it did not read) as the stage would."""
+def cluster_scores(config: Config, data: SplitData, scored: np.ndarray, stage_min_size: int) -> dict[str, float]:
+    """Calibrate on val as evaluate does, then cluster the `scored` rows (which it did not read) as the stage would.
+
+    `stage_min_size`: the cluster stage's min_size; evaluate calibrates with config.cluster.min_size either way.
+    """
     _, rows, _, pair = calibrate(data, config.evaluate)
     assert not np.isin(scored, rows).any(), "the calibration read labels of images it is scored on"
     choice = choose_clustering(data.embeddings[rows], data.codes[rows], pair.threshold, config.cluster)
     threshold, resolution = (choice.threshold, choice.resolution) if choice else (pair.threshold, DEFAULT_RESOLUTION)
-    ids = cluster_embeddings(data.embeddings[scored], threshold, louvain_config(config.cluster, resolution))
+    stage = louvain_config(config.cluster, resolution).model_copy(update={"min_size": stage_min_size})
+    ids = cluster_embeddings(data.embeddings[scored], threshold, stage)
     scores = reported_scores(data.codes[scored], ids)
     return {
         "pair threshold": pair.threshold,
@@ -189,6 +193,10 @@ def main() -> None:
         started = time.perf_counter()
         summary = trained_model(recipe, preprocessed, args.out / f"{name}-{args.size}" / "train")
         data = load_split_data(recipe, args.out / f"{name}-{args.size}" / "train" / "best.pt", preprocessed)
+        # As the cluster stage decides (clustering/cluster.py, with_model_settings): wide data clusters at 2.
+        folder = read_summary(preprocessed)
+        wide = folder is not None and bool(folder.wide)
+        stage_min_size = recipe.cluster.wide_min_size if wide else recipe.cluster.min_size
         reference = reference or data
         aligned = aligned_to(data, reference)
         scored = aligned_rows(data, reference, np.setdiff1d(unseen_rows(reference), reference.rows("val")))
@@ -201,9 +209,12 @@ def main() -> None:
                 "train min": summary["seconds"] / 60,
                 "s/it": summary["seconds"] / summary["iterations"],
                 **retrieval_scores(aligned.embeddings, aligned),
-                **cluster_scores(recipe, data, scored),
+                **cluster_scores(recipe, data, scored, stage_min_size),
             },
         )
+        if wide and stage_min_size != recipe.cluster.min_size:  # what the wide data's min_size adds
+            stage = cluster_scores(recipe, data, scored, recipe.cluster.min_size)
+            rows.insert(1, {"recipe": f"{name}, cluster stage at min_size {recipe.cluster.min_size}", **stage})
         print(f"{name}: {(time.perf_counter() - started) / 60:.1f} min including training")
     assert reference is not None
     vectors = pixel_vectors(reference.root, list(reference.frame["path"]))

@@ -89,6 +89,7 @@ def test_metadata_round_trip(tiny_export: ExportResult, tiny_checkpoint: Path, t
         data_version=f"splits-{splits_hash}",
         resize_mode="pad",
         precision="fp32",
+        wide=False,  # preprocess.json's: 62 classes are not wide data
     )
     assert read_metadata(tiny_export.path) == expected == tiny_export.metadata
     props = {entry.key: entry.value for entry in onnx.load(str(tiny_export.path)).metadata_props}
@@ -101,6 +102,9 @@ def test_metadata_without_threshold_and_malformed_metadata() -> None:
     metadata = ModelMetadata(64, "RGB", IMAGENET_MEAN, IMAGENET_STD, 128, None, (), "0", "h", "v", "crop")
     props = metadata.to_props()
     assert props["threshold"] == "null" and ModelMetadata.from_props(props).threshold is None
+    older = {key: value for key, value in props.items() if key != "wide"}  # exported before the key
+    assert ModelMetadata.from_props(older).wide is None
+    assert ModelMetadata.from_props({**props, "wide": "true"}).wide is True
     with pytest.raises(UserError, match=r"m.onnx lacks replearn metadata \['classes'\]"):
         ModelMetadata.from_props({k: v for k, v in props.items() if k != "classes"}, source="m.onnx")
     with pytest.raises(UserError, match="malformed"):

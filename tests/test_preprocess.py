@@ -66,7 +66,7 @@ def test_output_follows_the_contract(preprocessed: Path, chars_dir: Path) -> Non
 def test_the_summary_is_read_back_for_resize_and_data_version(preprocessed: Path, tmp_path: Path) -> None:
     """Training and export read the resize and the data version back; the version is splits.csv's hash."""
     summary = preprocess_module.read_summary(preprocessed)
-    assert summary is not None and summary.resize.size == 32
+    assert summary is not None and summary.resize.size == 32 and summary.wide is False
     assert summary.data_version == hashlib.sha256((preprocessed / "splits.csv").read_bytes()).hexdigest()[:16]
     assert preprocess_module.read_summary(tmp_path) is None  # a folder preprocessing never wrote
     (tmp_path / "preprocess.json").write_text("{}")

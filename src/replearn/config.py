@@ -347,6 +347,12 @@ class ClusterConfig(StrictModel):
         f"{DEFAULT_RESOLUTION}.",
     )
     min_size: int = Field(3, ge=1, description="Clusters smaller than this go to cluster 0, unclustered.")
+    wide_min_size: int = Field(
+        2,
+        ge=1,
+        description="min_size of the cluster stage for a model trained on wide data (its metadata says so): an "
+        "inbox of such classes often holds 2 images of one. Evaluate calibrates with min_size either way.",
+    )
     exact_max_n: int = Field(200_000, ge=1, description="Above this many images, approximate kNN builds the graph.")
     neighbors: int = Field(20, ge=1, description="k of the kNN graph (louvain, approximate, or refine=mutual_knn).")
     refine: Literal["none", "mutual_knn"] = Field(

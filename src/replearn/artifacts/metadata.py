@@ -21,7 +21,7 @@ OUTPUT_NAME = "embeddings"
 
 ResizeMode = Literal["crop", "pad", "stretch"]
 # Keys a model may lack: files exported before them were written.
-OPTIONAL_KEYS = ("precision", "resolution", "cluster_threshold")
+OPTIONAL_KEYS = ("precision", "resolution", "cluster_threshold", "wide")
 # fp32: the exported graph; int8 / fp16: the optional smaller variants written beside it.
 Precision = Literal["fp32", "int8", "fp16"]
 
@@ -57,6 +57,9 @@ class ModelMetadata:
     # its graph is pruned at, calibrated together at or below `threshold` (which decides pairs).
     resolution: float | None = None
     cluster_threshold: float | None = None
+    # Optional: whether the training data was wide (many classes of a few images), which sets the cluster
+    # stage's min_size (cluster.wide_min_size); None for a model exported without its preprocessed folder.
+    wide: bool | None = None
 
     @property
     def resize(self) -> ResizeConfig:
@@ -100,6 +103,7 @@ class ModelMetadata:
                 precision=cast(Precision, precision),
                 resolution=_optional_float(props.get("resolution", "null")),
                 cluster_threshold=_optional_float(props.get("cluster_threshold", "null")),
+                wide=json.loads(props.get("wide", "null")),
             )
         except (ValueError, TypeError) as error:
             raise UserError(f"{source} has malformed replearn metadata: {error}") from None

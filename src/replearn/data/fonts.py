@@ -65,7 +65,7 @@ def dependency_font_files(root: str = "replearn") -> list[Path]:
     `make install` does not. When replearn is not installed as a package (run from a source tree),
     every font in site-packages counts, as it did before.
     """
-    names, seen, found = [root], set(), set()
+    names, seen, found = [root], set[str](), set[Path]()
     while names:
         name = re.sub(r"[-_.]+", "-", names.pop()).lower()
         if name in seen:
@@ -82,7 +82,9 @@ def dependency_font_files(root: str = "replearn") -> list[Path]:
             for file in dist.files or []
             if file.suffix.lower() in FONT_SUFFIXES
         )
-        names += [REQUIREMENT_NAME.match(r)[0] for r in dist.requires or [] if not EXTRA_MARKER.search(r)]
+        names += [
+            match[0] for r in dist.requires or [] if not EXTRA_MARKER.search(r) and (match := REQUIREMENT_NAME.match(r))
+        ]
     return sorted(path for path in found if path.is_file())
 
 

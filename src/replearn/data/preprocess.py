@@ -40,7 +40,7 @@ from replearn.config import Config, PreprocessConfig, ResizeConfig
 from replearn.console import results_table, track
 from replearn.data.images import DECODE_ERRORS, load_image
 from replearn.data.manifest import CONTENT_COLUMNS, ScanTotals, display_path, scan_data_dir
-from replearn.data.splits import COLUMNS, SPLITS, SPLITS_FILE, SUBSETS, assign_splits
+from replearn.data.splits import COLUMNS, SPLITS, SPLITS_FILE, SUBSETS, assign_splits, is_wide
 from replearn.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class PreprocessSummary:
 
     resize: ResizeConfig  # the model's input: training records it in the checkpoint, export in the ONNX file
     data_version: str  # sha256 of splits.csv (16 hex digits): the data a model was trained on
+    wide: bool | None = None  # many classes of a few images (data/splits.py); None: a folder older than the key
 
 
 def read_summary(preprocessed_dir: Path) -> PreprocessSummary | None:
@@ -68,7 +69,9 @@ def read_summary(preprocessed_dir: Path) -> PreprocessSummary | None:
         return None
     try:
         values = json.loads(path.read_text())
-        return PreprocessSummary(ResizeConfig.model_validate(values["resize"]), str(values["data_version"]))
+        wide = values.get("wide")
+        resize = ResizeConfig.model_validate(values["resize"])
+        return PreprocessSummary(resize, str(values["data_version"]), None if wide is None else bool(wide))
     except (ValueError, KeyError, TypeError) as error:
         raise UserError(f"{path} is unreadable ({error}); rerun `replearn preprocess`") from None
 
@@ -400,6 +403,7 @@ def preprocess(full_config: Config, data_dir: Path, out_dir: Path, only: Path | 
             "image_format": config.image_format,
             "jpeg_quality": config.jpeg_quality,
             "split": config.split.model_dump(mode="json"),
+            "wide": is_wide(table["label"], config.split),
             "images": len(table),
             "file_list": None if only is None else str(only),
             "left_out": len(found) - len(items),

@@ -302,13 +302,15 @@ def export_model(
     batch: np.ndarray,
     data_version: str,
     calibration: Calibration = NOT_CALIBRATED,
+    data_wide: bool | None = None,
 ) -> ExportResult:
     """A trained model (eval mode, on the CPU) -> parity-checked ONNX file with metadata (plus int8/fp16 variants).
 
     Takes values, reads no file: stages/export.py loads the checkpoint, the parity batch and the
     data version. train_config: the config the model was trained with (input size, resize mode, its
     hash); batch: model inputs for the parity check (`load_parity_batch`); calibration: evaluation's
-    threshold, resolution and cluster threshold, stored in the metadata. All files are renamed into
+    threshold, resolution and cluster threshold, stored in the metadata, as is data_wide (whether preprocess
+    found the training data wide, which sets the cluster stage's min_size). All files are renamed into
     place together, and only when every check passed.
     """
     import torch
@@ -330,6 +332,7 @@ def export_model(
         threshold=calibration.threshold,
         resolution=calibration.resolution,
         cluster_threshold=calibration.cluster_threshold,
+        wide=data_wide,
         classes=tuple(classes),
         replearn_version=__version__,
         config_hash=hash_config(train_config),

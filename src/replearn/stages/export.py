@@ -1,7 +1,7 @@
 """The export stage: a checkpoint to a parity-checked ONNX file with its metadata (export/onnx_export.py).
 
-The files are read here (the checkpoint, the parity images, preprocess.json's data version,
-evaluation's threshold.json), so export_model itself takes values.
+The files are read here (the checkpoint, the parity images, preprocess.json's data version and
+whether the data is wide, evaluation's threshold.json), so export_model itself takes values.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from replearn.artifacts.threshold import NOT_CALIBRATED, Calibration, read_calibration
 from replearn.config import Config
+from replearn.data.preprocess import read_summary
 from replearn.errors import UserError
 from replearn.export.onnx_export import ExportResult, describe_data, export_model, load_parity_batch
 
@@ -33,6 +34,7 @@ def stage(
         raise UserError("give the threshold or a threshold file, not both")
     model, train_config, classes = load_model(checkpoint, device="cpu")
     images_dir = None if images_dir is None else Path(images_dir)
+    summary = read_summary(images_dir) if images_dir is not None else None
     return export_model(
         config.export,
         model,
@@ -42,4 +44,5 @@ def stage(
         load_parity_batch(images_dir, train_config.preprocess.resize, config.export.parity_images),
         describe_data(images_dir, data_version),
         read_calibration(threshold_file) if threshold_file is not None else calibration or NOT_CALIBRATED,
+        summary.wide if summary is not None else None,
     )
