@@ -346,7 +346,12 @@ class ClusterConfig(StrictModel):
         description=f"Louvain resolution per connected component of the graph; None: the model's, else "
         f"{DEFAULT_RESOLUTION}.",
     )
-    min_size: int = Field(3, ge=1, description="Clusters smaller than this go to cluster 0, unclustered.")
+    min_size: int = Field(
+        3,
+        ge=1,
+        description="Clusters smaller than this go to cluster 0, unclustered (for a model trained on wide data, "
+        "wide_min_size does).",
+    )
     wide_min_size: int = Field(
         2,
         ge=1,
