@@ -53,7 +53,8 @@ def test_an_option_help_is_its_config_description() -> None:
     from replearn.cli import from_config
 
     assert from_config("cluster.min_size").help == (
-        "Clusters smaller than this go to cluster 0, unclustered [default: cluster.min_size]."
+        "Clusters smaller than this go to cluster 0, unclustered (for a model trained on wide data, "
+        "wide_min_size does) [default: cluster.min_size]."
     )
     with pytest.raises(ValueError, match="train.lr needs a description"):
         from_config("train.lr")
