@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import scipy.sparse as sp
 
 from replearn.config import ClusterConfig
 from replearn.similarity import as_rows, unit_rows
@@ -107,9 +108,8 @@ def write_image_index(
         return
     vectors = as_rows(embeddings[rows])  # as stored: what an exact scan compares
     keys, lists = np.unique(cluster_ids[rows[clustered]], return_inverse=True)
-    order = np.argsort(lists, kind="stable")
-    starts = np.searchsorted(lists[order], np.arange(len(keys)))
-    centroids = unit_rows(np.add.reduceat(vectors[clustered][order], starts, axis=0))
+    members = sp.csr_matrix((np.ones(len(lists), dtype=np.float32), (lists, np.arange(len(lists)))))
+    centroids = unit_rows(members @ vectors[clustered])  # one pass over the rows, whatever the clusters' sizes
     quantizer = nearest_index(centroids, np.arange(len(keys)), seed)
     assignment = np.empty(len(rows), dtype=np.int64)
     assignment[clustered] = lists
