@@ -13,19 +13,19 @@ per ROWS_PER_LIST rows) searched with cluster.nprobe lists. Both are where the n
 differ from an exact search over every live prototype; benchmarks/cluster.py compares the clusters
 with those of the format-1 code.
 
-Nearest images (neighbours/): an IVF index whose lists are the segment's clusters. Neighbours are
-worth probing only at the scale of clusters, and on data without coarser structure (a million
-images in 50,000 look-alike groups) an IVF with a few thousand k-means lists finds 0.75 of the 10
-nearest at nprobe 16 while k-means at the scale of clusters (12,500 lists for 800,000 rows) costs
-minutes per compaction (rows x lists x dim per iteration). A catalogue already holds that partition:
-its clusters. So each clustered row is filed under its stored cluster id, the list's centroid is the
-mean of those rows in the segment, and an unclustered row is filed under its nearest centroid. The
-centroids are indexed as the prototypes are (flat or IVF), which makes that index the IVF's
-quantizer, so a build costs what a prototype index costs plus a pass over the rows, and a query
-probes cluster.nprobe lists. Rows are stored as 8-bit codes (a quarter of their float32 bytes) and
-the candidates are scored again on the segment's own embedding column, so similarities are exact.
-A segment without a clustered row with an embedding has no index: search scans it, as it scans
-the segments of catalogues written before these indexes existed.
+Nearest images (neighbours/): an IVF index whose lists are the segment's clusters. On data without
+structure coarser than its look-alike groups (benchmarks/search.py: 800,000 images in groups of 20)
+an IVF of 1,024 to 4,096 k-means lists finds 0.72 to 0.77 of the 10 nearest at nprobe 16; lists of
+about 64 rows find nearly all, but k-means costs rows x lists per iteration (41 s for 3,125 lists
+over 200,000 rows on two shared cores), too much for a compaction. A catalogue already holds that
+partition, paid for by its runs: its clusters. So each clustered row is filed under its stored
+cluster id, a list's centroid is the mean of those rows in the segment, and an unclustered row is
+filed under its nearest centroid. The centroids are indexed as the prototypes are (flat or IVF),
+which makes that index the IVF's quantizer, so a build costs what a prototype index costs plus a
+pass over the rows, and a query probes cluster.nprobe lists. Rows are stored as 8-bit codes (a
+quarter of their float32 bytes) and the candidates are scored again on the segment's own embedding
+column, so similarities are exact. A segment without a clustered row with an embedding has no
+index: search scans it, as it scans the segments of catalogues written before these indexes existed.
 """
 
 from __future__ import annotations

@@ -8,12 +8,13 @@ catalogue's last run: what a run asks of an image before it joins a confirmed cl
 
 The nearest catalogue images come from each images segment's index (indexes.py: one IVF list per
 cluster, cluster.nprobe lists probed, candidates scored again exactly on the embedding column), so
-they too cost what the probed lists hold, not the catalogue: 0.2 to 0.4 s for 1,000 queries
-against a million 128-d images on two shared cores, recall@10 0.979 of an exact scan (0.999 at
-nprobe 64), where the exact scan of the same embeddings took 2.8 s (benchmarks/search.py). A
-segment without an index (written before these indexes existed, or holding no clustered image) is
-scanned exactly, as every segment was before. Only an image's newest row counts: a segment whose
-top hits include superseded rows is searched again deeper until it has k live ones.
+a batch costs what the probed lists of each segment hold, not the catalogue: 0.21 to 0.51 s for
+1,000 queries against a million 128-d images on two shared cores (0.33 to 0.52 s with the cluster
+part), recall@10 0.979 of an exact scan (0.999 at nprobe 64), where an exact scan took 2 to 21 s
+with the machine's load (benchmarks/search.py, docs/cluster.md). A segment without an index
+(written before these indexes existed, or holding no clustered image) is scanned exactly, as every
+segment was before. Only an image's newest row counts: a segment whose top hits include superseded
+rows is searched again deeper until it has k live ones.
 """
 
 from __future__ import annotations
