@@ -248,6 +248,7 @@ def growth(runs: int, batch: int, new_classes: int) -> None:
         )
     last = seconds[-10:]
     print(f"mean of the last 10 runs / run 2: {np.mean(last) / seconds[1]:.2f}x, slowest run {max(seconds):.2f} s")
+    print(f"all {runs} runs: {sum(seconds):.1f} s, {np.mean(seconds):.2f} s a run with compaction's share")
     # A run writes its own segments; every fourth run also merges a level (compaction), more rarely a
     # larger one: the median is what a run writes, the mean of many runs adds compaction's share.
     early, late = megabytes[1:21], megabytes[-20:]

@@ -153,8 +153,10 @@ def test_a_crash_before_the_commit_leaves_the_previous_catalogue(
     retry = run(tmp_path, make_batch({5: 4}, "day2", seed=1))
     assert retry.run == 2 and retry.new_clusters == 1
     after = sorted(p.relative_to(tmp_path) for p in (tmp_path / "catalogue").rglob("*"))
-    # A segment per table, the index of the clusters one, a new pool; the old pool stays as the undo point's.
-    assert len(after) == len(files) + 6
+    # A segment per table, the indexes of the clusters and images ones, a new pool; the old pool stays as the
+    # undo point's.
+    assert len(after) == len(files) + 7
+    assert sum(path.parent.name == "neighbours" for path in after) == 2
 
 
 def test_embeddings_of_another_model_are_refused_with_how_to_migrate(tmp_path: Path) -> None:

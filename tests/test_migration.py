@@ -12,9 +12,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from replearn.catalogue.corrections import merge_clusters, move_images, name_cluster, reject_images, split_cluster
+from replearn.catalogue.indexes import index_path_of
 from replearn.catalogue.lineage import cluster_history
 from replearn.catalogue.migration import MIGRATION_FILE, Migration, migrate_catalogue
 from replearn.catalogue.read import current_assignments, follow_merges, merges, read_table
+from replearn.catalogue.search import search_embeddings
 from replearn.catalogue.segments import vectors_of
 from replearn.catalogue.store import catalogue_lock, load_catalogue
 from replearn.cli import app
@@ -106,6 +108,12 @@ def test_migration_keeps_every_id_name_state_and_merge_and_remakes_the_space(
         members = readable["cluster_id"].isin([cluster_id, *({5} if cluster_id == 4 else set())]).to_numpy()
         assert np.allclose(row["sum"], fresh.embeddings[members].sum(axis=0), atol=1e-5)
         assert set(row["exemplars"]) == set(readable.loc[members, "digest"])
+    # The fresh images segment's index is in the new space: each readable image finds itself first, and every
+    # other readable image after it, but never one without an embedding.
+    assert index_path_of(catalogue.directory, catalogue.images.segments[0].file).is_file()
+    found = search_embeddings(out, fresh.embeddings, readable["path"].tolist(), clusters=0, images=30).images
+    assert found[found["rank"] == 1]["path"].tolist() == readable["path"].tolist()
+    assert found.groupby("query")["path"].nunique().eq(28).all() and len(found) == 28 * 28
 
     events = read_table(out, "events")
     migrated = events[events["kind"] == "migrated"].set_index("cluster_id")

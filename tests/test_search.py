@@ -18,7 +18,9 @@ from replearn import cli
 from replearn.artifacts.hashing import sha256_file
 from replearn.catalogue import search
 from replearn.catalogue.corrections import merge_clusters, move_images, name_cluster
-from replearn.catalogue.search import search_catalogue, search_embeddings, search_images
+from replearn.catalogue.indexes import INDEX_DIRS, index_path_of, search_image_index
+from replearn.catalogue.search import SearchResult, search_catalogue, search_embeddings, search_images
+from replearn.catalogue.segments import vectors_of
 from replearn.catalogue.store import load_catalogue
 from replearn.clustering.cluster import ImageBatch, cluster_embeddings_into
 from replearn.config import ClusterConfig
@@ -68,6 +70,93 @@ def test_the_nearest_images_each_once_with_their_cluster_now(out: Path) -> None:
     assert sorted(second["path"][:3]) == ["c/0.png", "c/1.png", "c/2.png"] and set(second["cluster_id"][:3]) == {2}
     assert second["similarity"].tolist() == pytest.approx([1, 1, 1, 0], abs=1e-6)
     assert result.clusters[["query", "cluster_id"]].values.tolist() == [["q", 1], ["c", 2]]  # 3 is merged into 2
+
+
+def assert_same_images(result: SearchResult, expected: SearchResult) -> None:
+    """The same images for each query at the same similarities, however ties were broken."""
+    found, wanted = (r.images.set_index(["query", "path"])["similarity"].sort_index() for r in (result, expected))
+    assert found.index.tolist() == wanted.index.tolist()
+    assert found.tolist() == pytest.approx(wanted.tolist(), abs=1e-6)
+
+
+def search_without_image_indexes(out: Path, copy: Path, queries: np.ndarray, names: list[str], k: int) -> SearchResult:
+    """Search a copy of OUT whose images segments have no index, as a catalogue written before they existed."""
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "catalogue" / INDEX_DIRS["images"])
+    return search_embeddings(copy, queries, names, clusters=0, images=k)
+
+
+def test_the_image_index_answers_as_an_exact_scan_and_an_old_catalogue_still_searches(
+    out: Path, tmp_path: Path
+) -> None:
+    move_images(out, 2, ["a/0.png"])  # a second images segment, whose row of a/0 supersedes the first one's
+    catalogue = load_catalogue(out)
+    first, second = (index_path_of(catalogue.directory, s.file) for s in catalogue.images.segments)
+    assert first.is_file() and second.is_file()  # each written with its segment
+    # The first segment's index still holds a/0's old row among the four nearest of e0 ...
+    vectors = vectors_of(catalogue.images.segment(0), "embedding", DIM)
+    similarities, rows = search_image_index(first, E[None, 0].astype(np.float32), vectors, 4, 16)
+    assert similarities[0].tolist() == pytest.approx([1.0] * 4)
+    paths = catalogue.images.segment(0).column("path").take(rows[0]).to_pylist()
+    assert sorted(paths) == [f"a/{i}.png" for i in range(4)]
+    queries, names = np.array([QUERY, E[2], E[5]], dtype=np.float32), ["q", "c", "d"]
+    indexed = search_embeddings(out, queries, names, clusters=0, images=11)
+    # ... but a search gives each image once, with its newest row: all 11 for each query, as an exact scan does.
+    assert indexed.images.groupby("query")["path"].nunique().tolist() == [11, 11, 11]
+    assert indexed.images.set_index(["query", "path"]).loc[("q", "a/0.png"), "cluster_id"] == 2
+    assert_same_images(indexed, search_without_image_indexes(out, tmp_path / "old", queries, names, 11))
+    assert indexed.images[indexed.images["query"] == "d"].iloc[0]["path"] == "d/0.png"  # unclustered, filed too
+
+
+def noisy(rng: np.random.Generator, centres: np.ndarray, noise: float) -> np.ndarray:
+    points = centres + noise * rng.normal(size=centres.shape)
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_compaction_writes_the_merged_segments_image_index(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    out = tmp_path / "out"
+    for day in range(4):  # four runs: their images segments merge into one
+        centres = np.repeat(E[[2 * day, 2 * day + 1]], 3, axis=0)
+        paths = [f"day{day}/{i}.png" for i in range(6)]
+        cluster_embeddings_into(CONFIG, ImageBatch(paths, paths, paths, noisy(rng, centres, 0.05)), out, 0.8, "m")
+    catalogue = load_catalogue(out)
+    assert [s.level for s in catalogue.images.segments] == [1]
+    states = [catalogue.manifest(), catalogue.undo["state"]] if catalogue.undo else [catalogue.manifest()]
+    live = {index_path_of(catalogue.directory, s["file"]) for st in states for s in st["tables"]["images"]}
+    written = set((catalogue.directory / INDEX_DIRS["images"]).iterdir())
+    assert index_path_of(catalogue.directory, catalogue.images.segments[0].file) in written
+    assert written == live  # the merged parts' indexes went with them, but for those of the undo point
+    queries = noisy(rng, E[:8], 0.3)
+    names = [f"q{i}" for i in range(8)]
+    indexed = search_embeddings(out, queries, names, clusters=0, images=7)
+    assert_same_images(indexed, search_without_image_indexes(out, tmp_path / "old", queries, names, 7))
+
+
+def test_an_ivf_image_index_finds_every_image_and_most_exact_neighbours(tmp_path: Path) -> None:
+    """2,100 clusters in one segment: the centroids' own index is an IVF; 50 unclustered images are filed by it."""
+    import faiss
+
+    dim, groups, singles = 32, 2_100, 50
+    rng = np.random.default_rng(1)
+    centres = noisy(rng, np.zeros((groups + singles, dim)), 1.0)
+    points = np.concatenate([noisy(rng, np.repeat(centres[:groups], 2, axis=0), 0.02), centres[groups:]])
+    paths = [f"{i:05d}.png" for i in range(len(points))]
+    out = tmp_path / "out"
+    config = ClusterConfig(min_size=2, method="components")
+    cluster_embeddings_into(config, ImageBatch(paths, paths, paths, points), out, 0.9, "m")
+    catalogue = load_catalogue(out)
+    path = index_path_of(catalogue.directory, catalogue.images.segments[0].file)
+    assert isinstance(faiss.downcast_index(faiss.read_index(str(path)).quantizer), faiss.IndexIVFFlat)
+
+    chosen = np.concatenate([rng.choice(2 * groups, 250, replace=False), 2 * groups + np.arange(singles)])
+    names = [paths[i] for i in chosen]
+    indexed = search_embeddings(out, points[chosen], names, clusters=0, images=5)
+    first = indexed.images[indexed.images["rank"] == 1]
+    assert first["path"].tolist() == names and first["similarity"].tolist() == pytest.approx([1.0] * 300, abs=1e-5)
+    exact = search_without_image_indexes(out, tmp_path / "old", points[chosen], names, 5)
+    pairs = [set(zip(r.images["query"], r.images["path"], strict=True)) for r in (indexed, exact)]
+    assert len(pairs[0] & pairs[1]) / len(pairs[1]) >= 0.9
 
 
 def test_a_search_whose_segments_a_run_deleted_reads_the_new_manifest(

@@ -683,7 +683,7 @@ def search_command(
         typer.Option(
             "--neighbours",
             min=0,
-            help="Nearest catalogue images to show per image (an exact scan of every embedding; 0: none).",
+            help="Nearest catalogue images to show per image (from the images segments' indexes; 0: none).",
         ),
     ] = 5,
 ) -> None:

@@ -1,17 +1,20 @@
 """Search: which known clusters, and which catalogue images, is an image nearest to (`replearn search`).
 
 The question a service asks ("is this a known cluster?"), answered from the index the scheduled runs
-use: each clusters segment's nearest-prototype index (prototypes.py) gives its k nearest active
+use: each clusters segment's nearest-prototype index (indexes.py) gives its k nearest active
 clusters (Catalogue.top_clusters), so the cluster part costs what a run's placement costs, whatever
 the catalogue's size. A hit passes when its similarity to the prototype reaches the threshold of the
 catalogue's last run: what a run asks of an image before it joins a confirmed cluster.
 
-The nearest catalogue images are an exact search over the images table's embedding column
-(memory-mapped, faiss's blocked brute force per segment): exact, but O(catalogue) per batch of
-queries: 10 to 21 s for 1,000 queries against a million 128-d images on two shared cores, 0.35 s
-for one query, against 0.1 to 0.3 s for the cluster part of the batch (benchmarks/search.py). So it
-can be turned off (`images=0`). Only an image's newest row counts: a segment whose top hits include
-superseded rows is searched again deeper until it has k live ones.
+The nearest catalogue images come from each images segment's index (indexes.py: one IVF list per
+cluster, cluster.nprobe lists probed, candidates scored again exactly on the embedding column), so
+a batch costs what the probed lists of each segment hold, not the catalogue: 0.21 to 0.51 s for
+1,000 queries against a million 128-d images on two shared cores (0.33 to 0.52 s with the cluster
+part), recall@10 0.979 of an exact scan (0.999 at nprobe 64), where an exact scan took 2 to 21 s
+with the machine's load (benchmarks/search.py, docs/cluster.md). A segment without an index
+(written before these indexes existed, or holding no clustered image) is scanned exactly, as every
+segment was before. Only an image's newest row counts: a segment whose top hits include superseded
+rows is searched again deeper until it has k live ones.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import pandas as pd
 from rich.console import Group, RenderableType
 from rich.text import Text
 
+from replearn.catalogue.indexes import index_path_of, search_image_index
 from replearn.catalogue.members import chain_of, merge_forest
 from replearn.catalogue.segments import column_array, vectors_of
 from replearn.catalogue.store import Catalogue, load_catalogue
@@ -85,36 +89,48 @@ def open_for_search(out_dir: Path) -> Catalogue:
     return catalogue
 
 
-def nearest_images(catalogue: Catalogue, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(segment, row, similarity) of the k catalogue images nearest each query, best first: exact, O(catalogue).
+def nearest_images(
+    catalogue: Catalogue, queries: np.ndarray, k: int, nprobe: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(segment, row, similarity) of the k catalogue images nearest each query, best first.
 
-    Segment -1 marks places left empty (superseded rows); a catalogue of fewer than k images gives fewer columns.
+    Each images segment answers from its index (indexes.py: cluster lists, nprobe of them probed),
+    or by an exact scan when it has none. Segment -1 marks places left empty (superseded rows); a
+    catalogue of fewer than k images gives fewer columns.
     """
-    import faiss
-
     n, table, dim = len(queries), catalogue.images, catalogue.embedding_dim or 0
     found = [(np.full((n, 0), -1), np.full((n, 0), -1), np.full((n, 0), -np.inf, dtype=np.float32))]
     for index in range(len(table.segments)):
-        segment = table.segment(index)
-        vectors = vectors_of(segment, "embedding", dim)
+        vectors = vectors_of(table.segment(index), "embedding", dim)
         if len(vectors) == 0:
             continue
+        path = index_path_of(catalogue.directory, table.segments[index].file)
+        indexed = path.is_file()
         depth = k
         while True:
             depth = min(depth, len(vectors))
-            similarities, rows = faiss.knn(
-                queries, np.ascontiguousarray(vectors, dtype=np.float32), depth, faiss.METRIC_INNER_PRODUCT
-            )
+            if indexed:
+                similarities, rows = search_image_index(path, queries, vectors, depth, nprobe)
+            else:
+                similarities, rows = exact_search(queries, vectors, depth)
             live = live_rows(catalogue, index, rows)
-            if depth == len(vectors) or (live.sum(axis=1) >= k).all():
+            # Superseded rows among the hits: look deeper until k live ones, or the probed lists run out.
+            if depth == len(vectors) or ((live.sum(axis=1) >= k) | (rows < 0).any(axis=1)).all():
                 break
-            depth *= 4  # superseded rows among the hits: look deeper until k live ones
+            depth *= 4
         similarities = np.where(live, similarities, -np.inf).astype(np.float32)
         found.append((np.where(live, index, -1), np.where(live, rows, -1), similarities))
     segments, rows, similarities = (np.concatenate(parts, axis=1) for parts in zip(*found, strict=True))
     order = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
     best = np.take_along_axis(similarities, order, 1)
     return np.take_along_axis(segments, order, 1), np.take_along_axis(rows, order, 1), best
+
+
+def exact_search(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, rows) of the k rows of `vectors` nearest each query: faiss's blocked brute force."""
+    import faiss
+
+    return faiss.knn(queries, np.ascontiguousarray(vectors, dtype=np.float32), k, faiss.METRIC_INNER_PRODUCT)
 
 
 def live_rows(catalogue: Catalogue, index: int, rows: np.ndarray) -> np.ndarray:
@@ -136,7 +152,7 @@ def search_embeddings(
 ) -> SearchResult:
     """The nearest `clusters` clusters and `images` catalogue images of each embedding (row i is `queries[i]`).
 
-    nprobe: IVF lists searched per clusters segment [default: cluster.nprobe, as runs search].
+    nprobe: IVF lists searched per segment, clusters and images [default: cluster.nprobe, as runs search].
     Search takes no lock: a run that commits twice while it reads (a run and its compaction) may
     delete a segment it loaded from the manifest before. Then it reads the new manifest and tries
     again, READ_ATTEMPTS times in all.
@@ -184,7 +200,7 @@ def search_catalogue(
         )
     image_frame = pd.DataFrame(columns=IMAGE_COLUMNS)
     if images > 0:
-        segments, rows_of, similarities = nearest_images(catalogue, embeddings, images)
+        segments, rows_of, similarities = nearest_images(catalogue, embeddings, images, nprobe)
         hit = segments >= 0
         query_of, rank_of = np.nonzero(hit)
         found = catalogue.images.take(segments[hit], rows_of[hit]).select(["path", "key", "cluster_id"]).to_pydict()

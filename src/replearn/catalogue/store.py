@@ -2,10 +2,10 @@
 
 - images: one row per image (key, path, source, sha256, first run, current cluster id, similarity
   to its cluster's prototype, the run that last changed it, its embedding), keyed by a 64-bit
-  digest of the key;
+  digest of the key, with a nearest-images index per segment (indexes.py);
 - clusters: one row per cluster id (state, name, size, the member sum its prototype and cohesion
   come from, created and last changed run, the id it was merged into, its latest members as
-  exemplars), keyed by id, with a nearest-prototype index per segment (prototypes.py). Size, sum
+  exemplars), keyed by id, with a nearest-prototype index per segment (indexes.py). Size, sum
   and exemplars cover the clusters merged into it too: every image whose current id it is;
 - events: append-only, one row per change (run, time, actor, kind, cluster ids, images);
 - runs: append-only, one row per run;
@@ -48,7 +48,13 @@ import numpy as np
 import pyarrow as pa
 
 from replearn.atomic import atomic_path
-from replearn.catalogue.prototypes import INDEX_DIR, index_path_of, search_prototype_index, write_prototype_index
+from replearn.catalogue.indexes import (
+    INDEX_DIRS,
+    index_path_of,
+    search_index,
+    write_image_index,
+    write_prototype_index,
+)
 from replearn.catalogue.segments import (
     SEGMENT_SUFFIX,
     Segment,
@@ -353,9 +359,7 @@ class Catalogue:
         all_similarities: list[np.ndarray] = [np.zeros((n, 0), dtype=np.float32)]
         table = self.clusters
         for index, segment in enumerate(table.segments):
-            similarities, rows = search_prototype_index(
-                index_path_of(self.directory, segment.file), embeddings, nprobe, k
-            )
+            similarities, rows = search_index(index_path_of(self.directory, segment.file), embeddings, k, nprobe)
             hit = rows >= 0
             ids = np.zeros(rows.shape, dtype=np.int64)
             if hit.any():
@@ -448,16 +452,20 @@ def load_catalogue(out_dir: Path) -> Catalogue:
 
 
 def write_table_segment(catalogue: Catalogue, name: str, rows: pa.Table, level: int, seed: int) -> Segment:
-    """Write rows as a new segment of table `name` (sorted by its key; clusters with their index)."""
+    """Write rows as a new segment of table `name` (sorted by its key; clusters and images with their index)."""
     table = catalogue.tables[name]
     file = catalogue.segment_name(name)
     rows = sort_by_key(rows, table.key)
     write_segment(catalogue.directory / file, rows)
+    dim = catalogue.embedding_dim or 0
     if name == "clusters":
-        dim = catalogue.embedding_dim or 0
         sums = vectors_of(rows, "sum", dim)
         active = (column_array(rows, "merged_into") == 0) & (column_array(rows, "size") > 0)
         write_prototype_index(index_path_of(catalogue.directory, file), sums, active, seed)
+    elif name == "images":
+        embedded = rows.column("embedding").is_valid().to_numpy(zero_copy_only=False)
+        embeddings, cluster_ids = vectors_of(rows, "embedding", dim), column_array(rows, "cluster_id")
+        write_image_index(index_path_of(catalogue.directory, file), embeddings, embedded, cluster_ids, seed)
     return Segment(file=file, rows=rows.num_rows, level=level)
 
 
@@ -480,7 +488,7 @@ def live_files(catalogue: Catalogue) -> set[str]:
         for name, segments in state["tables"].items():
             for segment in segments:
                 files.add(segment["file"])
-                if name == "clusters":
+                if name in INDEX_DIRS:  # an images segment may have none; keeping a name costs nothing
                     index = index_path_of(catalogue.directory, segment["file"])
                     files.add(str(index.relative_to(catalogue.directory)))
     return files
@@ -490,7 +498,11 @@ def remove_orphans(catalogue: Catalogue) -> None:
     """Delete what no manifest names: superseded segments and pools, and files of crashed runs."""
     keep = live_files(catalogue)
     directory = catalogue.directory
-    folders = [directory, directory / INDEX_DIR, *(directory / name for name in TABLE_KEYS)]
+    folders = [
+        directory,
+        *(directory / folder for folder in INDEX_DIRS.values()),
+        *(directory / name for name in TABLE_KEYS),
+    ]
     for folder in folders:
         if not folder.is_dir():
             continue
