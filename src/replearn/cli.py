@@ -74,6 +74,15 @@ ThresholdOption = Annotated[
 ThresholdFileOption = Annotated[
     Path | None, typer.Option(help="threshold.json from `replearn evaluate` (or its folder), instead of --threshold.")
 ]
+# The fonts of the rendered demo data (data chars, data glyphs).
+FontsOption = Annotated[
+    list[Path] | None,
+    typer.Option("--fonts", metavar="<path>", help="Extra .ttf/.otf files or folders (repeatable)."),
+]
+OnlyGivenFontsOption = Annotated[
+    bool,
+    typer.Option("--only-given-fonts", help="Use only the --fonts, not the fonts that replearn's dependencies ship."),
+]
 
 
 @dataclass
@@ -133,13 +142,8 @@ def data_chars(
     per_class: Annotated[int | None, from_config("data.per_class")] = None,
     size: Annotated[int | None, from_config("data.size")] = None,
     seed: Annotated[int | None, from_config("data.seed")] = None,
-    fonts: Annotated[
-        list[Path] | None,
-        typer.Option("--fonts", metavar="<path>", help="Extra .ttf/.otf files or folders (repeatable)."),
-    ] = None,
-    only_given_fonts: Annotated[
-        bool, typer.Option("--only-given-fonts", help="Use only the --fonts, not the fonts found in site-packages.")
-    ] = False,
+    fonts: FontsOption = None,
+    only_given_fonts: OnlyGivenFontsOption = False,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Render the 62 alphanumeric classes (digit_0.., upper_A.., lower_a..) from installed fonts."""
@@ -167,13 +171,8 @@ def data_glyphs(
     max_classes: Annotated[
         int | None, typer.Option("--max-classes", min=2, help="At most this many classes, in code point order.")
     ] = None,
-    fonts: Annotated[
-        list[Path] | None,
-        typer.Option("--fonts", metavar="<path>", help="Extra .ttf/.otf files or folders (repeatable)."),
-    ] = None,
-    only_given_fonts: Annotated[
-        bool, typer.Option("--only-given-fonts", help="Use only the --fonts, not the fonts found in site-packages.")
-    ] = False,
+    fonts: FontsOption = None,
+    only_given_fonts: OnlyGivenFontsOption = False,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Render every Latin, Greek, Cyrillic, symbol and math code point 3 font families draw: 3-7 images a class."""

@@ -42,7 +42,7 @@ from replearn.atomic import atomic_path
 from replearn.config import Config, ExportConfig, ResizeConfig
 from replearn.console import results_table
 from replearn.data.images import DECODE_ERRORS, image_to_array, load_image
-from replearn.data.preprocess import read_summary
+from replearn.data.preprocess import PreprocessSummary
 from replearn.embedding.onnx import OnnxEmbedder, list_images
 from replearn.errors import UserError
 
@@ -130,14 +130,13 @@ def hash_config(config: Config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
 
 
-def describe_data(images_dir: Path | None, data_version: str | None) -> str:
-    """The given version string, else the one preprocessing recorded for `images_dir`, else 'unknown'.
+def describe_data(summary: PreprocessSummary | None, data_version: str | None) -> str:
+    """The given version string, else the one preprocessing recorded (`summary`, its preprocess.json), else 'unknown'.
 
     Read from preprocess.json (a hash of splits.csv), never recomputed: one data version from preprocessing on.
     """
     if data_version:
         return data_version
-    summary = read_summary(images_dir) if images_dir is not None else None
     return "unknown" if summary is None else f"splits-{summary.data_version}"
 
 

@@ -42,7 +42,7 @@ def stage(
         classes,
         Path(out_path),
         load_parity_batch(images_dir, train_config.preprocess.resize, config.export.parity_images),
-        describe_data(images_dir, data_version),
+        describe_data(summary, data_version),
         read_calibration(threshold_file) if threshold_file is not None else calibration or NOT_CALIBRATED,
         summary.wide if summary is not None else None,
     )
